@@ -1,0 +1,170 @@
+"""The `clipbench` command line. `main(argv) -> int` so tests call it in-process.
+
+Exit codes: 0 success, 1 some runs failed, 2 bad input (one-line message, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import List, Optional, Sequence
+
+from .errors import ClipbenchError
+
+DEFAULT_SUITE = "tiny"
+DEFAULT_RESULTS = "results"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="clipbench", description="Continual learning benchmark for CLIP models.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    ls = sub.add_parser("list", help="list methods, protocols, metrics or suites")
+    ls.add_argument("what", nargs="?", choices=["methods", "protocols", "metrics", "suites"])
+    ls.add_argument("--json", action="store_true", help="machine-readable output")
+
+    run = sub.add_parser("run", help="run methods x protocols of a suite")
+    sel = run.add_mutually_exclusive_group(required=True)
+    sel.add_argument("--all", action="store_true", help="every method x protocol of the suite")
+    sel.add_argument("--method", nargs="+", metavar="M", help="method name(s)")
+    run.add_argument("--protocol", nargs="+", metavar="P", help="protocol name(s) (default: the suite's)")
+    run.add_argument("--suite", default=DEFAULT_SUITE, help=f"suite name (default: {DEFAULT_SUITE})")
+    run.add_argument("--seeds", nargs="+", type=int, help="seeds (default: the suite's)")
+    run.add_argument("--config", help="YAML file of settings (same keys as --set)")
+    run.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override a setting, e.g. train.lr=1e-4")
+    run.add_argument("--results", default=DEFAULT_RESULTS, help="results folder (default: results)")
+    run.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
+    run.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
+    run.add_argument("--quiet", action="store_true", help="no progress bars or per-run lines")
+
+    st = sub.add_parser("status", help="complete, partial, failed and missing runs of a suite")
+    st.add_argument("--suite", default=DEFAULT_SUITE)
+    st.add_argument("--results", default=DEFAULT_RESULTS)
+    st.add_argument("--json", action="store_true")
+
+    lb = sub.add_parser("leaderboard", help="a markdown table from the run records")
+    lb.add_argument("--results", default=DEFAULT_RESULTS)
+    lb.add_argument("--suite", help="only this suite")
+    return p
+
+
+def _cmd_list(args) -> int:
+    from clipbench.protocols.catalog import get_protocol, get_suite, protocol_names, suite_names
+    from clipbench.protocols.metrics import METRICS
+
+    out = {}
+    if args.what in (None, "methods"):
+        from clipbench.methods.base import METHODS
+
+        out["methods"] = [
+            {"name": n, "version": METHODS.get(n).version, "supports": list(METHODS.get(n).supports),
+             "config": METHODS.get(n).config_fields(), "doc": (METHODS.get(n).__doc__ or "").strip().splitlines()[0]}
+            for n in METHODS.names()
+        ]
+    if args.what in (None, "protocols"):
+        out["protocols"] = [{"name": n, "version": get_protocol(n).version, "kind": get_protocol(n).kind,
+                             "description": get_protocol(n).description} for n in protocol_names()]
+    if args.what in (None, "metrics"):
+        out["metrics"] = [{"name": n, "direction": METRICS.get(n).direction, "version": METRICS.get(n).version,
+                           "formula": METRICS.get(n).doc} for n in METRICS.names()]
+    if args.what in (None, "suites"):
+        out["suites"] = [{"name": n, "description": get_suite(n).description, "protocols": get_suite(n).protocols}
+                         for n in suite_names()]
+    if args.json:
+        print(json.dumps(out if args.what is None else out[args.what], indent=1))
+        return 0
+    for kind, items in out.items():
+        print(f"{kind}:")
+        for item in items:
+            detail = item.get("doc") or item.get("description") or item.get("formula", "").splitlines()[0]
+            print(f"  {item['name']:<16} {detail}")
+    return 0
+
+
+def _cmd_run(args, argv: Sequence[str]) -> int:
+    from .runner import default_device, execute, plan, run_state
+    from .store import ResultStore
+
+    specs = plan(args.suite, args.method, args.protocol, args.seeds, args.config, args.set)
+    store = ResultStore(args.results)
+    if args.dry_run:
+        print(f"plan: {len(specs)} run(s) of suite '{args.suite}' into {store.root}")
+        for spec in specs:
+            print(f"  {spec.protocol:<18} {spec.method:<12} {spec.model['arch']:<20} seed {spec.seed}  "
+                  f"{spec.id}  [{run_state(store, spec)}]")
+        return 0
+    device = args.device or default_device()
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ClipbenchError("--device cuda: no CUDA device is visible to torch; use --device cpu")
+    summary = execute(specs, store, device, progress=not args.quiet and sys.stderr.isatty(), argv=list(argv),
+                      quiet=args.quiet)
+    if not args.quiet:
+        print(f"done: {summary.ran} ran, {summary.skipped} already complete, {summary.failed} failed "
+              f"(records under {store.root / 'runs'})", file=sys.stderr)
+    return 1 if summary.failed else 0
+
+
+def _cmd_status(args) -> int:
+    from .runner import plan, run_state
+    from .store import ResultStore
+
+    store = ResultStore(args.results)
+    rows = [(spec, run_state(store, spec)) for spec in plan(args.suite)]
+    if args.json:
+        print(json.dumps([{"id": s.id, "method": s.method, "protocol": s.protocol, "seed": s.seed, "state": st}
+                          for s, st in rows], indent=1))
+        return 0
+    counts = {k: sum(1 for _, st in rows if st == k) for k in ("complete", "partial", "failed", "missing")}
+    for spec, st in rows:
+        extra = ""
+        if st == "partial":
+            prog = store.progress(spec)
+            extra = f" ({prog['completed_experiences']}/{prog['total_experiences']} experiences)"
+        print(f"  {st:<9} {spec.protocol:<18} {spec.method:<12} seed {spec.seed}  {spec.id}{extra}")
+    print(f"suite '{args.suite}': " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    return 0
+
+
+def _cmd_leaderboard(args) -> int:
+    from .leaderboard import markdown
+    from .store import ResultStore
+
+    print(markdown(ResultStore(args.results), args.suite), end="")
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Entry point; returns the exit code instead of exiting."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # argparse already printed usage
+        return int(exc.code or 0)
+    try:
+        if args.command == "list":
+            return _cmd_list(args)
+        if args.command == "run":
+            return _cmd_run(args, ["clipbench", *argv])
+        if args.command == "status":
+            return _cmd_status(args)
+        if args.command == "leaderboard":
+            return _cmd_leaderboard(args)
+    except ClipbenchError as err:
+        print(f"clipbench: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def console_entry() -> None:
+    """The console script."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    console_entry()

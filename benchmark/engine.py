@@ -1,0 +1,154 @@
+"""The engine: a CLIP model as an Avalanche classifier, trained one experience at a time.
+
+Logits are the image features against the text embeddings of the class prompts (training uses
+the protocol's training template) over the classes active in the current experience. Methods are
+Avalanche plugins; the engine's own plugin adds their extra loss terms (methods never write the
+strategy's loss), keeps frozen modules in eval mode, and drives the progress bar.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import TYPE_CHECKING, List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from clipbench.protocols.data import LabelledImages, to_model_input
+
+from .avalanche_api import EvaluationPlugin, SupervisedPlugin, SupervisedTemplate, make_experience
+from .models import LoadedModel
+
+if TYPE_CHECKING:
+    from clipbench.methods.base import Method
+
+
+class CLIPClassifier(nn.Module):
+    """Wraps an open_clip model so that `forward(uint8 images)` returns class logits.
+
+    `num_active` is the number of leading classes (in class order) the logits cover. When no
+    text-tower parameter trains, the class embeddings are computed once and cached until
+    `invalidate_text_cache()` (the engine calls it around each experience).
+    """
+
+    def __init__(self, loaded: LoadedModel, class_names: List[str], train_template: str):
+        super().__init__()
+        self.clip = loaded.clip
+        self.image_size, self.mean, self.std = loaded.image_size, loaded.mean, loaded.std
+        tokens = loaded.tokenizer([train_template.format(c=c) for c in class_names])
+        self.register_buffer("prompt_tokens", tokens, persistent=False)
+        self.num_active = len(class_names)
+        self._text_cache: Optional[torch.Tensor] = None
+
+    def image_parameters(self) -> List[nn.Parameter]:
+        return list(self.clip.visual.parameters())
+
+    def text_parameters(self) -> List[nn.Parameter]:
+        """Every parameter outside the image tower, except the logit scale (kept fixed)."""
+        visual = {id(p) for p in self.clip.visual.parameters()}
+        return [p for n, p in self.clip.named_parameters() if id(p) not in visual and n != "logit_scale"]
+
+    def invalidate_text_cache(self) -> None:
+        self._text_cache = None
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dtype == torch.uint8:
+            return to_model_input(images.cpu(), self.image_size, self.mean, self.std).to(self.prompt_tokens.device)
+        return images
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.clip.encode_image(self.preprocess(images)), dim=-1)
+
+    def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.clip.encode_text(tokens), dim=-1)
+
+    def class_text_features(self) -> torch.Tensor:
+        """Normalised prompt embeddings of the active classes; differentiable if the text tower trains."""
+        tokens = self.prompt_tokens[: self.num_active]
+        if any(p.requires_grad for p in self.text_parameters()):
+            return self.encode_tokens(tokens)
+        if self._text_cache is None or len(self._text_cache) != self.num_active:
+            with torch.no_grad():
+                self._text_cache = self.encode_tokens(tokens)
+        return self._text_cache
+
+    def logits(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+        return self.clip.logit_scale.exp().detach() * image_features @ text_features.T
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.logits(self.encode_images(images), self.class_text_features())
+
+
+class EnginePlugin(SupervisedPlugin):
+    """Adds the methods' loss terms, keeps frozen modules in eval mode, shows training progress."""
+
+    def __init__(self, methods: List["Method"], total_iterations: int, progress: bool, desc: str):
+        super().__init__()
+        self.methods = methods
+        self.bar = tqdm(total=total_iterations, desc=desc, disable=not progress, leave=False)
+
+    def before_training_epoch(self, strategy, **kwargs):
+        # strategy.train() called model.train(); frozen towers (BatchNorm statistics) must stay put.
+        for module in strategy.model.modules():
+            if not any(p.requires_grad for p in module.parameters()):
+                module.eval()
+
+    def before_backward(self, strategy, **kwargs):
+        for method in self.methods:
+            extra = method.loss(strategy)
+            if extra is not None:
+                strategy.loss = strategy.loss + extra
+
+    def after_training_iteration(self, strategy, **kwargs):
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{strategy.loss.item():.3f}", refresh=False)
+
+    def after_training_exp(self, strategy, **kwargs):
+        self.bar.close()
+
+
+def make_optimizer(params: List[nn.Parameter], train: dict) -> torch.optim.Optimizer:
+    name = train.get("optimizer", "adamw")
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=train["lr"], weight_decay=train.get("weight_decay", 0.0))
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=train["lr"], momentum=train.get("momentum", 0.9),
+                               weight_decay=train.get("weight_decay", 0.0))
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
+def set_trainable(model: CLIPClassifier, method: "Method") -> int:
+    """Freeze everything, then unfreeze what the method trains. Returns the trainable count."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    params = list(method.trainable_parameters(model))
+    for p in params:
+        p.requires_grad_(True)
+    return sum(p.numel() for p in {id(p): p for p in params}.values())
+
+
+def train_experience(model: CLIPClassifier, method: "Method", data: LabelledImages, index: int, num_active: int,
+                     train: dict, device: str, progress: bool) -> float:
+    """Train on one experience with a fresh optimizer (as the paper's and ZSCL's code do per session).
+
+    A fresh optimizer per experience also means a checkpoint needs no optimizer state. Returns seconds.
+    """
+    start = time.perf_counter()
+    model.num_active = num_active
+    model.invalidate_text_cache()
+    set_trainable(model, method)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    iterations = train["epochs"] * math.ceil(len(data) / train["batch_size"])
+    engine = EnginePlugin([method], iterations, progress, desc=f"train exp {index}")
+    strategy = SupervisedTemplate(
+        model=model, optimizer=make_optimizer(trainable, train), criterion=nn.CrossEntropyLoss(),
+        train_mb_size=train["batch_size"], train_epochs=train["epochs"], eval_mb_size=train["batch_size"],
+        device=device, plugins=[method, engine], evaluator=EvaluationPlugin(),
+    )
+    strategy.train(make_experience(data.images, data.labels, index), num_workers=0)
+    model.invalidate_text_cache()
+    model.eval()
+    return time.perf_counter() - start

@@ -1,0 +1,113 @@
+"""Evaluation: image/text features under inference mode, zero-shot accuracy, retrieval recall.
+
+Pure torch; no Avalanche. Features are L2-normalised float32 on the CPU. Metrics are computed
+later from the stored numbers (see `clipbench.protocols.metrics`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Dict, List, Sequence
+
+import torch
+from tqdm import tqdm
+
+from clipbench.protocols.data import to_model_input
+
+from .models import LoadedModel
+
+RECALL_KS = (1, 5, 10)
+
+
+def _autocast(device: str, precision: str):
+    if device.startswith("cuda") and precision == "amp_bf16":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.inference_mode()
+def encode_images(loaded: LoadedModel, images: torch.Tensor, batch_size: int, device: str = "cpu",
+                  precision: str = "fp32", desc: str = "", progress: bool = False) -> torch.Tensor:
+    """uint8 [N, 3, H, W] -> normalised image features [N, D], in batches."""
+    clip = loaded.clip
+    was_training = clip.training
+    clip.eval()
+    out = []
+    starts = range(0, len(images), batch_size)
+    for s in tqdm(starts, desc=desc or "encode images", disable=not progress, leave=False):
+        x = to_model_input(images[s:s + batch_size], loaded.image_size, loaded.mean, loaded.std).to(device)
+        with _autocast(device, precision):
+            f = clip.encode_image(x)
+        out.append(torch.nn.functional.normalize(f.float(), dim=-1).cpu())
+    clip.train(was_training)
+    return torch.cat(out) if out else torch.empty(0)
+
+
+@torch.inference_mode()
+def encode_texts(loaded: LoadedModel, texts: Sequence[str], batch_size: int, device: str = "cpu",
+                 precision: str = "fp32") -> torch.Tensor:
+    """Texts -> normalised text features [M, D], in batches."""
+    clip = loaded.clip
+    was_training = clip.training
+    clip.eval()
+    out = []
+    for s in range(0, len(texts), batch_size):
+        tokens = loaded.tokenizer(list(texts[s:s + batch_size])).to(device)
+        with _autocast(device, precision):
+            f = clip.encode_text(tokens)
+        out.append(torch.nn.functional.normalize(f.float(), dim=-1).cpu())
+    clip.train(was_training)
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def class_embeddings(loaded: LoadedModel, class_names: List[str], templates: List[str], batch_size: int,
+                     device: str = "cpu", precision: str = "fp32") -> torch.Tensor:
+    """CLIP's prompt ensemble: per class, the renormalised mean of its normalised template embeddings."""
+    prompts = [t.format(c=c) for c in class_names for t in templates]
+    feats = encode_texts(loaded, prompts, batch_size, device, precision)
+    feats = feats.view(len(class_names), len(templates), -1).mean(dim=1)
+    return torch.nn.functional.normalize(feats, dim=-1)
+
+
+def accuracy(image_features: torch.Tensor, labels: torch.Tensor, class_features: torch.Tensor,
+             lo: int = 0, hi: int | None = None) -> float:
+    """Top-1 accuracy scoring only classes [lo, hi); labels are global class ids."""
+    hi = len(class_features) if hi is None else hi
+    pred = (image_features @ class_features[lo:hi].T).argmax(dim=1) + lo
+    return float((pred == labels).double().mean()) if len(labels) else 0.0
+
+
+def retrieval_recall(image_features: torch.Tensor, text_features: torch.Tensor, caption_image: torch.Tensor,
+                     ks: Sequence[int] = RECALL_KS, chunk: int = 1024) -> Dict[str, float]:
+    """Recall@K both ways; an image may have several captions.
+
+    Image-to-text: an image is retrieved at K when fewer than K wrong captions score at least as
+    high as its best caption. Text-to-image: a caption is retrieved at K when fewer than K wrong
+    images score at least as high as its image. Ties count against the model.
+    """
+    n_img = len(image_features)
+    i2t_rank = torch.empty(n_img, dtype=torch.long)
+    for s in range(0, n_img, chunk):
+        sim = image_features[s:s + chunk] @ text_features.T  # [c, M]
+        correct = caption_image[None, :] == torch.arange(s, s + len(sim))[:, None]
+        best = sim.masked_fill(~correct, float("-inf")).max(dim=1).values
+        i2t_rank[s:s + chunk] = ((sim >= best[:, None]) & ~correct).sum(dim=1)
+    n_txt = len(text_features)
+    t2i_rank = torch.empty(n_txt, dtype=torch.long)
+    for s in range(0, n_txt, chunk):
+        sim = image_features @ text_features[s:s + chunk].T  # [N, c]
+        owner = caption_image[s:s + chunk]
+        correct = torch.arange(n_img)[:, None] == owner[None, :]
+        own = sim.gather(0, owner[None, :]).squeeze(0)
+        t2i_rank[s:s + chunk] = ((sim >= own[None, :]) & ~correct).sum(dim=0)
+    out = {}
+    for k in ks:
+        out[f"i2t_r{k}"] = float((i2t_rank < k).double().mean())
+        out[f"t2i_r{k}"] = float((t2i_rank < k).double().mean())
+    return out
+
+
+def run_progress(total: int, desc: str, enabled: bool) -> Callable[[], None]:
+    """A tqdm bar's update function (a no-op when disabled)."""
+    bar = tqdm(total=total, desc=desc, disable=not enabled, leave=False)
+    return lambda: bar.update(1)

@@ -1,0 +1,170 @@
+"""Loading any open_clip model: an architecture with a hub tag, a local checkpoint file, or `local-dir:`.
+
+Weights are fingerprinted (sha256 of the files) so that run ids and caches are keyed on the exact
+weights, not on a name. Hub tags are checked before loading: offline, a tag whose files are not
+in the local Hugging Face cache fails at once with instructions instead of minutes of retries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable, Optional, Tuple
+
+import torch
+
+from .errors import ClipbenchError, unknown_name_error
+
+CONFIG_DIR = Path(__file__).parent / "model_configs"
+LOCAL_DIR = "local-dir:"
+HUB_HOST = "huggingface.co"
+
+
+@dataclass
+class LoadedModel:
+    """An open_clip model with what evaluation and training need to feed it."""
+
+    clip: torch.nn.Module
+    tokenizer: Callable[[list], torch.Tensor]
+    image_size: Tuple[int, int]
+    mean: Tuple[float, float, float]
+    std: Tuple[float, float, float]
+
+
+def _open_clip():
+    import open_clip  # imported lazily: it pulls in torchvision and timm
+
+    if not getattr(_open_clip, "_configs_added", False):
+        open_clip.add_model_config(CONFIG_DIR)  # clipbench's own configs (the tiny test model)
+        _open_clip._configs_added = True
+    return open_clip
+
+
+@lru_cache(maxsize=64)
+def _file_sha256(path: str, mtime: float, size: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file, memoised on (path, mtime, size) so big checkpoints are hashed once."""
+    st = os.stat(path)
+    return _file_sha256(str(path), st.st_mtime, st.st_size)
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    old = socket.getdefaulttimeout()
+    try:
+        socket.setdefaulttimeout(timeout)
+        socket.getaddrinfo(HUB_HOST, 443)
+        return True
+    except OSError:
+        return False
+    finally:
+        socket.setdefaulttimeout(old)
+
+
+def _cached_hub_file(arch: str, tag: str) -> Optional[str]:
+    """The weights file of (arch, tag) if it is already in the local Hugging Face cache."""
+    open_clip = _open_clip()
+    cfg = open_clip.get_pretrained_cfg(arch, tag)
+    repo = cfg.get("hf_hub", "").rstrip("/")
+    if not repo:
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    for name in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin", "open_clip_pytorch_model.safetensors"):
+        found = try_to_load_from_cache(repo, name)
+        if isinstance(found, str):
+            return found
+    return None
+
+
+def weights_fingerprint(arch: str, pretrained: Optional[str]) -> str:
+    """A string that changes whenever the weights do; validates the model spec on the way.
+
+    - None: random initialisation ("random-init"; the seed is part of the run spec).
+    - a file: its sha256.  - `local-dir:DIR`: sha256 over the directory's files.
+    - a hub tag: "hub:<arch>/<tag>" (the files are not on disk to hash before download).
+    """
+    open_clip = _open_clip()
+    if pretrained is None:
+        if arch not in open_clip.list_models():
+            raise unknown_name_error("model architecture", arch, open_clip.list_models())
+        return "random-init"
+    pretrained = str(pretrained)
+    if pretrained.startswith(LOCAL_DIR):
+        folder = Path(pretrained[len(LOCAL_DIR):]).expanduser()
+        if not (folder / "open_clip_config.json").is_file():
+            raise ClipbenchError(
+                f"model.pretrained {pretrained}: no open_clip_config.json in {folder}; a local-dir needs the "
+                "config and weights file that open_clip writes (open_clip_config.json, open_clip_model.safetensors)"
+            )
+        digest = hashlib.sha256()
+        for path in sorted(p for p in folder.iterdir() if p.is_file()):
+            digest.update(path.name.encode() + file_sha256(path).encode())
+        return digest.hexdigest()
+    if arch not in open_clip.list_models():
+        raise unknown_name_error("model architecture", arch, open_clip.list_models())
+    looks_like_path = os.sep in pretrained or Path(pretrained).suffix in {".pt", ".pth", ".bin", ".safetensors"}
+    if looks_like_path or Path(pretrained).exists():
+        path = Path(pretrained).expanduser()
+        if not path.is_file():
+            raise ClipbenchError(f"model.pretrained: checkpoint file not found: {path}")
+        try:
+            return file_sha256(path)
+        except OSError as err:
+            raise ClipbenchError(f"model.pretrained: cannot read checkpoint {path}: {err.strerror}") from None
+    tags = open_clip.list_pretrained_tags_by_model(arch)
+    if pretrained not in tags:
+        raise unknown_name_error(f"pretrained tag for {arch}", pretrained, tags)
+    if _cached_hub_file(arch, pretrained) is None and not _hub_reachable():
+        raise ClipbenchError(
+            f"model {arch} with pretrained tag '{pretrained}' needs a download from {HUB_HOST}, which cannot be "
+            f"reached (offline?). Fetch the weights on a machine with internet and pass the file instead: "
+            f"--set model.pretrained=/path/to/open_clip_pytorch_model.bin (or local-dir:/path/to/dir)"
+        )
+    return f"hub:{arch}/{pretrained}"
+
+
+def load_model(arch: str, pretrained: Optional[str], device: str = "cpu") -> LoadedModel:
+    """Build the open_clip model and its tokenizer. Seed torch first when `pretrained` is None."""
+    open_clip = _open_clip()
+    weights_fingerprint(arch, pretrained)  # validates, fails fast with a clear message
+    name, weights = arch, pretrained
+    if pretrained and str(pretrained).startswith(LOCAL_DIR):
+        name, weights = str(pretrained), None
+    elif pretrained and not Path(str(pretrained)).expanduser().is_file():
+        weights = _cached_hub_file(arch, pretrained) or pretrained
+    elif pretrained:
+        weights = str(Path(str(pretrained)).expanduser())
+    try:
+        clip = open_clip.create_model(name, pretrained=weights, device=device)
+    except Exception as err:  # corrupt or mismatched weights: a user-input problem, said in one line
+        first = (str(err).strip().splitlines() or [""])[0]
+        raise ClipbenchError(f"cannot load model {arch} with weights {pretrained}: {type(err).__name__}: {first}") from None
+    tokenizer = open_clip.get_tokenizer(name)
+    cfg: dict[str, Any] = getattr(clip.visual, "preprocess_cfg", {}) or {}
+    size = cfg.get("size", getattr(clip.visual, "image_size", (224, 224)))
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    mean = tuple(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN))
+    std = tuple(cfg.get("std", open_clip.OPENAI_DATASET_STD))
+    return LoadedModel(clip=clip, tokenizer=tokenizer, image_size=size, mean=mean, std=std)
+
+
+def model_slug(arch: str, pretrained: Optional[str]) -> str:
+    """A folder-safe model name for result paths: arch plus the weights' short name."""
+    if pretrained is None:
+        tail = "random"
+    elif str(pretrained).startswith(LOCAL_DIR):
+        tail = Path(str(pretrained)[len(LOCAL_DIR):]).name
+    else:
+        tail = Path(str(pretrained)).stem
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in f"{arch}__{tail}")

@@ -1,0 +1,67 @@
+"""Provenance: which code, libraries and hardware produced a record."""
+
+from __future__ import annotations
+
+import platform
+import socket
+import subprocess
+import sys
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, Dict, List
+
+import torch
+
+import clipbench
+
+SOURCE_DIR = Path(clipbench.__file__).resolve().parent
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(SOURCE_DIR), *args], capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    return platform.processor() or platform.machine()
+
+
+def collect(device: str, precision: str, argv: List[str]) -> Dict[str, Any]:
+    """Everything needed to say where a number came from, except start/end times (the runner adds those)."""
+    commit = _git("rev-parse", "HEAD")
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "git_commit": commit,
+        "git_dirty": bool(status) if status is not None else None,
+        "versions": {
+            "python": sys.version.split()[0],
+            "torch": torch.__version__,
+            "open_clip": _version("open_clip_torch"),
+            "avalanche": _version("avalanche-lib"),
+            "clipbench": clipbench.__version__,
+        },
+        "device": device,
+        "device_name": device_name(device),
+        "host": socket.gethostname(),
+        "precision": precision,
+        "torch_threads": torch.get_num_threads(),
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "argv": list(argv),
+    }

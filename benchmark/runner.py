@@ -1,0 +1,275 @@
+"""The runner: plans method x protocol x seed runs of a suite and executes them, resumably.
+
+Each run: build the protocol's streams, load the model, evaluate row 0 (before training), then
+for each experience train, evaluate, and save progress plus a checkpoint. A killed run resumes
+from its last finished experience; seeds are re-derived per experience so a resumed run ends
+with the same numbers as an uninterrupted one. A complete record is never rewritten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import resource
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from clipbench.protocols.catalog import ProtocolDef, SuiteDef, get_protocol, get_suite
+from clipbench.protocols.data import Streams
+from clipbench.protocols.metrics import compute_metrics
+
+from . import provenance
+from .errors import ClipbenchError
+from .evaluate import accuracy, class_embeddings, encode_images, encode_texts, retrieval_recall
+from .models import LoadedModel, load_model
+from .spec import RunSpec, known_settings, resolve_specs, user_overrides
+from .store import SCHEMA_VERSION, ResultStore
+
+
+def _method_registry():
+    from clipbench.methods.base import METHODS  # imports Avalanche; only when methods are needed
+
+    return METHODS
+
+
+def plan(suite_name: str, methods: Optional[Sequence[str]] = None, protocols: Optional[Sequence[str]] = None,
+         seeds: Optional[Sequence[int]] = None, config_file: Optional[str] = None,
+         sets: Sequence[str] = ()) -> List[RunSpec]:
+    """Every run spec of the selection; validates all names and settings before anything runs."""
+    suite: SuiteDef = get_suite(suite_name)
+    registry = _method_registry()
+    if methods:
+        method_names = list(methods)
+    elif suite.methods == "all":
+        method_names = registry.names()
+    else:
+        method_names = list(suite.methods)
+    method_classes = [registry.get(m) for m in method_names]
+    protocol_defs: List[ProtocolDef] = [get_protocol(p) for p in (protocols or suite.protocols)]
+    known = known_settings({m.name: m.config_fields() for m in method_classes},
+                           {p.name: p for p in protocol_defs})
+    overrides = user_overrides(config_file, sets, known)
+    seeds = list(seeds) if seeds else suite.seeds
+    specs = []
+    for protocol in protocol_defs:
+        for method_cls in method_classes:
+            if protocol.kind not in method_cls.supports:
+                continue
+            specs.extend(resolve_specs(suite, method_cls, protocol, seeds, overrides))
+    return specs
+
+
+def seed_everything(*parts: Any) -> None:
+    """Seed python, numpy and torch from a tuple (e.g. (seed, experience))."""
+    seed = int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:4], "little") & 0x7FFFFFFF
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def peak_rss_mb() -> float:
+    # ru_maxrss is in KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+@dataclass
+class Row:
+    """One evaluation: the accuracy-matrix row and the held-out figures."""
+
+    acc: List[float]
+    zeroshot: Dict[str, float]
+    retrieval: Dict[str, Dict[str, float]]
+
+
+class Evaluator:
+    """Evaluates a model state on the stream's test sets and held-out sets.
+
+    Features are cached per model state (`version`): an untrained model is encoded once and
+    only rescored for later rows (class-incremental rows score different class ranges).
+    """
+
+    def __init__(self, streams: Streams, loaded: LoadedModel, spec: RunSpec, device: str, progress: bool):
+        self.streams, self.loaded, self.device, self.progress = streams, loaded, device, progress
+        self.batch = spec.eval["batch_size"]
+        self.precision = spec.precision
+        self.test_images = torch.cat([t.images for t in streams.test])
+        self.test_labels = torch.cat([t.labels for t in streams.test])
+        self.bounds = np.cumsum([0] + [len(t) for t in streams.test]).tolist()
+        self._version: Optional[int] = None
+        self._cached: Dict[str, Any] = {}
+
+    def _features(self) -> Dict[str, Any]:
+        s, kw = self.streams, dict(device=self.device, precision=self.precision)
+        bar = dict(progress=self.progress, **kw)
+        zeroshot, retrieval = {}, {}
+        for name, zs in s.zeroshot_sets.items():
+            f = encode_images(self.loaded, zs.data.images, self.batch, desc=f"zero-shot {name}", **bar)
+            zeroshot[name] = accuracy(f, zs.data.labels, class_embeddings(self.loaded, zs.class_names, zs.templates, self.batch, **kw))
+        for name, cap in s.retrieval_sets.items():
+            f = encode_images(self.loaded, cap.images, self.batch, desc=f"retrieval {name}", **bar)
+            retrieval[name] = retrieval_recall(f, encode_texts(self.loaded, cap.captions, self.batch, **kw), cap.caption_image)
+        return {
+            "image": encode_images(self.loaded, self.test_images, self.batch, desc="eval test sets", **bar),
+            "classes": class_embeddings(self.loaded, s.class_names, s.templates, self.batch, **kw),
+            "zeroshot": zeroshot, "retrieval": retrieval,
+        }
+
+    def evaluate(self, row: int, version: int) -> Row:
+        """Row `row` of the accuracy matrix and the held-out figures for model state `version`."""
+        if version != self._version:
+            self._cached, self._version = self._features(), version
+        f, acc = self._cached, []
+        for j in range(self.streams.n_experiences):
+            lo, hi = self.streams.scored_classes(row, j)
+            a, b = self.bounds[j], self.bounds[j + 1]
+            acc.append(accuracy(f["image"][a:b], self.test_labels[a:b], f["classes"], lo, hi))
+        return Row(acc, dict(f["zeroshot"]), {k: dict(v) for k, v in f["retrieval"].items()})
+
+
+def _empty_raw(streams: Streams) -> Dict[str, Any]:
+    return {
+        "acc_matrix": [], "test_sizes": [len(t) for t in streams.test],
+        "train_sizes": [len(t) for t in streams.train], "experience_classes": streams.experience_classes,
+        "class_names": streams.class_names,
+        "zeroshot": {k: [] for k in streams.zeroshot_sets},
+        "retrieval": {k: {} for k in streams.retrieval_sets},
+        "train_seconds": [], "eval_seconds": [],
+    }
+
+
+def _append_row(raw: Dict[str, Any], row: Row, seconds: float) -> None:
+    raw["acc_matrix"].append(row.acc)
+    for k, v in row.zeroshot.items():
+        raw["zeroshot"][k].append(v)
+    for k, recalls in row.retrieval.items():
+        for key, v in recalls.items():
+            raw["retrieval"][k].setdefault(key, []).append(v)
+    raw["eval_seconds"].append(seconds)
+
+
+def _log(msg: str, quiet: bool) -> None:
+    if not quiet:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def execute_run(spec: RunSpec, store: ResultStore, device: str, progress: bool, argv: List[str],
+                quiet: bool = False) -> Dict[str, Any]:
+    """Run (or resume) one spec to completion and write its record. User errors propagate."""
+    from .engine import CLIPClassifier, set_trainable, train_experience
+
+    started = provenance.now()
+    wall = time.perf_counter()
+    protocol = get_protocol(spec.protocol)
+    method_cls = _method_registry().get(spec.method)
+    streams = protocol.build(spec.data_root, spec.seed, spec.protocol_params)
+    seed_everything(spec.seed, "model")  # random-init models are a function of the seed
+    loaded = load_model(spec.model["arch"], spec.model.get("pretrained"), device)
+    model = CLIPClassifier(loaded, streams.class_names, streams.train_template).to(device)
+    model.eval()
+    method = method_cls(method_cls.Config(**spec.method_config))
+    method.setup(model, streams)
+    trainable = set_trainable(model, method) if method_cls.trains else 0
+    evaluator = Evaluator(streams, loaded, spec, device, progress)
+
+    checkpoint = store.load_checkpoint(spec)
+    if checkpoint:
+        model.load_state_dict(checkpoint["model"])
+        method.load_state_dict(checkpoint["method"])
+        raw, start = checkpoint["raw"], checkpoint["completed"]
+        _log(f"  resuming from experience {start}/{streams.n_experiences}", quiet)
+    else:
+        raw, start = _empty_raw(streams), 0
+        t = time.perf_counter()
+        _append_row(raw, evaluator.evaluate(0, version=0), time.perf_counter() - t)
+
+    try:
+        for exp in range(start, streams.n_experiences):
+            seed_everything(spec.seed, exp)
+            seconds = 0.0
+            if method_cls.trains:
+                num_active = streams.experience_classes[exp][-1] + 1
+                seconds = train_experience(model, method, streams.train[exp], exp, num_active, spec.train, device, progress)
+            raw["train_seconds"].append(seconds)
+            t = time.perf_counter()
+            version = exp + 1 if method_cls.trains else 0  # an untrained model keeps its features
+            _append_row(raw, evaluator.evaluate(exp + 1, version), time.perf_counter() - t)
+            store.save_progress(spec, {"spec_id": spec.id, "completed": exp + 1, "raw": raw,
+                                       "model": model.state_dict(), "method": method.state_dict()},
+                                exp + 1, streams.n_experiences)
+        status, error = "complete", None
+    except ClipbenchError:
+        raise
+    except Exception as err:  # a crash in training or evaluation: record it, keep the checkpoint
+        status = "failed"
+        error = {"type": type(err).__name__, "message": str(err), "traceback": traceback.format_exc()}
+
+    metrics = compute_metrics(raw) if status == "complete" else {"values": {}, "versions": {}}
+    record = {
+        "schema_version": SCHEMA_VERSION,
+        "status": status,
+        "id": spec.id,
+        "spec": spec.to_dict(),
+        "raw": raw,
+        "metrics": metrics["values"],
+        "metric_versions": metrics["versions"],
+        "costs": {"trainable_params": trainable, "peak_rss_mb": round(peak_rss_mb(), 1),
+                  "wall_seconds": round(time.perf_counter() - wall, 3)},
+        "provenance": {**provenance.collect(device, spec.precision, argv), "started": started, "ended": provenance.now()},
+        "error": error,
+    }
+    store.write_record(spec, record)
+    if status == "complete":
+        store.clear_progress(spec)
+    return record
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass
+class Summary:
+    ran: int = 0
+    skipped: int = 0
+    failed: int = 0
+
+
+def execute(specs: Sequence[RunSpec], store: ResultStore, device: str, progress: bool, argv: List[str],
+            quiet: bool = False) -> Summary:
+    """Run every spec that has no complete record, in order. Returns counts."""
+    summary = Summary()
+    for i, spec in enumerate(specs, 1):
+        label = f"[{i}/{len(specs)}] {spec.method} x {spec.protocol} x {spec.model['arch']} seed {spec.seed} ({spec.id})"
+        if store.is_complete(spec):
+            summary.skipped += 1
+            _log(f"{label}: complete, skipped", quiet)
+            continue
+        _log(f"{label}: running", quiet)
+        record = execute_run(spec, store, device, progress, argv, quiet)
+        if record["status"] == "complete":
+            summary.ran += 1
+            shown = {k: round(record["metrics"][k], 4) for k in ("last", "avg", "zs_retention", "i2t_r1") if k in record["metrics"]}
+            _log(f"{label}: complete in {record['costs']['wall_seconds']:.1f}s {shown}", quiet)
+        else:
+            summary.failed += 1
+            _log(f"{label}: FAILED: {record['error']['type']}: {record['error']['message']}", quiet)
+    return summary
+
+
+def run_state(store: ResultStore, spec: RunSpec) -> str:
+    """complete, failed, partial (a checkpoint exists) or missing."""
+    record = store.read_record(spec)
+    if record and record.get("status") == "complete":
+        return "complete"
+    if store.progress(spec):
+        return "partial"
+    if record:
+        return "failed"
+    return "missing"

@@ -1,0 +1,153 @@
+"""Run specs: frozen, fully resolved descriptions of one run, identified by a hash of their JSON.
+
+Settings are layered, later wins: clipbench defaults < method and protocol defaults < suite file
+< `--config` file < `--set key=value`. Every key a user sets must already exist in that tree (a
+typo fails with a did-you-mean instead of being silently ignored).
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
+
+from clipbench.protocols.catalog import ProtocolDef, SuiteDef
+
+from .errors import ClipbenchError
+from .models import weights_fingerprint
+from .yamlio import load_yaml, parse_scalar
+
+DEFAULTS: Dict[str, Any] = {
+    "model": {"arch": None, "pretrained": None},
+    "train": {"epochs": 1, "batch_size": 32, "lr": 1e-5, "weight_decay": 0.0, "optimizer": "adamw", "momentum": 0.9},
+    "eval": {"batch_size": 256},
+    "precision": "fp32",  # fp32 everywhere; amp_bf16 autocasts evaluation and training on a GPU
+    "data_root": None,
+    "methods": {},  # per method: overrides of its Config fields
+    "protocols": {},  # per protocol: overrides of its builder params
+}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run: method x protocol x model x seed with every setting resolved. Never mutated."""
+
+    suite: str
+    method: str
+    method_version: int
+    method_config: Dict[str, Any]
+    protocol: str
+    protocol_version: int
+    protocol_kind: str
+    protocol_params: Dict[str, Any]
+    model: Dict[str, Any]  # arch, pretrained, weights (fingerprint)
+    seed: int
+    train: Dict[str, Any]
+    eval: Dict[str, Any]
+    precision: str
+    data_root: Optional[str] = field(default=None, compare=False)  # where data lives, not what it is
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = asdict(self)
+        d.pop("data_root")
+        return d
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), default=str)
+
+    @property
+    def id(self) -> str:
+        """First 12 hex digits of sha256 over the canonical JSON (data_root excluded)."""
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:12]
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "RunSpec":
+        return cls(**d)
+
+
+def deep_merge(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in (over or {}).items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def _leaf_keys(tree: Dict[str, Any], prefix: str = "") -> List[str]:
+    keys = []
+    for k, v in tree.items():
+        path = f"{prefix}{k}"
+        keys.extend(_leaf_keys(v, path + ".") if isinstance(v, dict) and v else [path])
+    return keys
+
+
+def _check_known(key: str, known: Sequence[str], source: str) -> None:
+    if key not in known:
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise ClipbenchError(f"unknown setting '{key}' in {source}.{hint} Known settings: {', '.join(sorted(known))}")
+
+
+def _set_dotted(tree: Dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+
+
+def known_settings(method_fields: Dict[str, Dict[str, Any]], protocols: Dict[str, ProtocolDef]) -> List[str]:
+    """Every key `--set` and `--config` accept."""
+    keys = [k for k in _leaf_keys(DEFAULTS) if not k.startswith(("methods", "protocols"))]
+    keys += [f"methods.{m}.{f}" for m, fs in method_fields.items() for f in fs]
+    keys += [f"protocols.{p}.{k}" for p, d in protocols.items() for k in d.params]
+    return keys
+
+
+def user_overrides(config_file: Optional[str], sets: Sequence[str], known: Sequence[str]) -> Dict[str, Any]:
+    """The `--config` file merged with `--set key=value` pairs, every key checked against `known`."""
+    tree: Dict[str, Any] = {}
+    if config_file:
+        doc = load_yaml(config_file) or {}
+        if not isinstance(doc, dict):
+            raise ClipbenchError(f"{config_file}: expected a mapping of settings at the top level")
+        for key in _leaf_keys(doc):
+            _check_known(key, known, config_file)
+        tree = deep_merge(tree, doc)
+    for item in sets:
+        if "=" not in item:
+            raise ClipbenchError(f"--set expects key=value, got '{item}'")
+        key, raw = item.split("=", 1)
+        _check_known(key.strip(), known, "--set")
+        _set_dotted(tree, key.strip(), parse_scalar(raw))
+    return tree
+
+
+def resolve_specs(suite: SuiteDef, method_cls: Any, protocol: ProtocolDef, seeds: Sequence[int],
+                  overrides: Dict[str, Any]) -> List[RunSpec]:
+    """The specs of one method x protocol over `seeds`, with every layer applied."""
+    settings = deep_merge(DEFAULTS, {"train": getattr(method_cls, "train_defaults", {})})
+    settings = deep_merge(settings, {"train": protocol.train})
+    settings = deep_merge(settings, {"model": suite.model, "train": suite.train, "eval": suite.eval,
+                                     "data_root": suite.data_root})
+    settings = deep_merge(settings, overrides)
+    model = settings["model"]
+    if not model.get("arch"):
+        raise ClipbenchError(f"suite '{suite.name}' names no model.arch")
+    fingerprint = weights_fingerprint(model["arch"], model.get("pretrained"))
+    config_values = deep_merge(method_cls.config_fields(), settings["methods"].get(method_cls.name, {}))
+    config = method_cls.Config(**config_values)  # validates (e.g. `part`)
+    params = deep_merge(protocol.params, settings["protocols"].get(protocol.name, {}))
+    return [
+        RunSpec(
+            suite=suite.name, method=method_cls.name, method_version=method_cls.version,
+            method_config=asdict(config), protocol=protocol.name, protocol_version=protocol.version,
+            protocol_kind=protocol.kind, protocol_params=params,
+            model={"arch": model["arch"], "pretrained": model.get("pretrained"), "weights": fingerprint},
+            seed=int(seed), train=settings["train"], eval=settings["eval"], precision=settings["precision"],
+            data_root=settings["data_root"],
+        )
+        for seed in seeds
+    ]

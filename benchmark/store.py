@@ -1,0 +1,111 @@
+"""The result store: files are the database.
+
+Layout: <root>/runs/<protocol>/<method>/<model>/seed<k>-<id>/ holding `run.json` (the record,
+written once the run ends), `progress.json` and `checkpoint.pt` (after each experience, removed
+when the run completes). Every write goes to a temporary file that is renamed into place, so a
+killed process never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Iterator, Optional, Tuple
+
+import torch
+
+from .models import model_slug
+from .spec import RunSpec
+
+SCHEMA_VERSION = 1
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    """Write JSON atomically (temp file in the same folder, fsync, rename)."""
+    _atomic_write(Path(path), lambda fh: fh.write((json.dumps(obj, indent=1, sort_keys=True) + "\n").encode()))
+
+
+def atomic_torch_save(path: Path, obj: Any) -> None:
+    """torch.save atomically."""
+    _atomic_write(Path(path), lambda fh: torch.save(obj, fh))
+
+
+class ResultStore:
+    """Run records, progress and checkpoints under one results folder."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def run_dir(self, spec: RunSpec) -> Path:
+        model = model_slug(spec.model["arch"], spec.model.get("pretrained"))
+        return self.root / "runs" / spec.protocol / spec.method / model / f"seed{spec.seed}-{spec.id}"
+
+    def record_path(self, spec: RunSpec) -> Path:
+        return self.run_dir(spec) / "run.json"
+
+    def read_record(self, spec: RunSpec) -> Optional[Dict[str, Any]]:
+        path = self.record_path(spec)
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+
+    def is_complete(self, spec: RunSpec) -> bool:
+        record = self.read_record(spec)
+        return bool(record) and record.get("status") == "complete"
+
+    def write_record(self, spec: RunSpec, record: Dict[str, Any]) -> Path:
+        path = self.record_path(spec)
+        atomic_write_json(path, record)
+        return path
+
+    def save_progress(self, spec: RunSpec, checkpoint: Dict[str, Any], completed: int, total: int) -> None:
+        """Checkpoint first, then progress: progress never claims more than the checkpoint holds."""
+        atomic_torch_save(self.run_dir(spec) / "checkpoint.pt", checkpoint)
+        atomic_write_json(self.run_dir(spec) / "progress.json",
+                          {"id": spec.id, "completed_experiences": completed, "total_experiences": total})
+
+    def load_checkpoint(self, spec: RunSpec) -> Optional[Dict[str, Any]]:
+        path = self.run_dir(spec) / "checkpoint.pt"
+        if not path.is_file():
+            return None
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        return state if state.get("spec_id") == spec.id else None
+
+    def progress(self, spec: RunSpec) -> Optional[Dict[str, Any]]:
+        path = self.run_dir(spec) / "progress.json"
+        try:
+            return json.loads(path.read_text()) if path.is_file() else None
+        except (OSError, json.JSONDecodeError):
+            return None
+
+    def clear_progress(self, spec: RunSpec) -> None:
+        for name in ("checkpoint.pt", "progress.json"):
+            (self.run_dir(spec) / name).unlink(missing_ok=True)
+
+    def iter_records(self) -> Iterator[Tuple[Path, Dict[str, Any]]]:
+        """Every readable run record under the root."""
+        for path in sorted((self.root / "runs").glob("**/run.json")):
+            try:
+                yield path, json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue

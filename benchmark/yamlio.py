@@ -1,0 +1,49 @@
+"""YAML reading with errors that name the file and line, and floats like `1e-3` read as floats."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ClipbenchError
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads `1e-3` as a float (PyYAML follows YAML 1.1, which needs `1.0e-3`)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+def load_yaml_text(text: str, source: str) -> Any:
+    """Parse YAML text; a syntax error becomes a ClipbenchError naming `source` and the line."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"{source}:{mark.line + 1}" if mark is not None else source
+        raise ClipbenchError(f"malformed YAML in {where}: {err.problem or err}") from None
+    except yaml.YAMLError as err:
+        raise ClipbenchError(f"malformed YAML in {source}: {err}") from None
+
+
+def load_yaml(path: str | Path) -> Any:
+    """Read and parse a YAML file (see `load_yaml_text`)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ClipbenchError(f"cannot read {path}: {err.strerror}") from None
+    return load_yaml_text(text, str(path))
+
+
+def parse_scalar(text: str) -> Any:
+    """A `--set` value: YAML scalar syntax (`3`, `1e-4`, `true`, `null`, `[0, 1]`, `image`)."""
+    return load_yaml_text(text, "--set value")

@@ -1,0 +1,1 @@
+"""Protocols: datasets, class names, prompt templates, suites and the metrics computed on run records."""

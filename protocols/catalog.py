@@ -1,0 +1,126 @@
+"""Protocols and suites, each one YAML file, and the registry of dataset builders they name.
+
+A protocol file (`defs/<name>.yaml`) names a builder and its parameters; a builder is a function
+`build(params, data_root, seed) -> Streams` registered with `@register_builder`. A suite file
+(`suites/<name>.yaml`) names a model, protocols, methods, seeds and train/eval settings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+from clipbench.errors import ClipbenchError, unknown_name_error
+from clipbench.registry import Registry
+from clipbench.yamlio import load_yaml
+
+from .data import KINDS, Streams
+
+HERE = Path(__file__).parent
+PROTOCOL_DIR = HERE / "defs"
+SUITE_DIR = HERE / "suites"
+
+Builder = Callable[[Dict[str, Any], Optional[str], int], Streams]
+BUILDERS: Registry[Builder] = Registry("dataset builder", "clipbench.protocols")
+
+
+def register_builder(name: str) -> Callable[[Builder], Builder]:
+    """Register a dataset builder under `name` (used by protocol files' `builder:` key)."""
+    return lambda fn: BUILDERS.register(name, fn)
+
+
+@dataclass(frozen=True)
+class ProtocolDef:
+    """One protocol: which data, in which stream, scored how. Bump `version` when numbers could change."""
+
+    name: str
+    version: int
+    kind: str
+    builder: str
+    params: Dict[str, Any]
+    description: str = ""
+    train: Dict[str, Any] = field(default_factory=dict)  # protocol-level train defaults
+
+    def build(self, data_root: Optional[str], seed: int, params: Optional[Dict[str, Any]] = None) -> Streams:
+        """Build the streams for `seed` (data order and subsampling may depend on it)."""
+        streams = BUILDERS.get(self.builder)(dict(params if params is not None else self.params), data_root, seed)
+        if streams.kind != self.kind:
+            raise ClipbenchError(f"protocol '{self.name}' declares kind {self.kind} but its builder made {streams.kind}")
+        return streams
+
+
+@dataclass(frozen=True)
+class SuiteDef:
+    """A suite: the grid `clipbench run --all --suite NAME` executes."""
+
+    name: str
+    description: str
+    model: Dict[str, Any]
+    protocols: List[str]
+    methods: Any  # "all" or a list of names
+    seeds: List[int]
+    train: Dict[str, Any]
+    eval: Dict[str, Any]
+    data_root: Optional[str] = None
+
+
+def _require(doc: Any, keys: List[str], source: Path) -> Dict[str, Any]:
+    if not isinstance(doc, dict):
+        raise ClipbenchError(f"{source}: expected a mapping at the top level")
+    missing = [k for k in keys if k not in doc]
+    if missing:
+        raise ClipbenchError(f"{source}: missing key(s) {', '.join(missing)}")
+    return doc
+
+
+def load_protocol_file(path: Path) -> ProtocolDef:
+    doc = _require(load_yaml(path), ["name", "version", "kind", "builder"], path)
+    if doc["kind"] not in KINDS:
+        raise ClipbenchError(f"{path}: kind must be one of {', '.join(KINDS)}, got '{doc['kind']}'")
+    return ProtocolDef(
+        name=doc["name"], version=int(doc["version"]), kind=doc["kind"], builder=doc["builder"],
+        params=dict(doc.get("params") or {}), description=doc.get("description", ""),
+        train=dict(doc.get("train") or {}),
+    )
+
+
+def load_suite_file(path: Path) -> SuiteDef:
+    doc = _require(load_yaml(path), ["name", "model", "protocols"], path)
+    return SuiteDef(
+        name=doc["name"], description=doc.get("description", ""), model=dict(doc["model"]),
+        protocols=list(doc["protocols"]), methods=doc.get("methods", "all"),
+        seeds=[int(s) for s in doc.get("seeds", [0])], train=dict(doc.get("train") or {}),
+        eval=dict(doc.get("eval") or {}), data_root=doc.get("data_root"),
+    )
+
+
+@lru_cache(maxsize=None)
+def _protocols() -> Dict[str, ProtocolDef]:
+    return {p.name: p for p in map(load_protocol_file, sorted(PROTOCOL_DIR.glob("*.yaml")))}
+
+
+@lru_cache(maxsize=None)
+def _suites() -> Dict[str, SuiteDef]:
+    return {s.name: s for s in map(load_suite_file, sorted(SUITE_DIR.glob("*.yaml")))}
+
+
+def get_protocol(name: str) -> ProtocolDef:
+    if name not in _protocols():
+        raise unknown_name_error("protocol", name, _protocols())
+    return _protocols()[name]
+
+
+def get_suite(name: str) -> SuiteDef:
+    if name not in _suites():
+        raise unknown_name_error("suite", name, _suites())
+    return _suites()[name]
+
+
+def protocol_names() -> List[str]:
+    return sorted(_protocols())
+
+
+def suite_names() -> List[str]:
+    return sorted(_suites())

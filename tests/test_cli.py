@@ -1,0 +1,119 @@
+"""The CLI in-process, as a user would call it."""
+
+import json
+
+import pytest
+
+from helpers import SMALL, records, run_cli, snapshot
+
+
+def test_list_methods_json(capsys):
+    assert run_cli("list", "methods", "--json") == 0
+    names = {m["name"] for m in json.loads(capsys.readouterr().out)}
+    assert {"zeroshot", "finetune"} <= names
+
+
+def test_list_suites_and_protocols(capsys):
+    assert run_cli("list", "suites") == 0
+    assert "tiny" in capsys.readouterr().out
+    assert run_cli("list", "protocols", "--json") == 0
+    assert "tiny_shapes" in {p["name"] for p in json.loads(capsys.readouterr().out)}
+
+
+def test_run_all_tiny_writes_complete_records_then_rewrites_nothing(results, capsys):
+    assert run_cli("run", "--all", "--suite", "tiny", "--results", results, "--quiet") == 0
+    recs = records(results)
+    # every registered method x both protocols of the suite
+    from clipbench.methods.base import METHODS
+
+    assert len(recs) == 2 * len(METHODS.names())
+    for rec in recs.values():
+        assert rec["status"] == "complete"
+        assert set(rec) >= {"schema_version", "status", "spec", "raw", "metrics", "provenance"}
+        assert len(rec["raw"]["acc_matrix"]) == 4  # row 0 + 3 experiences
+        assert {"last", "avg", "bwt", "zs_retention", "i2t_r1"} <= set(rec["metrics"])
+        prov = rec["provenance"]
+        assert {"git_commit", "git_dirty", "versions", "device", "precision", "argv", "started", "ended"} <= set(prov)
+        assert {"python", "torch", "open_clip", "avalanche", "clipbench"} <= set(prov["versions"])
+    before = snapshot(results)
+    assert run_cli("run", "--all", "--suite", "tiny", "--results", results) == 0
+    assert "already complete" in capsys.readouterr().err
+    assert snapshot(results) == before
+
+
+def test_zeroshot_rows_are_the_untrained_model(results):
+    assert run_cli("run", "--method", "zeroshot", "--protocol", "tiny_shapes", "--suite", "tiny",
+                   "--results", results, "--quiet", "--set", *SMALL) == 0
+    [rec] = records(results).values()
+    assert rec["metrics"]["zs_retention"] == 1.0
+    zs = rec["raw"]["zeroshot"]["shapes"]
+    assert len(set(zs)) == 1 and len(zs) == 4
+
+
+def test_finetune_changes_the_model(results):
+    assert run_cli("run", "--method", "finetune", "--protocol", "tiny_shapes", "--suite", "tiny",
+                   "--results", results, "--quiet", "--set", *SMALL, "train.epochs=3") == 0
+    [rec] = records(results).values()
+    assert len(set(rec["raw"]["zeroshot"]["shapes"])) > 1 or len(set(map(tuple, rec["raw"]["acc_matrix"]))) > 1
+    assert rec["costs"]["trainable_params"] > 0
+
+
+def test_dry_run_prints_plan_and_runs_nothing(results, capsys):
+    assert run_cli("run", "--all", "--suite", "tiny", "--results", results, "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert "finetune" in out and "[missing]" in out
+    assert not results.exists()
+
+
+def test_status_and_leaderboard(results, capsys):
+    run_cli("run", "--method", "zeroshot", "--suite", "tiny", "--results", results, "--quiet", "--set", *SMALL)
+    capsys.readouterr()
+    assert run_cli("status", "--suite", "tiny", "--results", results) == 0
+    out = capsys.readouterr().out
+    assert "complete" in out and "missing" in out
+    assert run_cli("leaderboard", "--results", results) == 0
+    out = capsys.readouterr().out
+    assert "| zeroshot" in out and "last" in out
+
+
+BAD_INPUTS = [
+    (["run", "--method", "finetun", "--suite", "tiny"], "unknown method 'finetun'"),
+    (["run", "--all", "--suite", "tiny", "--protocol", "nope"], "unknown protocol 'nope'"),
+    (["run", "--all", "--suite", "tinyy"], "unknown suite 'tinyy'. Did you mean 'tiny'"),
+    (["run", "--all", "--suite", "tiny", "--set", "train.lrr=3"], "unknown setting 'train.lrr'"),
+    (["run", "--all", "--suite", "tiny", "--set", "model.pretrained=/no/such/file.pt"], "checkpoint file not found"),
+    (["run", "--all", "--suite", "tiny", "--set", "model.arch=ViT-B-32", "model.pretrained=openai"], "cannot be reached"),
+]
+
+
+@pytest.mark.parametrize("argv, message", BAD_INPUTS)
+def test_bad_input_one_line_exit_2_no_record(argv, message, results, capsys):
+    assert run_cli(*argv, "--results", results) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert not records(results)
+
+
+def test_malformed_config_yaml(results, tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {lr: 1e-3\n")
+    assert run_cli("run", "--all", "--suite", "tiny", "--config", bad, "--results", results) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}:" in err and "malformed YAML" in err
+
+
+def test_unreadable_checkpoint(results, tmp_path, capsys):
+    ckpt = tmp_path / "broken.pt"
+    ckpt.write_bytes(b"not a checkpoint")
+    assert run_cli("run", "--method", "zeroshot", "--suite", "tiny", "--results", results, "--quiet",
+                   "--set", f"model.pretrained={ckpt}") == 2
+    assert "cannot load model" in capsys.readouterr().err
+    assert not records(results)
+
+
+def test_failed_invocation_never_touches_completed_records(results):
+    assert run_cli("run", "--method", "zeroshot", "--suite", "tiny", "--results", results, "--quiet", "--set", *SMALL) == 0
+    before = snapshot(results)
+    assert run_cli("run", "--all", "--suite", "tiny", "--results", results, "--set", "bogus.key=1") == 2
+    assert snapshot(results) == before
