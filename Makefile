@@ -2,15 +2,34 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+ASSETS ?= .assets
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+DEBIAN_PACKAGES := dataset-fashion-mnist tuxpaint-stamps-default
+EMOJI  := emoji-datasource-google@16.0.0
+PIP    := $(BIN)/pip install -q --disable-pip-version-check
 
-.PHONY: setup test test-slow clean
+.PHONY: setup system-packages emoji test test-slow clean
 
-setup: $(VENV)/.installed
+setup: system-packages emoji $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt setup.cfg pyproject.toml
+# The offline suite's data: Fashion-MNIST and Tux Paint from Debian, emoji from the npm registry.
+system-packages:
+	@dpkg -s $(DEBIAN_PACKAGES) >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $(DEBIAN_PACKAGES) >/dev/null; }
+
+emoji: $(ASSETS)/emoji-datasource-google/emoji.json
+
+$(ASSETS)/emoji-datasource-google/emoji.json:
+	mkdir -p $(ASSETS)/tmp
+	cd $(ASSETS)/tmp && npm pack --silent $(EMOJI) >/dev/null && tar xzf emoji-datasource-google-*.tgz
+	rm -rf $(ASSETS)/emoji-datasource-google && mv $(ASSETS)/tmp/package $(ASSETS)/emoji-datasource-google
+	rm -rf $(ASSETS)/tmp
+
+$(VENV)/.installed: requirements.txt requirements-nodeps.txt setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check -r requirements.txt
-	$(BIN)/pip install -q --disable-pip-version-check --no-deps -e .
+	$(PIP) -r requirements.txt
+	$(PIP) --no-deps -r requirements-nodeps.txt
+	$(PIP) --no-deps -e .
 	touch $@
 
 test: setup

@@ -13,7 +13,7 @@ from typing import List, Optional, Sequence
 
 from .errors import ClipbenchError
 
-DEFAULT_SUITE = "tiny"
+DEFAULT_SUITE = "mini"
 DEFAULT_RESULTS = "results"
 
 
@@ -43,6 +43,13 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--suite", default=DEFAULT_SUITE)
     st.add_argument("--results", default=DEFAULT_RESULTS)
     st.add_argument("--json", action="store_true")
+
+    pr = sub.add_parser("prepare", help="build a suite's model product (the mini model's aligned projections)")
+    pr.add_argument("what", choices=["mini"])
+    pr.add_argument("--out", help="where to write the projections (default: the bundled file)")
+    pr.add_argument("--epochs", type=int, default=10)
+    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--quiet", action="store_true")
 
     lb = sub.add_parser("leaderboard", help="a markdown table from the run records")
     lb.add_argument("--results", default=DEFAULT_RESULTS)
@@ -130,6 +137,17 @@ def _cmd_status(args) -> int:
     return 0
 
 
+def _cmd_prepare(args) -> int:
+    from pathlib import Path
+
+    from .prepare import DEFAULT_OUT, prepare_mini
+
+    out = Path(args.out) if args.out else DEFAULT_OUT
+    meta = prepare_mini(out, epochs=args.epochs, seed=args.seed, progress=not args.quiet and sys.stderr.isatty())
+    print(json.dumps({"written": str(out), **meta}, indent=1))
+    return 0
+
+
 def _cmd_leaderboard(args) -> int:
     from .leaderboard import markdown
     from .store import ResultStore
@@ -152,6 +170,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             return _cmd_run(args, ["clipbench", *argv])
         if args.command == "status":
             return _cmd_status(args)
+        if args.command == "prepare":
+            return _cmd_prepare(args)
         if args.command == "leaderboard":
             return _cmd_leaderboard(args)
     except ClipbenchError as err:

@@ -41,15 +41,19 @@ class CLIPClassifier(nn.Module):
         tokens = loaded.tokenizer([train_template.format(c=c) for c in class_names])
         self.register_buffer("prompt_tokens", tokens, persistent=False)
         self.num_active = len(class_names)
+        self.frozen_prefixes = loaded.frozen_prefixes
         self._text_cache: Optional[torch.Tensor] = None
 
+    def _trainable_named(self):
+        return [(n, p) for n, p in self.clip.named_parameters() if not n.startswith(self.frozen_prefixes)]
+
     def image_parameters(self) -> List[nn.Parameter]:
-        return list(self.clip.visual.parameters())
+        """Image-tower parameters that may train (the model's frozen parts excluded)."""
+        return [p for n, p in self._trainable_named() if n.startswith("visual.")]
 
     def text_parameters(self) -> List[nn.Parameter]:
-        """Every parameter outside the image tower, except the logit scale (kept fixed)."""
-        visual = {id(p) for p in self.clip.visual.parameters()}
-        return [p for n, p in self.clip.named_parameters() if id(p) not in visual and n != "logit_scale"]
+        """Every trainable parameter outside the image tower, except the logit scale (kept fixed)."""
+        return [p for n, p in self._trainable_named() if not n.startswith("visual.") and n != "logit_scale"]
 
     def invalidate_text_cache(self) -> None:
         self._text_cache = None

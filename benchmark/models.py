@@ -17,11 +17,16 @@ from typing import Any, Callable, Optional, Tuple
 
 import torch
 
+from . import assembled
 from .errors import ClipbenchError, unknown_name_error
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 LOCAL_DIR = "local-dir:"
 HUB_HOST = "huggingface.co"
+
+
+BUNDLED = "bundled:"  # a file shipped inside clipbench (protocols/assets/...), e.g. the mini projections
+BUNDLED_DIR = Path(__file__).resolve().parent.parent / "protocols" / "assets"
 
 
 @dataclass
@@ -33,6 +38,16 @@ class LoadedModel:
     image_size: Tuple[int, int]
     mean: Tuple[float, float, float]
     std: Tuple[float, float, float]
+    frozen_prefixes: Tuple[str, ...] = ()  # parameters that never train (and may be cached)
+
+
+def resolve_bundled(pretrained: Optional[str]) -> Optional[str]:
+    """`bundled:mini/x.pt` -> the file's path inside the installed clipbench."""
+    if pretrained and str(pretrained).startswith(BUNDLED):
+        import clipbench.protocols
+
+        return str(Path(clipbench.protocols.__file__).parent / "assets" / str(pretrained)[len(BUNDLED):])
+    return pretrained
 
 
 def _open_clip():
@@ -41,6 +56,10 @@ def _open_clip():
     if not getattr(_open_clip, "_configs_added", False):
         open_clip.add_model_config(CONFIG_DIR)  # clipbench's own configs (the tiny test model)
         _open_clip._configs_added = True
+    try:
+        assembled.register_config(open_clip)
+    except ClipbenchError:
+        pass  # the mini model's packages are not installed; only that model is unavailable
     return open_clip
 
 
@@ -87,6 +106,14 @@ def _cached_hub_file(arch: str, tag: str) -> Optional[str]:
     return None
 
 
+def _readable_file(path: Path) -> bool:
+    if not path.is_file():
+        raise ClipbenchError(f"model.pretrained: checkpoint file not found: {path}")
+    if not os.access(path, os.R_OK):
+        raise ClipbenchError(f"model.pretrained: cannot read checkpoint {path}: permission denied")
+    return True
+
+
 def weights_fingerprint(arch: str, pretrained: Optional[str]) -> str:
     """A string that changes whenever the weights do; validates the model spec on the way.
 
@@ -95,6 +122,10 @@ def weights_fingerprint(arch: str, pretrained: Optional[str]) -> str:
     - a hub tag: "hub:<arch>/<tag>" (the files are not on disk to hash before download).
     """
     open_clip = _open_clip()
+    pretrained = resolve_bundled(pretrained)
+    if arch == assembled.ARCH:
+        proj = "none" if pretrained is None else _readable_file(Path(pretrained)) and file_sha256(pretrained)
+        return hashlib.sha256(f"{assembled.tower_fingerprint()}:{proj}".encode()).hexdigest()
     if pretrained is None:
         if arch not in open_clip.list_models():
             raise unknown_name_error("model architecture", arch, open_clip.list_models())
@@ -116,12 +147,8 @@ def weights_fingerprint(arch: str, pretrained: Optional[str]) -> str:
     looks_like_path = os.sep in pretrained or Path(pretrained).suffix in {".pt", ".pth", ".bin", ".safetensors"}
     if looks_like_path or Path(pretrained).exists():
         path = Path(pretrained).expanduser()
-        if not path.is_file():
-            raise ClipbenchError(f"model.pretrained: checkpoint file not found: {path}")
-        try:
-            return file_sha256(path)
-        except OSError as err:
-            raise ClipbenchError(f"model.pretrained: cannot read checkpoint {path}: {err.strerror}") from None
+        _readable_file(path)
+        return file_sha256(path)
     tags = open_clip.list_pretrained_tags_by_model(arch)
     if pretrained not in tags:
         raise unknown_name_error(f"pretrained tag for {arch}", pretrained, tags)
@@ -138,6 +165,11 @@ def load_model(arch: str, pretrained: Optional[str], device: str = "cpu") -> Loa
     """Build the open_clip model and its tokenizer. Seed torch first when `pretrained` is None."""
     open_clip = _open_clip()
     weights_fingerprint(arch, pretrained)  # validates, fails fast with a clear message
+    pretrained = resolve_bundled(pretrained)
+    if arch == assembled.ARCH:
+        clip = assembled.build(open_clip, Path(pretrained) if pretrained else None, device)
+        return LoadedModel(clip, open_clip.get_tokenizer(arch), (assembled.IMAGE_SIZE,) * 2, assembled.MEAN,
+                           assembled.STD, assembled.FROZEN_PREFIXES)
     name, weights = arch, pretrained
     if pretrained and str(pretrained).startswith(LOCAL_DIR):
         name, weights = str(pretrained), None
@@ -161,6 +193,7 @@ def load_model(arch: str, pretrained: Optional[str], device: str = "cpu") -> Loa
 
 def model_slug(arch: str, pretrained: Optional[str]) -> str:
     """A folder-safe model name for result paths: arch plus the weights' short name."""
+    pretrained = resolve_bundled(pretrained)
     if pretrained is None:
         tail = "random"
     elif str(pretrained).startswith(LOCAL_DIR):

