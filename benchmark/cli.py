@@ -51,6 +51,11 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--seed", type=int, default=0)
     pr.add_argument("--quiet", action="store_true")
 
+    nw = sub.add_parser("new", help="write a scaffold to start a new plugin from")
+    nw.add_argument("kind", choices=["method"])
+    nw.add_argument("name", help="snake_case name, e.g. my_method")
+    nw.add_argument("--dir", help="folder to write into (default: clipbench's methods/ folder)")
+
     lb = sub.add_parser("leaderboard", help="a markdown table from the run records")
     lb.add_argument("--results", default=DEFAULT_RESULTS)
     lb.add_argument("--suite", help="only this suite")
@@ -148,6 +153,19 @@ def _cmd_prepare(args) -> int:
     return 0
 
 
+def _cmd_new(args) -> int:
+    from pathlib import Path
+
+    import clipbench.methods
+
+    from .scaffold import new_method
+
+    folder = Path(args.dir) if args.dir else Path(clipbench.methods.__file__).parent
+    path = new_method(args.name, folder)
+    print(f"wrote {path}; try it: clipbench run --method {args.name} --suite tiny")
+    return 0
+
+
 def _cmd_leaderboard(args) -> int:
     from .leaderboard import markdown
     from .store import ResultStore
@@ -170,6 +188,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             return _cmd_run(args, ["clipbench", *argv])
         if args.command == "status":
             return _cmd_status(args)
+        if args.command == "new":
+            return _cmd_new(args)
         if args.command == "prepare":
             return _cmd_prepare(args)
         if args.command == "leaderboard":

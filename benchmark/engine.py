@@ -37,12 +37,15 @@ class CLIPClassifier(nn.Module):
     def __init__(self, loaded: LoadedModel, class_names: List[str], train_template: str):
         super().__init__()
         self.clip = loaded.clip
+        self.tokenizer = loaded.tokenizer
         self.image_size, self.mean, self.std = loaded.image_size, loaded.mean, loaded.std
         tokens = loaded.tokenizer([train_template.format(c=c) for c in class_names])
         self.register_buffer("prompt_tokens", tokens, persistent=False)
         self.num_active = len(class_names)
         self.frozen_prefixes = loaded.frozen_prefixes
         self._text_cache: Optional[torch.Tensor] = None
+        # the image features of the last forward pass (with their graph), for methods' loss terms
+        self.last_image_features: Optional[torch.Tensor] = None
 
     def _trainable_named(self):
         return [(n, p) for n, p in self.clip.named_parameters() if not n.startswith(self.frozen_prefixes)]
@@ -83,7 +86,8 @@ class CLIPClassifier(nn.Module):
         return self.clip.logit_scale.exp().detach() * image_features @ text_features.T
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.logits(self.encode_images(images), self.class_text_features())
+        self.last_image_features = self.encode_images(images)
+        return self.logits(self.last_image_features, self.class_text_features())
 
 
 class EnginePlugin(SupervisedPlugin):
@@ -134,8 +138,24 @@ def set_trainable(model: CLIPClassifier, method: "Method") -> int:
     return sum(p.numel() for p in {id(p): p for p in params}.values())
 
 
+def make_criterion(first_class: int, ce_classes: str):
+    """Cross-entropy over every active class ("seen"), or only the current experience's ("current",
+    as the founding paper's code masks the other sessions' classes with -1e4)."""
+    if ce_classes == "seen":
+        return nn.CrossEntropyLoss()
+    if ce_classes != "current":
+        raise ValueError(f"train.ce_classes must be 'seen' or 'current', got {ce_classes!r}")
+
+    def current_only(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        masked = logits.clone()
+        masked[:, :first_class] = -1e4
+        return F.cross_entropy(masked, labels)
+
+    return current_only
+
+
 def train_experience(model: CLIPClassifier, method: "Method", data: LabelledImages, index: int, num_active: int,
-                     train: dict, device: str, progress: bool) -> float:
+                     train: dict, device: str, progress: bool, first_class: int = 0) -> float:
     """Train on one experience with a fresh optimizer (as the paper's and ZSCL's code do per session).
 
     A fresh optimizer per experience also means a checkpoint needs no optimizer state. Returns seconds.
@@ -148,11 +168,13 @@ def train_experience(model: CLIPClassifier, method: "Method", data: LabelledImag
     iterations = train["epochs"] * math.ceil(len(data) / train["batch_size"])
     engine = EnginePlugin([method], iterations, progress, desc=f"train exp {index}")
     strategy = SupervisedTemplate(
-        model=model, optimizer=make_optimizer(trainable, train), criterion=nn.CrossEntropyLoss(),
+        model=model, optimizer=make_optimizer(trainable, train),
+        criterion=make_criterion(first_class, train.get("ce_classes", "seen")),
         train_mb_size=train["batch_size"], train_epochs=train["epochs"], eval_mb_size=train["batch_size"],
         device=device, plugins=[method, engine], evaluator=EvaluationPlugin(),
     )
     strategy.train(make_experience(data.images, data.labels, index), num_workers=0)
+    model.last_image_features = None
     model.invalidate_text_cache()
     model.eval()
     return time.perf_counter() - start

@@ -161,11 +161,51 @@ def _log(msg: str, quiet: bool) -> None:
 
 def execute_run(spec: RunSpec, store: ResultStore, device: str, progress: bool, argv: List[str],
                 quiet: bool = False) -> Dict[str, Any]:
-    """Run (or resume) one spec to completion and write its record. User errors propagate."""
-    from .engine import CLIPClassifier, set_trainable, train_experience
+    """Run (or resume) one spec to completion and write its record.
 
+    Bad input (a ClipbenchError: missing data, unreadable weights) propagates and writes nothing.
+    Any other exception is a failed run: its record says why, and its checkpoint is kept.
+    """
     started = provenance.now()
     wall = time.perf_counter()
+    state: Dict[str, Any] = {"raw": None, "trainable": 0}
+    try:
+        _run_experiences(spec, store, device, progress, quiet, state)
+        status, error = "complete", None
+    except ClipbenchError:
+        raise
+    except Exception as err:
+        status = "failed"
+        error = {"type": type(err).__name__, "message": str(err), "traceback": traceback.format_exc()}
+    raw = state["raw"] or {}
+    metrics = compute_metrics(raw) if status == "complete" else {"values": {}, "versions": {}}
+    record = {
+        "schema_version": SCHEMA_VERSION,
+        "status": status,
+        "id": spec.id,
+        "spec": spec.to_dict(),
+        "raw": raw,
+        "metrics": metrics["values"],
+        "metric_versions": metrics["versions"],
+        "costs": {"trainable_params": state["trainable"], "peak_rss_mb": round(peak_rss_mb(), 1),
+                  "wall_seconds": round(time.perf_counter() - wall, 3)},
+        "provenance": {**provenance.collect(device, spec.precision, argv), "started": started, "ended": provenance.now()},
+        "error": error,
+    }
+    store.write_record(spec, record)
+    if status == "complete":
+        store.clear_progress(spec)
+    return record
+
+
+def _run_experiences(spec: RunSpec, store: ResultStore, device: str, progress: bool, quiet: bool,
+                     state: Dict[str, Any]) -> None:
+    """Build, evaluate row 0 (or resume), then train and evaluate experience by experience.
+
+    Fills `state["raw"]` as it goes, so a crash still leaves what was measured.
+    """
+    from .engine import CLIPClassifier, set_trainable, train_experience
+
     protocol = get_protocol(spec.protocol)
     method_cls = _method_registry().get(spec.method)
     streams = protocol.build(spec.data_root, spec.seed, spec.protocol_params)
@@ -175,7 +215,8 @@ def execute_run(spec: RunSpec, store: ResultStore, device: str, progress: bool, 
     model.eval()
     method = method_cls(method_cls.Config(**spec.method_config))
     method.setup(model, streams)
-    trainable = set_trainable(model, method) if method_cls.trains else 0
+    model.to(device)  # a method may have added modules
+    state["trainable"] = set_trainable(model, method) if method_cls.trains else 0
     evaluator = Evaluator(streams, loaded, spec, device, progress)
 
     checkpoint = store.load_checkpoint(spec)
@@ -186,48 +227,25 @@ def execute_run(spec: RunSpec, store: ResultStore, device: str, progress: bool, 
         _log(f"  resuming from experience {start}/{streams.n_experiences}", quiet)
     else:
         raw, start = _empty_raw(streams), 0
+        state["raw"] = raw
         t = time.perf_counter()
         _append_row(raw, evaluator.evaluate(0, version=0), time.perf_counter() - t)
+    state["raw"] = raw
 
-    try:
-        for exp in range(start, streams.n_experiences):
-            seed_everything(spec.seed, exp)
-            seconds = 0.0
-            if method_cls.trains:
-                num_active = streams.experience_classes[exp][-1] + 1
-                seconds = train_experience(model, method, streams.train[exp], exp, num_active, spec.train, device, progress)
-            raw["train_seconds"].append(seconds)
-            t = time.perf_counter()
-            version = exp + 1 if method_cls.trains else 0  # an untrained model keeps its features
-            _append_row(raw, evaluator.evaluate(exp + 1, version), time.perf_counter() - t)
-            store.save_progress(spec, {"spec_id": spec.id, "completed": exp + 1, "raw": raw,
-                                       "model": model.state_dict(), "method": method.state_dict()},
-                                exp + 1, streams.n_experiences)
-        status, error = "complete", None
-    except ClipbenchError:
-        raise
-    except Exception as err:  # a crash in training or evaluation: record it, keep the checkpoint
-        status = "failed"
-        error = {"type": type(err).__name__, "message": str(err), "traceback": traceback.format_exc()}
-
-    metrics = compute_metrics(raw) if status == "complete" else {"values": {}, "versions": {}}
-    record = {
-        "schema_version": SCHEMA_VERSION,
-        "status": status,
-        "id": spec.id,
-        "spec": spec.to_dict(),
-        "raw": raw,
-        "metrics": metrics["values"],
-        "metric_versions": metrics["versions"],
-        "costs": {"trainable_params": trainable, "peak_rss_mb": round(peak_rss_mb(), 1),
-                  "wall_seconds": round(time.perf_counter() - wall, 3)},
-        "provenance": {**provenance.collect(device, spec.precision, argv), "started": started, "ended": provenance.now()},
-        "error": error,
-    }
-    store.write_record(spec, record)
-    if status == "complete":
-        store.clear_progress(spec)
-    return record
+    for exp in range(start, streams.n_experiences):
+        seed_everything(spec.seed, exp)
+        seconds = 0.0
+        if method_cls.trains:
+            classes = streams.experience_classes[exp]
+            seconds = train_experience(model, method, streams.train[exp], exp, classes[-1] + 1, spec.train, device,
+                                       progress, first_class=classes[0])
+        raw["train_seconds"].append(seconds)
+        t = time.perf_counter()
+        version = exp + 1 if method_cls.trains else 0  # an untrained model keeps its features
+        _append_row(raw, evaluator.evaluate(exp + 1, version), time.perf_counter() - t)
+        store.save_progress(spec, {"spec_id": spec.id, "completed": exp + 1, "raw": raw,
+                                   "model": model.state_dict(), "method": method.state_dict()},
+                            exp + 1, streams.n_experiences)
 
 
 def default_device() -> str:

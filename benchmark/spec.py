@@ -22,7 +22,8 @@ from .yamlio import load_yaml, parse_scalar
 
 DEFAULTS: Dict[str, Any] = {
     "model": {"arch": None, "pretrained": None},
-    "train": {"epochs": 1, "batch_size": 32, "lr": 1e-5, "weight_decay": 0.0, "optimizer": "adamw", "momentum": 0.9},
+    "train": {"epochs": 1, "batch_size": 32, "lr": 1e-5, "weight_decay": 0.0, "optimizer": "adamw", "momentum": 0.9,
+              "ce_classes": "seen"},  # ce_classes: seen (all classes so far) or current (this experience's)
     "eval": {"batch_size": 256},
     "precision": "fp32",  # fp32 everywhere; amp_bf16 autocasts evaluation and training on a GPU
     "data_root": None,

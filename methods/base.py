@@ -84,6 +84,31 @@ class Method(SupervisedPlugin):
         """Restore what `state_dict` returned."""
 
 
+class WithTeacher(Method):
+    """A method whose teacher is the model as it was before the current experience.
+
+    That is the original model in one-session training and the previous session's model in
+    multi-session training, as in the founding paper's code. The teacher holds the trainable
+    parameters only (see `clipbench.methods.toolkit.with_weights`); it is taken again at the start
+    of each experience, so a resumed run rebuilds it exactly from the checkpointed model.
+    """
+
+    def before_training_exp(self, strategy, **kwargs):
+        from .toolkit import snapshot
+
+        self.teacher = snapshot(strategy.model, self.trainable_parameters(strategy.model))
+
+    def teacher_image_features(self, model: "CLIPClassifier", images: torch.Tensor) -> torch.Tensor:
+        from .toolkit import with_weights
+
+        return with_weights(model, self.teacher, lambda m: m.encode_images(images))
+
+    def teacher_text_features(self, model: "CLIPClassifier", tokens: torch.Tensor) -> torch.Tensor:
+        from .toolkit import with_weights
+
+        return with_weights(model, self.teacher, lambda m: m.encode_tokens(tokens))
+
+
 METHODS: Registry[Type[Method]] = Registry("method", "clipbench.methods", entry_point_group="clipbench.methods")
 
 

@@ -49,7 +49,7 @@ def _images(rng: np.random.Generator, pairs: List[tuple], size: int) -> torch.Te
 @register_builder("synthetic_shapes")
 def build_synthetic_shapes(params: Dict[str, Any], data_root: Optional[str], seed: int) -> Streams:
     """params: colours (target classes, in class order), n_experiences, train_per_class,
-    test_per_class, heldout_per_class, retrieval_images, image_size, kind."""
+    test_per_class, heldout_per_class, retrieval_images, reference_pairs, image_size, kind."""
     rng = np.random.default_rng(seed)
     colours: List[str] = params.get("colours", list(COLOURS)[:6])
     n_exp = int(params.get("n_experiences", 3))
@@ -80,8 +80,12 @@ def build_synthetic_shapes(params: Dict[str, Any], data_root: Optional[str], see
     caption_image = torch.arange(n_ret).repeat_interleave(2)
     retrieval = CaptionedImages(_images(rng, ret_pairs, size), captions, caption_image)
 
+    n_ref = int(params.get("reference_pairs", 24))
+    ref_pairs = [(list(COLOURS)[rng.integers(len(COLOURS))], SHAPES[rng.integers(len(SHAPES))]) for _ in range(n_ref)]
+    reference = CaptionedImages(_images(rng, ref_pairs, size), [f"a {c} {s}" for c, s in ref_pairs], torch.arange(n_ref))
+
     return Streams(
         kind=params.get("kind", "class_incremental"), class_names=list(colours), templates=templates,
         train=train, test=test, experience_classes=exp_classes,
-        zeroshot_sets={"shapes": shapes_set}, retrieval_sets={"shape_captions": retrieval},
+        zeroshot_sets={"shapes": shapes_set}, retrieval_sets={"shape_captions": retrieval}, reference=reference,
     )

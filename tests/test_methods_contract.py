@@ -1,0 +1,51 @@
+"""Every registered method, new ones included, runs on the tiny suite without anyone writing a test."""
+
+import dataclasses
+import importlib.util
+import sys
+
+import pytest
+
+from clipbench.methods.base import METHODS, Method, MethodConfig
+from helpers import SMALL, records, run_cli
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_method_declares_its_contract(name):
+    cls = METHODS.get(name)
+    assert issubclass(cls, Method) and cls.name == name and isinstance(cls.version, int) and cls.version >= 1
+    assert issubclass(cls.Config, MethodConfig) and dataclasses.is_dataclass(cls.Config)
+    cls.Config()  # every hyperparameter has a default
+    assert (cls.__doc__ or "").strip(), f"{name} needs a docstring citing its paper"
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_method_completes_on_tiny_suite(name, results):
+    assert run_cli("run", "--method", name, "--protocol", "tiny_shapes", "--suite", "tiny", "--results", results,
+                   "--quiet", "--set", *SMALL) == 0
+    [rec] = records(results).values()
+    assert rec["status"] == "complete", rec.get("error")
+    assert len(rec["raw"]["acc_matrix"]) == 4 and "last" in rec["metrics"]
+
+
+def test_scaffold_from_new_method_runs(tmp_path, results, capsys):
+    assert run_cli("new", "method", "my_pull", "--dir", tmp_path) == 0
+    path = tmp_path / "my_pull.py"
+    assert "wrote" in capsys.readouterr().out and path.is_file()
+    spec = importlib.util.spec_from_file_location("my_pull_scaffold", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["my_pull_scaffold"] = module
+    try:
+        spec.loader.exec_module(module)  # registers the method, as discovery would
+        assert run_cli("run", "--method", "my_pull", "--protocol", "tiny_shapes", "--suite", "tiny",
+                       "--results", results, "--quiet", "--set", *SMALL, "methods.my_pull.alpha=0.5") == 0
+        [rec] = records(results).values()
+        assert rec["status"] == "complete" and rec["spec"]["method_config"]["alpha"] == 0.5
+    finally:
+        METHODS._items.pop("my_pull", None)
+        sys.modules.pop("my_pull_scaffold", None)
+
+
+def test_new_method_rejects_bad_names(tmp_path, capsys):
+    assert run_cli("new", "method", "Bad-Name", "--dir", tmp_path) == 2
+    assert "snake_case" in capsys.readouterr().err
