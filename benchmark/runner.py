@@ -95,8 +95,10 @@ class Evaluator:
     only rescored for later rows (class-incremental rows score different class ranges).
     """
 
-    def __init__(self, streams: Streams, loaded: LoadedModel, spec: RunSpec, device: str, progress: bool):
+    def __init__(self, streams: Streams, loaded: LoadedModel, spec: RunSpec, device: str, progress: bool,
+                 method: Any = None):
         self.streams, self.loaded, self.device, self.progress = streams, loaded, device, progress
+        self.method = method
         self.batch = spec.eval["batch_size"]
         self.precision = spec.precision
         self.test_images = torch.cat([t.images for t in streams.test])
@@ -117,9 +119,12 @@ class Evaluator:
             retrieval[name] = retrieval_recall(f, encode_texts(self.loaded, cap.captions, self.batch, **kw), cap.caption_image)
         return {
             "image": encode_images(self.loaded, self.test_images, self.batch, desc="eval test sets", **bar),
-            "classes": class_embeddings(self.loaded, s.class_names, s.templates, self.batch, **kw),
+            "classes": self._target_classifier(class_embeddings(self.loaded, s.class_names, s.templates, self.batch, **kw)),
             "zeroshot": zeroshot, "retrieval": retrieval,
         }
+
+    def _target_classifier(self, text_classes: torch.Tensor) -> torch.Tensor:
+        return self.method.class_features(self.loaded, text_classes) if self.method is not None else text_classes
 
     def evaluate(self, row: int, version: int) -> Row:
         """Row `row` of the accuracy matrix and the held-out figures for model state `version`."""
@@ -217,7 +222,7 @@ def _run_experiences(spec: RunSpec, store: ResultStore, device: str, progress: b
     method.setup(model, streams)
     model.to(device)  # a method may have added modules
     state["trainable"] = set_trainable(model, method) if method_cls.trains else 0
-    evaluator = Evaluator(streams, loaded, spec, device, progress)
+    evaluator = Evaluator(streams, loaded, spec, device, progress, method)
 
     checkpoint = store.load_checkpoint(spec)
     if checkpoint:
@@ -235,10 +240,12 @@ def _run_experiences(spec: RunSpec, store: ResultStore, device: str, progress: b
     for exp in range(start, streams.n_experiences):
         seed_everything(spec.seed, exp)
         seconds = 0.0
-        if method_cls.trains:
+        data = method.training_data(streams, exp) if method_cls.trains else None
+        if data is not None:
             classes = streams.experience_classes[exp]
-            seconds = train_experience(model, method, streams.train[exp], exp, classes[-1] + 1, spec.train, device,
-                                       progress, first_class=classes[0])
+            active = max(classes[-1] + 1, int(data.labels.max()) + 1)  # a joint learner sees every class at once
+            seconds = train_experience(model, method, data, exp, active, spec.train, device, progress,
+                                       first_class=classes[0])
         raw["train_seconds"].append(seconds)
         t = time.perf_counter()
         version = exp + 1 if method_cls.trains else 0  # an untrained model keeps its features

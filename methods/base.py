@@ -27,6 +27,7 @@ from clipbench.registry import Registry
 
 if TYPE_CHECKING:
     from clipbench.engine import CLIPClassifier
+    from clipbench.protocols.data import LabelledImages
 
 PARTS = ("whole", "image", "text")
 
@@ -71,6 +72,14 @@ class Method(SupervisedPlugin):
         if self.config.part == "text":
             return model.text_parameters()
         return model.image_parameters() + model.text_parameters()
+
+    def training_data(self, streams: Any, exp: int) -> Optional["LabelledImages"]:
+        """What to train on at experience `exp` (None: no training). Default: that experience's data."""
+        return streams.train[exp]
+
+    def class_features(self, loaded: Any, class_features: torch.Tensor) -> torch.Tensor:
+        """The target stream's classifier at evaluation (default: the class prompts' text embeddings)."""
+        return class_features
 
     def loss(self, strategy) -> Optional[torch.Tensor]:
         """An extra loss term for the current mini-batch (`strategy.mb_x`, `mb_y`, `mb_output`)."""

@@ -34,6 +34,15 @@ class LabelledImages:
     def subset(self, mask_or_index: torch.Tensor) -> "LabelledImages":
         return LabelledImages(self.images[mask_or_index], self.labels[mask_or_index])
 
+    @staticmethod
+    def concat(parts: List["LabelledImages"]) -> "LabelledImages":
+        """One set from several; images are resized to the first part's size when they differ."""
+        size = parts[0].images.shape[-2:]
+        images = [p.images if p.images.shape[-2:] == size else
+                  F.interpolate(p.images.float(), size=tuple(size), mode="bilinear", antialias=True).round().clamp(0, 255).to(torch.uint8)
+                  for p in parts]
+        return LabelledImages(torch.cat(images), torch.cat([p.labels for p in parts]))
+
 
 @dataclass
 class CaptionedImages:
