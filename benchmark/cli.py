@@ -99,14 +99,10 @@ def _cmd_run(args, argv: Sequence[str]) -> int:
     from .runner import default_device, execute, plan, run_state
     from .store import ResultStore
 
-    specs = plan(args.suite, args.method, args.protocol, args.seeds, args.config, args.set)
+    specs = plan(args.suite, args.method, args.protocol, args.seeds, args.config, args.set, strict_weights=not args.dry_run)
     store = ResultStore(args.results)
     if args.dry_run:
-        print(f"plan: {len(specs)} run(s) of suite '{args.suite}' into {store.root}")
-        for spec in specs:
-            print(f"  {spec.protocol:<18} {spec.method:<12} {spec.model['arch']:<20} seed {spec.seed}  "
-                  f"{spec.id}  [{run_state(store, spec)}]")
-        return 0
+        return _print_plan(args.suite, specs, store)
     device = args.device or default_device()
     if device == "cuda":
         import torch
@@ -119,6 +115,39 @@ def _cmd_run(args, argv: Sequence[str]) -> int:
         print(f"done: {summary.ran} ran, {summary.skipped} already complete, {summary.failed} failed "
               f"(records under {store.root / 'runs'})", file=sys.stderr)
     return 1 if summary.failed else 0
+
+
+def _print_plan(suite: str, specs, store) -> int:
+    """The runs that would execute, then each protocol's assets: found, or where and how to get them."""
+    from clipbench.protocols.catalog import get_protocol
+
+    from .runner import run_state
+
+    print(f"plan: {len(specs)} run(s) of suite '{suite}' into {store.root}")
+    for spec in specs:
+        print(f"  {spec.protocol:<18} {spec.method:<12} {spec.model['arch']:<20} seed {spec.seed}  "
+              f"{spec.id}  [{run_state(store, spec)}]")
+    seen, missing = set(), 0
+    weights = {(s.model["arch"], s.model["pretrained"]): s.model["weights"] for s in specs}
+    for (arch, pretrained), fingerprint in weights.items():
+        found = not fingerprint.startswith("unavailable")
+        missing += not found
+        print(f"model {arch} / {pretrained}: " + ("found" if found else f"MISSING -> {fingerprint[len('unavailable: '):]}"))
+    for spec in specs:
+        if spec.protocol in seen:
+            continue
+        seen.add(spec.protocol)
+        rows = get_protocol(spec.protocol).assets(spec.data_root, spec.protocol_params)
+        if rows:
+            print(f"assets of {spec.protocol} (data_root: {spec.data_root or 'unset'}):")
+        for row in rows:
+            missing += not row["found"]
+            state = "found  " if row["found"] else "MISSING"
+            how = "" if row["found"] else f"  -> {row['how']}"
+            print(f"  {state} {row['asset']:<26} {row['path']}{how}")
+    if missing:
+        print(f"{missing} asset(s) missing: the runs that need them will stop with an error naming the path.")
+    return 0
 
 
 def _cmd_status(args) -> int:

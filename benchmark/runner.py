@@ -9,6 +9,7 @@ with the same numbers as an uninterrupted one. A complete record is never rewrit
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import resource
@@ -27,10 +28,10 @@ from clipbench.protocols.metrics import compute_metrics
 
 from . import provenance
 from .errors import ClipbenchError
-from .evaluate import accuracy, class_embeddings, encode_images, encode_texts, retrieval_recall
+from .evaluate import accuracy, class_embeddings, encode_images, encode_texts, retrieval_recall_folds
 from .models import LoadedModel, load_model
 from .spec import RunSpec, known_settings, resolve_specs, user_overrides
-from .store import SCHEMA_VERSION, ResultStore
+from .store import SCHEMA_VERSION, ResultStore, atomic_write_json
 
 
 def _method_registry():
@@ -41,7 +42,7 @@ def _method_registry():
 
 def plan(suite_name: str, methods: Optional[Sequence[str]] = None, protocols: Optional[Sequence[str]] = None,
          seeds: Optional[Sequence[int]] = None, config_file: Optional[str] = None,
-         sets: Sequence[str] = ()) -> List[RunSpec]:
+         sets: Sequence[str] = (), strict_weights: bool = True) -> List[RunSpec]:
     """Every run spec of the selection; validates all names and settings before anything runs."""
     suite: SuiteDef = get_suite(suite_name)
     registry = _method_registry()
@@ -62,7 +63,7 @@ def plan(suite_name: str, methods: Optional[Sequence[str]] = None, protocols: Op
         for method_cls in method_classes:
             if protocol.kind not in method_cls.supports:
                 continue
-            specs.extend(resolve_specs(suite, method_cls, protocol, seeds, overrides))
+            specs.extend(resolve_specs(suite, method_cls, protocol, seeds, overrides, strict_weights))
     return specs
 
 
@@ -116,7 +117,8 @@ class Evaluator:
             zeroshot[name] = accuracy(f, zs.data.labels, class_embeddings(self.loaded, zs.class_names, zs.templates, self.batch, **kw))
         for name, cap in s.retrieval_sets.items():
             f = encode_images(self.loaded, cap.images, self.batch, desc=f"retrieval {name}", **bar)
-            retrieval[name] = retrieval_recall(f, encode_texts(self.loaded, cap.captions, self.batch, **kw), cap.caption_image)
+            retrieval[name] = retrieval_recall_folds(f, encode_texts(self.loaded, cap.captions, self.batch, **kw),
+                                                     cap.caption_image, cap.folds)
         return {
             "image": encode_images(self.loaded, self.test_images, self.batch, desc="eval test sets", **bar),
             "classes": self._target_classifier(class_embeddings(self.loaded, s.class_names, s.templates, self.batch, **kw)),
@@ -136,6 +138,30 @@ class Evaluator:
             a, b = self.bounds[j], self.bounds[j + 1]
             acc.append(accuracy(f["image"][a:b], self.test_labels[a:b], f["classes"], lo, hi))
         return Row(acc, dict(f["zeroshot"]), {k: dict(v) for k, v in f["retrieval"].items()})
+
+
+def row_zero_key(spec: RunSpec, device: str) -> str:
+    """What row 0 depends on: the model and its weights, the protocol's data, the evaluation settings.
+
+    Not the method: before any training every method holds the same pretrained model.
+    """
+    what = {"model": spec.model, "protocol": spec.protocol, "protocol_version": spec.protocol_version,
+            "params": spec.protocol_params, "seed": spec.seed, "eval": spec.eval, "precision": spec.precision,
+            "device": device.split(":")[0]}
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _row_zero(spec: RunSpec, store: ResultStore, evaluator: "Evaluator", device: str) -> "Row":
+    """Row 0 from the results folder's cache, or measured once and cached for every other method."""
+    path = store.root / "cache" / f"row0-{row_zero_key(spec, device)}.json"
+    if path.is_file():
+        try:
+            return Row(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            pass  # unreadable cache: measure again
+    row = evaluator.evaluate(0, version=0)
+    atomic_write_json(path, {"acc": row.acc, "zeroshot": row.zeroshot, "retrieval": row.retrieval})
+    return row
 
 
 def _empty_raw(streams: Streams) -> Dict[str, Any]:
@@ -234,7 +260,7 @@ def _run_experiences(spec: RunSpec, store: ResultStore, device: str, progress: b
         raw, start = _empty_raw(streams), 0
         state["raw"] = raw
         t = time.perf_counter()
-        _append_row(raw, evaluator.evaluate(0, version=0), time.perf_counter() - t)
+        _append_row(raw, _row_zero(spec, store, evaluator, device), time.perf_counter() - t)
     state["raw"] = raw
 
     for exp in range(start, streams.n_experiences):

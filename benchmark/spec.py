@@ -127,8 +127,12 @@ def user_overrides(config_file: Optional[str], sets: Sequence[str], known: Seque
 
 
 def resolve_specs(suite: SuiteDef, method_cls: Any, protocol: ProtocolDef, seeds: Sequence[int],
-                  overrides: Dict[str, Any]) -> List[RunSpec]:
-    """The specs of one method x protocol over `seeds`, with every layer applied."""
+                  overrides: Dict[str, Any], strict_weights: bool = True) -> List[RunSpec]:
+    """The specs of one method x protocol over `seeds`, with every layer applied.
+
+    With `strict_weights` False (dry runs), unavailable weights do not stop planning: the spec's
+    weights read "unavailable: <why>".
+    """
     settings = deep_merge(DEFAULTS, {"train": getattr(method_cls, "train_defaults", {})})
     settings = deep_merge(settings, {"train": protocol.train})
     settings = deep_merge(settings, {"model": suite.model, "train": suite.train, "eval": suite.eval,
@@ -137,7 +141,12 @@ def resolve_specs(suite: SuiteDef, method_cls: Any, protocol: ProtocolDef, seeds
     model = settings["model"]
     if not model.get("arch"):
         raise ClipbenchError(f"suite '{suite.name}' names no model.arch")
-    fingerprint = weights_fingerprint(model["arch"], model.get("pretrained"))
+    try:
+        fingerprint = weights_fingerprint(model["arch"], model.get("pretrained"))
+    except ClipbenchError as err:
+        if strict_weights:
+            raise
+        fingerprint = f"unavailable: {err}"
     config_values = deep_merge(method_cls.config_fields(), settings["methods"].get(method_cls.name, {}))
     config = method_cls.Config(**config_values)  # validates (e.g. `part`)
     params = deep_merge(protocol.params, settings["protocols"].get(protocol.name, {}))

@@ -31,6 +31,15 @@ def register_builder(name: str) -> Callable[[Builder], Builder]:
     return lambda fn: BUILDERS.register(name, fn)
 
 
+AssetReporter = Callable[[Dict[str, Any], Optional[str]], List[Dict[str, Any]]]
+ASSET_REPORTERS: Registry[AssetReporter] = Registry("asset report", "clipbench.protocols")
+
+
+def register_assets(builder: str) -> Callable[[AssetReporter], AssetReporter]:
+    """Register `report(params, data_root) -> [{asset, path, found, how}]` for a builder's --dry-run."""
+    return lambda fn: ASSET_REPORTERS.register(builder, fn)
+
+
 @dataclass(frozen=True)
 class ProtocolDef:
     """One protocol: which data, in which stream, scored how. Bump `version` when numbers could change."""
@@ -42,6 +51,13 @@ class ProtocolDef:
     params: Dict[str, Any]
     description: str = ""
     train: Dict[str, Any] = field(default_factory=dict)  # protocol-level train defaults
+
+    def assets(self, data_root: Optional[str], params: Optional[Dict[str, Any]] = None) -> List[Dict[str, Any]]:
+        """What the protocol reads and whether it is there (empty for builders that make their data)."""
+        ASSET_REPORTERS.names()  # discovery
+        if self.builder not in ASSET_REPORTERS:
+            return []
+        return ASSET_REPORTERS.get(self.builder)(dict(params if params is not None else self.params), data_root)
 
     def build(self, data_root: Optional[str], seed: int, params: Optional[Dict[str, Any]] = None) -> Streams:
         """Build the streams for `seed` (data order and subsampling may depend on it)."""

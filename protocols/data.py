@@ -51,6 +51,7 @@ class CaptionedImages:
     images: torch.Tensor  # uint8 [N, 3, H, W]
     captions: List[str]
     caption_image: torch.Tensor  # int64 [M]
+    folds: int = 1  # score recall on this many equal folds of images and average (COCO 5k as 5 x 1k)
 
     def __post_init__(self) -> None:
         if len(self.captions) != len(self.caption_image):

