@@ -76,8 +76,28 @@ def seed_everything(*parts: Any) -> None:
 
 
 def peak_rss_mb() -> float:
-    # ru_maxrss is in KiB on Linux
+    """The process's resident-memory high-water mark (ru_maxrss is in KiB on Linux)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def state_bytes(obj: Any, _seen: Optional[set] = None) -> int:
+    """Bytes of the tensors a method keeps (teachers, buffers, exemplars, memories), found by walking
+    its attributes; the model and the protocol's streams are not the method's to count."""
+    from torch import nn
+
+    seen = _seen if _seen is not None else set()
+    if id(obj) in seen or isinstance(obj, (nn.Module, Streams)):
+        return 0
+    seen.add(id(obj))
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(state_bytes(v, seen) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(state_bytes(v, seen) for v in obj)
+    if hasattr(obj, "__dict__") and not isinstance(obj, type):
+        return sum(state_bytes(v, seen) for v in vars(obj).values())
+    return 0
 
 
 @dataclass
@@ -199,7 +219,9 @@ def execute_run(spec: RunSpec, store: ResultStore, device: str, progress: bool, 
     """
     started = provenance.now()
     wall = time.perf_counter()
-    state: Dict[str, Any] = {"raw": None, "trainable": 0}
+    state: Dict[str, Any] = {"raw": None, "trainable": 0, "extra_bytes": 0}
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
     try:
         _run_experiences(spec, store, device, progress, quiet, state)
         status, error = "complete", None
@@ -218,8 +240,14 @@ def execute_run(spec: RunSpec, store: ResultStore, device: str, progress: bool, 
         "raw": raw,
         "metrics": metrics["values"],
         "metric_versions": metrics["versions"],
-        "costs": {"trainable_params": state["trainable"], "peak_rss_mb": round(peak_rss_mb(), 1),
-                  "wall_seconds": round(time.perf_counter() - wall, 3)},
+        "costs": {
+            "trainable_params": state["trainable"],
+            # the most memory the method kept between experiences (teachers, buffers, exemplars)
+            "extra_memory_mb": round(state["extra_bytes"] / 2**20, 3),
+            "process_peak_rss_mb": round(peak_rss_mb(), 1),  # high-water mark of the whole process
+            "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if device.startswith("cuda") else None,
+            "wall_seconds": round(time.perf_counter() - wall, 3),
+        },
         "provenance": {**provenance.collect(device, spec.precision, argv), "started": started, "ended": provenance.now()},
         "error": error,
     }
@@ -273,6 +301,7 @@ def _run_experiences(spec: RunSpec, store: ResultStore, device: str, progress: b
             seconds = train_experience(model, method, data, exp, active, spec.train, device, progress,
                                        first_class=classes[0])
         raw["train_seconds"].append(seconds)
+        state["extra_bytes"] = max(state["extra_bytes"], state_bytes(method))
         t = time.perf_counter()
         version = exp + 1 if method_cls.trains else 0  # an untrained model keeps its features
         _append_row(raw, evaluator.evaluate(exp + 1, version), time.perf_counter() - t)

@@ -55,7 +55,7 @@ def test_finetune_changes_the_model(results):
                    "--results", results, "--quiet", "--set", *SMALL, "train.epochs=3") == 0
     [rec] = records(results).values()
     assert len(set(rec["raw"]["zeroshot"]["shapes"])) > 1 or len(set(map(tuple, rec["raw"]["acc_matrix"]))) > 1
-    assert rec["costs"]["trainable_params"] > 0
+    assert rec["costs"]["trainable_params"] > 0 and rec["costs"]["extra_memory_mb"] == 0.0
 
 
 def test_dry_run_prints_plan_and_runs_nothing(results, capsys):
@@ -117,3 +117,11 @@ def test_failed_invocation_never_touches_completed_records(results):
     before = snapshot(results)
     assert run_cli("run", "--all", "--suite", "tiny", "--results", results, "--set", "bogus.key=1") == 2
     assert snapshot(results) == before
+
+
+def test_methods_that_keep_state_report_its_memory(results):
+    assert run_cli("run", "--method", "lwf", "er", "--protocol", "tiny_shapes", "--suite", "tiny", "--results", results,
+                   "--quiet", "--set", *SMALL) == 0
+    costs = {r["spec"]["method"]: r["costs"] for r in records(results).values()}
+    assert costs["lwf"]["extra_memory_mb"] > 0  # its teacher
+    assert costs["er"]["extra_memory_mb"] > 0  # its buffer
