@@ -8,7 +8,7 @@ DEBIAN_PACKAGES := dataset-fashion-mnist tuxpaint-stamps-default
 EMOJI  := emoji-datasource-google@16.0.0
 PIP    := $(BIN)/pip install -q --disable-pip-version-check
 
-.PHONY: setup system-packages emoji test test-slow clean
+.PHONY: setup system-packages emoji test test-slow leaderboard bench clean
 
 setup: system-packages emoji $(VENV)/.installed
 
@@ -34,9 +34,17 @@ $(VENV)/.installed: requirements.txt requirements-nodeps.txt setup.cfg pyproject
 
 test: setup
 	$(BIN)/python -m pytest -q
+	$(BIN)/clipbench leaderboard --results results/published --check
 
 test-slow: setup
 	$(BIN)/python -m pytest -q -m slow
+
+# regenerate the published leaderboard after adding runs to results/published
+leaderboard: setup
+	$(BIN)/clipbench leaderboard --results results/published
+
+bench: setup
+	$(BIN)/clipbench bench --quick
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

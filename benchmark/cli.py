@@ -51,14 +51,20 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--seed", type=int, default=0)
     pr.add_argument("--quiet", action="store_true")
 
+    bn = sub.add_parser("bench", help="speed and memory as ratios against bare PyTorch, in one JSON object")
+    bn.add_argument("--quick", action="store_true", help="small sizes: under a minute on 2 cores")
+
     nw = sub.add_parser("new", help="write a scaffold to start a new plugin from")
     nw.add_argument("kind", choices=["method"])
     nw.add_argument("name", help="snake_case name, e.g. my_method")
     nw.add_argument("--dir", help="folder to write into (default: clipbench's methods/ folder)")
 
-    lb = sub.add_parser("leaderboard", help="a markdown table from the run records")
-    lb.add_argument("--results", default=DEFAULT_RESULTS)
+    lb = sub.add_parser("leaderboard", help="markdown, CSV, JSON and pictures from the run records")
+    lb.add_argument("--results", default=DEFAULT_RESULTS, help="folder holding runs/ (default: results)")
     lb.add_argument("--suite", help="only this suite")
+    lb.add_argument("--out", help="where to write (default: <results>/leaderboards)")
+    lb.add_argument("--check", action="store_true", help="regenerate into a temporary folder; fail on any difference")
+    lb.add_argument("--print", dest="print_only", action="store_true", help="print a plain table, write nothing")
     return p
 
 
@@ -196,10 +202,28 @@ def _cmd_new(args) -> int:
 
 
 def _cmd_leaderboard(args) -> int:
-    from .leaderboard import markdown
+    from pathlib import Path
+
+    from . import leaderboard
     from .store import ResultStore
 
-    print(markdown(ResultStore(args.results), args.suite), end="")
+    results = Path(args.results)
+    if args.print_only:
+        print(leaderboard.markdown(ResultStore(results), args.suite), end="")
+        return 0
+    out = Path(args.out) if args.out else results / "leaderboards"
+    if args.check:
+        problems = leaderboard.check(results, out, args.suite)
+        for p in problems:
+            print(f"leaderboard check: {p}", file=sys.stderr)
+        if problems:
+            print(f"clipbench: error: {len(problems)} leaderboard file(s) out of date under {out}; regenerate with "
+                  f"clipbench leaderboard --results {results} --out {out}", file=sys.stderr)
+            return 1
+        print(f"leaderboard check: {out} is up to date")
+        return 0
+    files = leaderboard.write(results, out, args.suite)
+    print(f"wrote {len(files)} file(s) under {out}")
     return 0
 
 
@@ -217,6 +241,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             return _cmd_run(args, ["clipbench", *argv])
         if args.command == "status":
             return _cmd_status(args)
+        if args.command == "bench":
+            from .bench import main as bench_main
+
+            return bench_main(args.quick)
         if args.command == "new":
             return _cmd_new(args)
         if args.command == "prepare":

@@ -40,6 +40,11 @@ def _method_registry():
     return METHODS
 
 
+# Evaluation sharing (row 0 per suite, an untrained model's features reused); `clipbench bench` turns it
+# off to measure what it saves.
+SHARE_EVALUATION = True
+
+
 def plan(suite_name: str, methods: Optional[Sequence[str]] = None, protocols: Optional[Sequence[str]] = None,
          seeds: Optional[Sequence[int]] = None, config_file: Optional[str] = None,
          sets: Sequence[str] = (), strict_weights: bool = True) -> List[RunSpec]:
@@ -174,6 +179,8 @@ def row_zero_key(spec: RunSpec, device: str) -> str:
 def _row_zero(spec: RunSpec, store: ResultStore, evaluator: "Evaluator", device: str) -> "Row":
     """Row 0 from the results folder's cache, or measured once and cached for every other method."""
     path = store.root / "cache" / f"row0-{row_zero_key(spec, device)}.json"
+    if not SHARE_EVALUATION:
+        return evaluator.evaluate(0, version=0)
     if path.is_file():
         try:
             return Row(**json.loads(path.read_text()))
@@ -303,7 +310,8 @@ def _run_experiences(spec: RunSpec, store: ResultStore, device: str, progress: b
         raw["train_seconds"].append(seconds)
         state["extra_bytes"] = max(state["extra_bytes"], state_bytes(method))
         t = time.perf_counter()
-        version = exp + 1 if method_cls.trains else 0  # an untrained model keeps its features
+        # an untrained model keeps its features
+        version = exp + 1 if (method_cls.trains or not SHARE_EVALUATION) else 0
         _append_row(raw, evaluator.evaluate(exp + 1, version), time.perf_counter() - t)
         store.save_progress(spec, {"spec_id": spec.id, "completed": exp + 1, "raw": raw,
                                    "model": model.state_dict(), "method": method.state_dict()},

@@ -71,7 +71,7 @@ def test_status_and_leaderboard(results, capsys):
     assert run_cli("status", "--suite", "tiny", "--results", results) == 0
     out = capsys.readouterr().out
     assert "complete" in out and "missing" in out
-    assert run_cli("leaderboard", "--results", results) == 0
+    assert run_cli("leaderboard", "--results", results, "--print") == 0
     out = capsys.readouterr().out
     assert "| zeroshot" in out and "last" in out
 

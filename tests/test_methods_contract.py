@@ -49,3 +49,23 @@ def test_scaffold_from_new_method_runs(tmp_path, results, capsys):
 def test_new_method_rejects_bad_names(tmp_path, capsys):
     assert run_cli("new", "method", "Bad-Name", "--dir", tmp_path) == 2
     assert "snake_case" in capsys.readouterr().err
+
+
+def test_readme_walkthrough_method_runs(results):
+    """The method printed in the README's "Adding a method" section registers and runs as shown."""
+    import re
+    import types
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("## Adding a method", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    module = types.ModuleType("readme_walkthrough")
+    try:
+        exec(compile(code, "README.md", "exec"), module.__dict__)
+        assert run_cli("run", "--method", "my_lwf", "--protocol", "tiny_shapes", "--suite", "tiny", "--results", results,
+                       "--quiet", "--set", *SMALL, "methods.my_lwf.alpha=2") == 0
+        [rec] = records(results).values()
+        assert rec["status"] == "complete" and rec["spec"]["method_config"]["alpha"] == 2
+    finally:
+        METHODS._items.pop("my_lwf", None)
