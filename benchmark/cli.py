@@ -102,7 +102,7 @@ def _cmd_list(args) -> int:
 
 
 def _cmd_run(args, argv: Sequence[str]) -> int:
-    from .runner import default_device, execute, plan, run_state
+    from .runner import default_device, execute, plan
     from .store import ResultStore
 
     specs = plan(args.suite, args.method, args.protocol, args.seeds, args.config, args.set, strict_weights=not args.dry_run)

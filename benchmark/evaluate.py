@@ -7,7 +7,7 @@ later from the stored numbers (see `clipbench.protocols.metrics`).
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Dict, List, Sequence
+from typing import Dict, List, Sequence
 
 import torch
 from tqdm import tqdm
@@ -122,9 +122,3 @@ def retrieval_recall_folds(image_features: torch.Tensor, text_features: torch.Te
         mine = (caption_image >= lo) & (caption_image < hi)
         results.append(retrieval_recall(image_features[lo:hi], text_features[mine], caption_image[mine] - lo, ks))
     return {k: sum(r[k] for r in results) / folds for k in results[0]}
-
-
-def run_progress(total: int, desc: str, enabled: bool) -> Callable[[], None]:
-    """A tqdm bar's update function (a no-op when disabled)."""
-    bar = tqdm(total=total, desc=desc, disable=not enabled, leave=False)
-    return lambda: bar.update(1)

@@ -105,7 +105,10 @@ class WithTeacher(Method):
     def before_training_exp(self, strategy, **kwargs):
         from .toolkit import snapshot
 
-        self.teacher = snapshot(strategy.model, self.trainable_parameters(strategy.model))
+        model = strategy.model
+        self.teacher = snapshot(model, self.trainable_parameters(model))
+        # the teacher's embeddings of the active classes' prompts: fixed for the whole experience
+        self.teacher_classes = self.teacher_text_features(model, model.prompt_tokens[: model.num_active])
 
     def teacher_image_features(self, model: "CLIPClassifier", images: torch.Tensor) -> torch.Tensor:
         from .toolkit import with_weights

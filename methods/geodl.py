@@ -74,11 +74,6 @@ class GeoDL(WithTeacher):
     version = 1
     Config = GeoDLConfig
 
-    def before_training_exp(self, strategy, **kwargs):
-        super().before_training_exp(strategy, **kwargs)
-        model = strategy.model
-        self.teacher_classes = self.teacher_text_features(model, model.prompt_tokens[: model.num_active])
-
     def loss(self, strategy):
         model, cfg = strategy.model, self.config
         total = torch.zeros((), device=strategy.mb_output.device)

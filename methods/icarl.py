@@ -6,7 +6,7 @@ from typing import Any, Dict, List, Optional
 import torch
 import torch.nn.functional as F
 
-from clipbench.protocols.data import LabelledImages, to_model_input
+from clipbench.protocols.data import LabelledImages
 
 from .base import MethodConfig, WithTeacher, register_method
 from .toolkit import soft_cross_entropy
@@ -74,9 +74,7 @@ class ICaRL(WithTeacher):
 
     def before_training_exp(self, strategy, **kwargs):
         super().before_training_exp(strategy, **kwargs)
-        model = strategy.model
         self.n_old = self.streams.experience_classes[strategy.experience.current_experience][0]  # classes learned before
-        self.teacher_classes = self.teacher_text_features(model, model.prompt_tokens[: model.num_active])
 
     def loss(self, strategy):
         if not self.n_old:

@@ -29,11 +29,6 @@ class LwF(WithTeacher):
     version = 1
     Config = LwFConfig
 
-    def before_training_exp(self, strategy, **kwargs):
-        super().before_training_exp(strategy, **kwargs)
-        model = strategy.model
-        self.teacher_classes = self.teacher_text_features(model, model.prompt_tokens[: model.num_active])
-
     def loss(self, strategy):
         model = strategy.model
         teacher_logits = model.logits(self.teacher_image_features(model, strategy.mb_x), self.teacher_classes)

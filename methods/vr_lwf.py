@@ -42,9 +42,7 @@ class VRLwF(WithTeacher):
 
     def before_training_exp(self, strategy, **kwargs):
         super().before_training_exp(strategy, **kwargs)
-        model = strategy.model
         self.first_experience = strategy.experience.current_experience == 0
-        self.teacher_classes = self.teacher_text_features(model, model.prompt_tokens[: model.num_active])
 
     def loss(self, strategy):
         model, cfg = strategy.model, self.config

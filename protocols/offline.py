@@ -18,7 +18,6 @@ import gzip
 import hashlib
 import json
 import os
-import pickle
 import struct
 from dataclasses import dataclass
 from functools import lru_cache

@@ -21,7 +21,6 @@ def save_image(path: Path, colour, size=(40, 30)) -> None:
 def write_cifar100(root: Path, per_split=(8, 4)) -> None:
     folder = root / "cifar-100-python"
     folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
     for split, n in zip(("train", "test"), per_split):
         labels = [i % 4 for i in range(n)]
         data = np.stack([np.full((3, 32, 32), COLOURS[l][0] // (1 + k % 2), np.uint8).reshape(-1) for k, l in enumerate(labels)])

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-import yaml
 
 from clipbench.errors import ClipbenchError
 from clipbench.protocols import datasets as ds

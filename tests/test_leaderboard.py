@@ -1,6 +1,5 @@
 """Leaderboards from hand-written records: golden files, the comparability guard, escaping, --check."""
 
-import copy
 import json
 from pathlib import Path
 

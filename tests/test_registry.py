@@ -54,8 +54,6 @@ def test_third_party_method_registers_through_entry_point(tmp_path, monkeypatch)
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-methods\nVersion: 0.1\n")
     (dist / "entry_points.txt").write_text("[clipbench.methods]\nmine = my_methods\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    from clipbench.methods.base import Method, register_method  # noqa: F401
-
     reg = Registry("method", "clipbench.methods", entry_point_group="clipbench.methods")
     import clipbench.methods.base as base
 
