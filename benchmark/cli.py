@@ -38,6 +38,17 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
     run.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
     run.add_argument("--quiet", action="store_true", help="no progress bars or per-run lines")
+    run.add_argument("--executor", choices=["local", "slurm", "ray"], default="local",
+                     help="local (default): this process; slurm: one job array via submitit; ray: one task per run")
+    run.add_argument("--address", help="Ray cluster address (default: start a local one)")
+    run.add_argument("--wait", action="store_true", help="slurm: wait for the job array to finish")
+    run.add_argument("--cpus", type=int, help="CPUs per run (slurm, ray)")
+    run.add_argument("--gpus", type=int, help="GPUs per run (slurm, ray)")
+    run.add_argument("--mem-gb", type=float, help="memory per run in GB (slurm)")
+    run.add_argument("--time-min", type=int, help="time limit per run in minutes (slurm)")
+    run.add_argument("--partition", help="Slurm partition")
+    run.add_argument("--shard", metavar="I/N", help="run only part I of N disjoint parts of the plan (0-based); "
+                     "'auto' reads SLURM_ARRAY_TASK_ID and SLURM_ARRAY_TASK_COUNT")
 
     st = sub.add_parser("status", help="complete, partial, failed and missing runs of a suite")
     st.add_argument("--suite", default=DEFAULT_SUITE)
@@ -102,10 +113,14 @@ def _cmd_list(args) -> int:
 
 
 def _cmd_run(args, argv: Sequence[str]) -> int:
-    from .runner import default_device, execute, plan
+    from clipbench.protocols.catalog import get_suite
+
+    from .runner import default_device, execute, plan, shard
     from .store import ResultStore
 
     specs = plan(args.suite, args.method, args.protocol, args.seeds, args.config, args.set, strict_weights=not args.dry_run)
+    if args.shard:
+        specs = shard(specs, *_parse_shard(args.shard))
     store = ResultStore(args.results)
     if args.dry_run:
         return _print_plan(args.suite, specs, store)
@@ -115,12 +130,38 @@ def _cmd_run(args, argv: Sequence[str]) -> int:
 
         if not torch.cuda.is_available():
             raise ClipbenchError("--device cuda: no CUDA device is visible to torch; use --device cpu")
-    summary = execute(specs, store, device, progress=not args.quiet and sys.stderr.isatty(), argv=list(argv),
-                      quiet=args.quiet)
+    if args.executor == "local":
+        summary = execute(specs, store, device, progress=not args.quiet and sys.stderr.isatty(), argv=list(argv),
+                          quiet=args.quiet)
+    else:
+        from .executors import Resources, run_ray, submit_slurm
+
+        suite_resources = get_suite(args.suite).resources
+        res = Resources(**{**suite_resources, **{k: v for k, v in dict(
+            cpus=args.cpus, gpus=args.gpus, mem_gb=args.mem_gb, time_min=args.time_min, partition=args.partition).items()
+            if v is not None}})
+        if args.executor == "slurm":
+            summary = submit_slurm(specs, store, res, device, args.wait)
+        else:
+            summary = run_ray(specs, store, res, device, args.address)
     if not args.quiet:
-        print(f"done: {summary.ran} ran, {summary.skipped} already complete, {summary.failed} failed "
+        print(f"done: {summary.ran} ran, {summary.skipped} already complete, {summary.claimed} held by other runners, "
+              f"{summary.failed} failed "
               f"(records under {store.root / 'runs'})", file=sys.stderr)
     return 1 if summary.failed else 0
+
+
+def _parse_shard(text: str):
+    if text == "auto":
+        try:
+            return int(os.environ["SLURM_ARRAY_TASK_ID"]), int(os.environ["SLURM_ARRAY_TASK_COUNT"])
+        except KeyError:
+            raise ClipbenchError("--shard auto needs SLURM_ARRAY_TASK_ID and SLURM_ARRAY_TASK_COUNT in the environment") from None
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ClipbenchError(f"--shard expects I/N (e.g. 0/4) or auto, got '{text}'") from None
+    return i, n
 
 
 def _print_plan(suite: str, specs, store) -> int:
@@ -161,12 +202,16 @@ def _cmd_status(args) -> int:
     from .store import ResultStore
 
     store = ResultStore(args.results)
-    rows = [(spec, run_state(store, spec)) for spec in plan(args.suite)]
+    from .executors import slurm_states
+
+    queued = slurm_states(store)
+    rows = [(spec, run_state(store, spec)) for spec in plan(args.suite, strict_weights=False)]
+    rows = [(s, "queued" if st in ("missing", "partial") and queued.get(s.id) == "PENDING" else st) for s, st in rows]
     if args.json:
         print(json.dumps([{"id": s.id, "method": s.method, "protocol": s.protocol, "seed": s.seed, "state": st}
                           for s, st in rows], indent=1))
         return 0
-    counts = {k: sum(1 for _, st in rows if st == k) for k in ("complete", "partial", "failed", "missing")}
+    counts = {k: sum(1 for _, st in rows if st == k) for k in ("complete", "running", "queued", "partial", "failed", "missing")}
     for spec, st in rows:
         extra = ""
         if st == "partial":

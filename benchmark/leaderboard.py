@@ -69,7 +69,7 @@ def run_rows(store: ResultStore, suite: Optional[str] = None) -> List[Dict[str, 
             "raw": rec.get("raw", {}), "costs": {
                 "trainable_params": costs.get("trainable_params"),
                 "extra_memory_mb": costs.get("extra_memory_mb"),
-                "peak_mb": costs.get("peak_gpu_mb") if on_gpu else costs.get("process_peak_rss_mb"),
+                "peak_mb": costs.get("peak_gpu_mb") if on_gpu else costs.get("peak_rss_mb", costs.get("process_peak_rss_mb")),
                 "hours": (costs.get("wall_seconds") or 0) / 3600.0,
             },
             "provenance": prov,

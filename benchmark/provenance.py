@@ -8,6 +8,7 @@ import subprocess
 import sys
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -43,13 +44,19 @@ def device_name(device: str) -> str:
     return platform.processor() or platform.machine()
 
 
-def collect(device: str, precision: str, argv: List[str]) -> Dict[str, Any]:
-    """Everything needed to say where a number came from, except start/end times (the runner adds those)."""
+@lru_cache(maxsize=1)
+def code_version() -> Dict[str, Any]:
+    """The commit and dirty flag of the code this process loaded, read once (call it at start-up:
+    a commit made while a long grid runs must not be credited with its numbers)."""
     commit = _git("rev-parse", "HEAD")
     status = _git("status", "--porcelain", "--untracked-files=no")
+    return {"git_commit": commit, "git_dirty": bool(status) if status is not None else None}
+
+
+def collect(device: str, precision: str, argv: List[str]) -> Dict[str, Any]:
+    """Everything needed to say where a number came from, except start/end times (the runner adds those)."""
     return {
-        "git_commit": commit,
-        "git_dirty": bool(status) if status is not None else None,
+        **code_version(),
         "versions": {
             "python": sys.version.split()[0],
             "torch": torch.__version__,

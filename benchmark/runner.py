@@ -25,7 +25,7 @@ from clipbench.protocols.catalog import ProtocolDef, SuiteDef, get_protocol, get
 from clipbench.protocols.data import Streams
 from clipbench.protocols.metrics import compute_metrics
 
-from . import provenance
+from . import claims, provenance
 from .errors import ClipbenchError
 from .evaluate import accuracy, class_embeddings, encode_images, encode_texts, retrieval_recall_folds
 from .models import LoadedModel, load_model
@@ -42,6 +42,13 @@ def _method_registry():
 # Evaluation sharing (row 0 per suite, an untrained model's features reused); `clipbench bench` turns it
 # off to measure what it saves.
 SHARE_EVALUATION = True
+
+
+def shard(specs: Sequence[RunSpec], index: int, count: int) -> List[RunSpec]:
+    """Part `index` of `count` disjoint parts of the plan (round robin over the plan's order)."""
+    if count < 1 or not 0 <= index < count:
+        raise ClipbenchError(f"--shard {index}/{count}: need 0 <= i < N")
+    return [s for k, s in enumerate(specs) if k % count == index]
 
 
 def plan(suite_name: str, methods: Optional[Sequence[str]] = None, protocols: Optional[Sequence[str]] = None,
@@ -82,6 +89,35 @@ def seed_everything(*parts: Any) -> None:
 def peak_rss_mb() -> float:
     """The process's resident-memory high-water mark (ru_maxrss is in KiB on Linux)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+class PeakMemory:
+    """Peak resident memory of this process while a block runs, sampled every 0.1 s by a thread
+    (ru_maxrss only ever grows over a whole grid, so it cannot say what one run needed)."""
+
+    def __init__(self, interval: float = 0.1):
+        import threading
+
+        import psutil
+
+        self._proc, self._interval, self.peak = psutil.Process(), interval, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._proc.memory_info().rss)
+            self._stop.wait(self._interval)
+
+    def __enter__(self) -> "PeakMemory":
+        self.peak = self._proc.memory_info().rss
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._proc.memory_info().rss)
 
 
 def state_bytes(obj: Any, _seen: Optional[set] = None) -> int:
@@ -229,7 +265,8 @@ def execute_run(spec: RunSpec, store: ResultStore, device: str, progress: bool, 
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     try:
-        _run_experiences(spec, store, device, progress, quiet, state)
+        with PeakMemory() as memory:
+            _run_experiences(spec, store, device, progress, quiet, state)
         status, error = "complete", None
     except ClipbenchError:
         raise
@@ -250,7 +287,8 @@ def execute_run(spec: RunSpec, store: ResultStore, device: str, progress: bool, 
             "trainable_params": state["trainable"],
             # the most memory the method kept between experiences (teachers, buffers, exemplars)
             "extra_memory_mb": round(state["extra_bytes"] / 2**20, 3),
-            "process_peak_rss_mb": round(peak_rss_mb(), 1),  # high-water mark of the whole process
+            "peak_rss_mb": round(memory.peak / 2**20, 1) if status == "complete" else None,  # while this run executed
+            "process_peak_rss_mb": round(peak_rss_mb(), 1),  # high-water mark of the whole process so far
             "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if device.startswith("cuda") else None,
             "wall_seconds": round(time.perf_counter() - wall, 3),
         },
@@ -326,35 +364,56 @@ class Summary:
     ran: int = 0
     skipped: int = 0
     failed: int = 0
+    claimed: int = 0  # held by another live runner
 
 
 def execute(specs: Sequence[RunSpec], store: ResultStore, device: str, progress: bool, argv: List[str],
             quiet: bool = False) -> Summary:
     """Run every spec that has no complete record, in order. Returns counts."""
+    provenance.code_version()  # pin the commit of the code this process loaded
     summary = Summary()
     for i, spec in enumerate(specs, 1):
-        label = f"[{i}/{len(specs)}] {spec.method} x {spec.protocol} x {spec.model['arch']} seed {spec.seed} ({spec.id})"
-        if store.is_complete(spec):
-            summary.skipped += 1
-            _log(f"{label}: complete, skipped", quiet)
-            continue
-        _log(f"{label}: running", quiet)
-        record = execute_run(spec, store, device, progress, argv, quiet)
-        if record["status"] == "complete":
-            summary.ran += 1
-            shown = {k: round(record["metrics"][k], 4) for k in ("last", "avg", "zs_retention", "i2t_r1") if k in record["metrics"]}
-            _log(f"{label}: complete in {record['costs']['wall_seconds']:.1f}s {shown}", quiet)
-        else:
-            summary.failed += 1
-            _log(f"{label}: FAILED: {record['error']['type']}: {record['error']['message']}", quiet)
+        outcome = run_one(spec, store, device, progress, argv, quiet, label=f"[{i}/{len(specs)}]")
+        setattr(summary, outcome, getattr(summary, outcome) + 1)
     return summary
 
 
+def run_one(spec: RunSpec, store: ResultStore, device: str, progress: bool, argv: List[str], quiet: bool,
+            label: str = "") -> str:
+    """One run under its claim, whatever executes it (this process, a Slurm job, a Ray task).
+
+    Returns "ran", "skipped" (already complete), "claimed" (another live runner has it) or "failed".
+    """
+    label = f"{label} {spec.method} x {spec.protocol} x {spec.model['arch']} seed {spec.seed} ({spec.id})".strip()
+    if store.is_complete(spec):
+        _log(f"{label}: complete, skipped", quiet)
+        return "skipped"
+    claim = store.claim_path(spec)
+    if not claims.acquire(claim):
+        _log(f"{label}: another runner holds it, skipped", quiet)
+        return "claimed"
+    try:
+        if store.is_complete(spec):  # finished by another runner between our two looks
+            return "skipped"
+        _log(f"{label}: running", quiet)
+        record = execute_run(spec, store, device, progress, argv, quiet)
+    finally:
+        claims.release(claim)
+    if record["status"] == "complete":
+        shown = {k: round(record["metrics"][k], 4) for k in ("last", "avg", "zs_retention", "i2t_r1") if k in record["metrics"]}
+        _log(f"{label}: complete in {record['costs']['wall_seconds']:.1f}s {shown}", quiet)
+        return "ran"
+    _log(f"{label}: FAILED: {record['error']['type']}: {record['error']['message']}", quiet)
+    return "failed"
+
+
 def run_state(store: ResultStore, spec: RunSpec) -> str:
-    """complete, failed, partial (a checkpoint exists) or missing."""
+    """complete, running (a live claim), failed, partial (a checkpoint exists) or missing."""
     record = store.read_record(spec)
     if record and record.get("status") == "complete":
         return "complete"
+    if claims.held_by_other(store.claim_path(spec)):
+        return "running"
     if store.progress(spec):
         return "partial"
     if record:

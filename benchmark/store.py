@@ -16,6 +16,7 @@ from typing import Any, Dict, Iterator, Optional, Tuple
 
 import torch
 
+from . import claims
 from .models import model_slug
 from .spec import RunSpec
 
@@ -57,6 +58,9 @@ class ResultStore:
         model = model_slug(spec.model["arch"], spec.model.get("pretrained"))
         return self.root / "runs" / spec.protocol / spec.method / model / f"seed{spec.seed}-{spec.id}"
 
+    def claim_path(self, spec: RunSpec) -> Path:
+        return self.run_dir(spec) / "claim.json"
+
     def record_path(self, spec: RunSpec) -> Path:
         return self.run_dir(spec) / "run.json"
 
@@ -83,6 +87,7 @@ class ResultStore:
         atomic_torch_save(self.run_dir(spec) / "checkpoint.pt", checkpoint)
         atomic_write_json(self.run_dir(spec) / "progress.json",
                           {"id": spec.id, "completed_experiences": completed, "total_experiences": total})
+        claims.refresh(self.claim_path(spec))
 
     def load_checkpoint(self, spec: RunSpec) -> Optional[Dict[str, Any]]:
         path = self.run_dir(spec) / "checkpoint.pt"

@@ -80,6 +80,7 @@ class SuiteDef:
     train: Dict[str, Any]
     eval: Dict[str, Any]
     data_root: Optional[str] = None
+    resources: Dict[str, Any] = field(default_factory=dict)  # per run on a cluster: cpus, gpus, mem_gb, time_min, partition
 
 
 def _require(doc: Any, keys: List[str], source: Path) -> Dict[str, Any]:
@@ -108,7 +109,7 @@ def load_suite_file(path: Path) -> SuiteDef:
         name=doc["name"], description=doc.get("description", ""), model=dict(doc["model"]),
         protocols=list(doc["protocols"]), methods=doc.get("methods", "all"),
         seeds=[int(s) for s in doc.get("seeds", [0])], train=dict(doc.get("train") or {}),
-        eval=dict(doc.get("eval") or {}), data_root=doc.get("data_root"),
+        eval=dict(doc.get("eval") or {}), data_root=doc.get("data_root"), resources=dict(doc.get("resources") or {}),
     )
 
 

@@ -125,3 +125,18 @@ def test_methods_that_keep_state_report_its_memory(results):
     costs = {r["spec"]["method"]: r["costs"] for r in records(results).values()}
     assert costs["lwf"]["extra_memory_mb"] > 0  # its teacher
     assert costs["er"]["extra_memory_mb"] > 0  # its buffer
+
+
+def test_provenance_is_the_code_loaded_at_start(results, monkeypatch):
+    """A commit made while a grid runs must not be credited with its numbers."""
+    from clipbench import provenance
+
+    provenance.code_version.cache_clear()
+    calls = []
+    real_git = provenance._git
+    monkeypatch.setattr(provenance, "_git", lambda *a: calls.append(a) or real_git(*a))
+    assert run_cli("run", "--method", "zeroshot", "finetune", "--protocol", "tiny_shapes", "--suite", "tiny",
+                   "--results", results, "--quiet", "--set", *SMALL) == 0
+    assert len(calls) == 2  # rev-parse and status, once for the whole invocation
+    for rec in records(results).values():
+        assert rec["costs"]["peak_rss_mb"] > 100  # sampled while the run executed

@@ -22,7 +22,7 @@ def record(method, seed, last, zs, method_version=1, model="tiny-model", suite="
         "raw": {"acc_matrix": matrix, "test_sizes": [10, 10], "zeroshot": {"set": [0.6, 0.55, zs]}},
         "metrics": {"last": last, "zs_retention": zs / 0.6, "zs_drop": 100 * (0.6 - zs)},
         "metric_versions": {"last": 1, "zs_retention": 1, "zs_drop": 1},
-        "costs": {"trainable_params": 1000, "extra_memory_mb": 2.0, "process_peak_rss_mb": 500.0, "wall_seconds": 36.0},
+        "costs": {"trainable_params": 1000, "extra_memory_mb": 2.0, "peak_rss_mb": 500.0, "wall_seconds": 36.0},
         "provenance": {"git_commit": "abcdef1234567", "git_dirty": False, "versions": {"clipbench": "0.1.0", "torch": "2.14.1"},
                        "device": "cpu", "device_name": "x86_64", "started": f"2026-01-0{seed + 1}T00:00:00+00:00",
                        "ended": f"2026-01-0{seed + 1}T00:01:00+00:00"},
