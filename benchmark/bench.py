@@ -55,8 +55,10 @@ def _timed(fn: Callable[[], Any]) -> Callable[[], float]:
 
 
 def eval_ratio(loaded, images: torch.Tensor, batch: int, repeats: int) -> Dict[str, float]:
-    x = torch.cat([__import__("clipbench.protocols.data", fromlist=["to_model_input"]).to_model_input(
-        images[s:s + batch], loaded.image_size, loaded.mean, loaded.std) for s in range(0, len(images), batch)])
+    from clipbench.protocols.data import to_model_input
+
+    x = torch.cat([to_model_input(images[s:s + batch], loaded.image_size, loaded.mean, loaded.std)
+                   for s in range(0, len(images), batch)])
 
     def bare():
         with torch.inference_mode():

@@ -12,8 +12,7 @@ import json
 import subprocess
 import sys
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 from .errors import ClipbenchError
 from .runner import Summary, run_one

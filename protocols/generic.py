@@ -69,7 +69,35 @@ def load_labelled(spec: Dict[str, Any], split: str, size: int, data_root: Option
     return _load_split(spec, split, size, data_root)
 
 
+def fetch(spec: Dict[str, Any], data_root: Optional[str]) -> None:
+    """With `download: true`, let torchvision fetch CIFAR or EuroSAT into place when the folder is missing."""
+    if not spec.get("download"):
+        return
+    import torchvision.datasets as tvd
+
+    if spec["adapter"] == "cifar":
+        root = _path(data_root, spec["root"])
+        name = "cifar-100-python" if int(spec.get("variant", 100)) == 100 else "cifar-10-batches-py"
+        if not (root / name).is_dir():
+            cls = tvd.CIFAR100 if int(spec.get("variant", 100)) == 100 else tvd.CIFAR10
+            _download(lambda: cls(root=str(root), train=True, download=True), root)
+    elif spec["adapter"] == "image_folder" and spec.get("torchvision"):
+        folder = _path(data_root, spec["root"])  # e.g. <data_root>/eurosat/2750
+        if not folder.is_dir():
+            cls = getattr(tvd, spec["torchvision"])
+            _download(lambda: cls(root=str(folder.parent.parent), download=True), folder)
+
+
+def _download(call, where: Path) -> None:
+    try:
+        call()
+    except Exception as err:  # offline, or the server refused
+        raise ds.missing("dataset", where, f"torchvision could not download it ({type(err).__name__}: {err}); "
+                         "fetch it on a machine with internet and copy it there") from None
+
+
 def _load_split(spec: Dict[str, Any], split: str, size: int, data_root: Optional[str]) -> Tuple[LabelledImages, List[str]]:
+    fetch(spec, data_root)
     a = spec["adapter"]
     p = lambda key: _path(data_root, spec[key])  # noqa: E731
     split_name = spec.get(f"{split}_split", split)

@@ -55,13 +55,14 @@ def test_claim_blocks_a_second_taker_and_a_dead_runner_claim_expires(tmp_path):
 
 def test_two_concurrent_runners_never_run_the_same_run_twice(tmp_path):
     results = tmp_path / "results"
-    cmd = [sys.executable, "-m", "clipbench.cli", "run", "--all", "--suite", "tiny", "--results", str(results),
-           "--set", *SMALL]
+    methods = ["zeroshot", "finetune", "lwf", "imm"]
+    cmd = [sys.executable, "-m", "clipbench.cli", "run", "--method", *methods, "--suite", "tiny",
+           "--results", str(results), "--set", *SMALL]
     procs = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     logs = [p.communicate(timeout=300)[1] for p in procs]
     assert all(p.returncode == 0 for p in procs), logs
     ran = [line.split("(")[1].split(")")[0] for log in logs for line in log.splitlines() if line.endswith(": running")]
     assert len(ran) == len(set(ran)), "a run was executed by both runners"
     recs = records(results)
-    assert len(recs) == len(plan("tiny", sets=SMALL)) and all(r["status"] == "complete" for r in recs.values())
+    assert len(recs) == len(plan("tiny", methods, sets=SMALL)) and all(r["status"] == "complete" for r in recs.values())
     assert not list(results.glob("runs/**/claim.json"))

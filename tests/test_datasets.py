@@ -1,5 +1,7 @@
 """Every dataset adapter on small files in its real format, and a protocol built from them end to end."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -139,3 +141,32 @@ def test_missing_dataset_folder_stops_the_run_with_one_line(data_root, tmp_path,
     recs = records(results)
     assert len(recs) == 2 and all(r["status"] == "complete" for r in recs.values())
     assert all("i2t_r1.coco" in r["metrics"] and "zs_acc.imagenet" in r["metrics"] for r in recs.values())
+
+
+def test_download_true_fetches_a_missing_cifar_through_torchvision(tmp_path, monkeypatch):
+    import torchvision.datasets as tvd
+
+    from clipbench.protocols.generic import load_labelled
+    from fixtures_data import write_cifar100
+
+    calls = []
+
+    class FakeCIFAR100:  # stands in for the network: writes the files torchvision would
+        def __init__(self, root, train, download):
+            calls.append((root, download))
+            write_cifar100(Path(root))
+
+    monkeypatch.setattr(tvd, "CIFAR100", FakeCIFAR100)
+    spec = {"adapter": "cifar", "root": "cifar100", "variant": 100, "download": True}
+    data, names = load_labelled(spec, "train", 32, str(tmp_path))
+    assert calls == [(str(tmp_path / "cifar100"), True)] and len(data) == 8
+    load_labelled(spec, "test", 32, str(tmp_path))
+    assert len(calls) == 1  # present now: not fetched again
+
+
+def test_download_failure_offline_is_one_clear_error(tmp_path):
+    from clipbench.protocols.generic import load_labelled
+
+    spec = {"adapter": "image_folder", "root": "eurosat/2750", "download": True, "torchvision": "EuroSAT"}
+    with pytest.raises(ClipbenchError, match=r"eurosat/2750.*torchvision could not download it"):
+        load_labelled(spec, "train", 32, str(tmp_path))
