@@ -38,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
     run.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
     run.add_argument("--quiet", action="store_true", help="no progress bars or per-run lines")
+    run.add_argument("--threads", type=int, help="torch CPU threads of this process (default: torch's; use 1 per "
+                     "worker when several runners share a small machine)")
     run.add_argument("--executor", choices=["local", "slurm", "ray"], default="local",
                      help="local (default): this process; slurm: one job array via submitit; ray: one task per run")
     run.add_argument("--address", help="Ray cluster address (default: start a local one)")
@@ -124,6 +126,10 @@ def _cmd_run(args, argv: Sequence[str]) -> int:
     store = ResultStore(args.results)
     if args.dry_run:
         return _print_plan(args.suite, specs, store)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     device = args.device or default_device()
     if device == "cuda":
         import torch

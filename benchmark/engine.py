@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from typing import TYPE_CHECKING, List, Optional
 
 import torch
@@ -167,12 +168,14 @@ def train_experience(model: CLIPClassifier, method: "Method", data: LabelledImag
     trainable = [p for p in model.parameters() if p.requires_grad]
     iterations = train["epochs"] * math.ceil(len(data) / train["batch_size"])
     engine = EnginePlugin([method], iterations, progress, desc=f"train exp {index}")
-    strategy = SupervisedTemplate(
-        model=model, optimizer=make_optimizer(trainable, train),
-        criterion=make_criterion(first_class, train.get("ce_classes", "seen")),
-        train_mb_size=train["batch_size"], train_epochs=train["epochs"], eval_mb_size=train["batch_size"],
-        device=device, plugins=[method, engine], evaluator=EvaluationPlugin(),
-    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="No loggers specified")  # metrics come from records, not loggers
+        strategy = SupervisedTemplate(
+            model=model, optimizer=make_optimizer(trainable, train),
+            criterion=make_criterion(first_class, train.get("ce_classes", "seen")),
+            train_mb_size=train["batch_size"], train_epochs=train["epochs"], eval_mb_size=train["batch_size"],
+            device=device, plugins=[method, engine], evaluator=EvaluationPlugin(),
+        )
     strategy.train(make_experience(data.images, data.labels, index), num_workers=0)
     model.last_image_features = None
     model.invalidate_text_cache()

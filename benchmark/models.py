@@ -177,11 +177,19 @@ def load_model(arch: str, pretrained: Optional[str], device: str = "cpu") -> Loa
         weights = _cached_hub_file(arch, pretrained) or pretrained
     elif pretrained:
         weights = str(Path(str(pretrained)).expanduser())
+    import logging
+
+    root = logging.getLogger()
+    level = root.level
+    if weights is None and not str(name).startswith(LOCAL_DIR):
+        root.setLevel(logging.ERROR)  # open_clip warns that a random init is random: asked for, not news
     try:
         clip = open_clip.create_model(name, pretrained=weights, device=device)
     except Exception as err:  # corrupt or mismatched weights: a user-input problem, said in one line
         first = (str(err).strip().splitlines() or [""])[0]
         raise ClipbenchError(f"cannot load model {arch} with weights {pretrained}: {type(err).__name__}: {first}") from None
+    finally:
+        root.setLevel(level)
     tokenizer = open_clip.get_tokenizer(name)
     cfg: dict[str, Any] = getattr(clip.visual, "preprocess_cfg", {}) or {}
     size = cfg.get("size", getattr(clip.visual, "image_size", (224, 224)))
