@@ -6,9 +6,8 @@ from typing import Any, Dict, List, Tuple
 import torch
 import torch.nn.functional as F
 
-from clipbench.errors import ClipbenchError
-
 from .base import Method, MethodConfig, register_method
+from .toolkit import require_reference
 
 
 def project_gradient(grad: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -53,11 +52,9 @@ class AGEM(Method):
     Config = AGEMConfig
 
     def setup(self, model, streams) -> None:
-        if streams.reference is None:
-            raise ClipbenchError("agem needs the suite's reference image-text set; this protocol declares none")
+        ref = require_reference(streams, self.name)
         self.streams = streams
         # banks of (uint8 images, captions): sources differ in image size, so each is kept apart
-        ref = streams.reference
         self.banks: List[Tuple[torch.Tensor, List[str]]] = [(ref.images[ref.caption_image], list(ref.captions))]
 
     def _params(self, model):

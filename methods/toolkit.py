@@ -17,6 +17,16 @@ from torch.func import functional_call
 State = Dict[str, torch.Tensor]
 
 
+def require_reference(streams, method: str):
+    """The protocol's declared reference image-text set, or a clear error for methods that need one."""
+    from clipbench.errors import ClipbenchError
+
+    if streams.reference is None:
+        raise ClipbenchError(f"{method} needs the suite's reference image-text set; this protocol declares none "
+                             "(add a `reference:` dataset spec to the protocol file)")
+    return streams.reference
+
+
 def snapshot(model: nn.Module, params: Iterable[nn.Parameter]) -> State:
     """Clones of `params`, keyed by their names in `model`."""
     wanted = {id(p) for p in params}

@@ -5,10 +5,8 @@ from typing import Any, Dict
 
 import torch
 
-from clipbench.errors import ClipbenchError
-
 from .base import Method, MethodConfig, register_method
-from .toolkit import load_into, snapshot, soft_cross_entropy, with_weights
+from .toolkit import load_into, require_reference, snapshot, soft_cross_entropy, with_weights
 
 
 @dataclass
@@ -46,9 +44,7 @@ class ZSCL(Method):
     Config = ZSCLConfig
 
     def setup(self, model, streams) -> None:
-        if streams.reference is None:
-            raise ClipbenchError("zscl needs the suite's reference image-text set; this protocol declares none")
-        self.reference = streams.reference
+        self.reference = require_reference(streams, self.name)
         self.initial = snapshot(model, self.trainable_parameters(model))
         self.reference_tokens = model.tokenizer(list(streams.reference.captions))
 

@@ -84,13 +84,19 @@ def _strategy(model, x, y, experience=0):
                            experience=SimpleNamespace(current_experience=experience))
 
 
-def test_lwf_term_uses_teacher_logits_over_seen_classes(streams):
-    model = tiny_model(streams)
-    method = LwF(LwF.Config(alpha=0.7))
+def with_teacher_on_two_classes(model, method):
+    """Give `method` a perturbed teacher and its class embeddings over 2 classes; return the teacher's twin model."""
     teacher, twin = perturbed_teacher(model, method)
     method.teacher = teacher
     model.num_active = 2
     method.teacher_classes = twin.encode_tokens(twin.prompt_tokens[:2]).detach()
+    return twin
+
+
+def test_lwf_term_uses_teacher_logits_over_seen_classes(streams):
+    model = tiny_model(streams)
+    method = LwF(LwF.Config(alpha=0.7))
+    twin = with_teacher_on_two_classes(model, method)
     x, y = streams.train[0].images[:6], streams.train[0].labels[:6]
     strategy = _strategy(model, x, y)
     with torch.no_grad():
@@ -124,10 +130,7 @@ def test_vr_lwf_replayed_term_formula_and_both_encoders_learn(streams):
 def test_vr_lwf_adds_old_class_lwf_after_first_experience(streams):
     model = tiny_model(streams)
     method = VRLwF(VRLwF.Config(n_pseudo=8))
-    teacher, twin = perturbed_teacher(model, method)
-    method.teacher = teacher
-    model.num_active = 2
-    method.teacher_classes = twin.encode_tokens(twin.prompt_tokens[:2]).detach()
+    twin = with_teacher_on_two_classes(model, method)
     x, y = streams.train[0].images[:6], streams.train[0].labels[:6]
     strategy = _strategy(model, x, y)
     method.first_experience = True
