@@ -170,3 +170,23 @@ def test_download_failure_offline_is_one_clear_error(tmp_path):
     spec = {"adapter": "image_folder", "root": "eurosat/2750", "download": True, "torchvision": "EuroSAT"}
     with pytest.raises(ClipbenchError, match=r"eurosat/2750.*torchvision could not download it"):
         load_labelled(spec, "train", 32, str(tmp_path))
+
+
+def test_torchvision_adapter_reads_a_dataset_in_torchvision_layout(tmp_path):
+    """torchvision's MNIST reads raw idx files from <root>/MNIST/raw (the layout its download leaves)."""
+    import struct
+
+    import numpy as np
+
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    images = np.zeros((6, 28, 28), dtype=np.uint8)
+    images[:, 10:18, 10:18] = np.arange(6, dtype=np.uint8)[:, None, None] * 40
+    labels = np.array([3, 1, 4, 1, 5, 9], dtype=np.uint8)
+    for split in ("train", "t10k"):
+        (raw / f"{split}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, 6, 28, 28) + images.tobytes())
+        (raw / f"{split}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, 6) + labels.tobytes())
+    data, names = ds.torchvision_dataset("MNIST", tmp_path, "train", 16)
+    assert data.images.shape == (6, 3, 16, 16) and data.labels.tolist() == [3, 1, 4, 1, 5, 9]
+    assert names[0].startswith("0") and len(names) == 10
+    assert int(data.images[5, 0, 8, 8]) > int(data.images[1, 0, 8, 8])  # brighter square survives the resize
