@@ -77,9 +77,30 @@ def start(folder: Path) -> dict:
 
 
 def stop(folder: Path, env: dict) -> None:
+    """Shut both daemons down; one that ignores SIGTERM for 5 s is killed."""
     subprocess.run(["scontrol", "shutdown"], env=env, capture_output=True)
+    pids = []
     for pidfile in ("slurmd.pid", "slurmctld.pid"):
         try:
-            os.kill(int((folder / pidfile).read_text()), 15)
+            pid = int((folder / pidfile).read_text())
+            os.kill(pid, 15)
+            pids.append(pid)
         except (OSError, ValueError):
             pass
+    deadline = time.time() + 5
+    while pids and time.time() < deadline:
+        pids = [p for p in pids if _running(p)]
+        time.sleep(0.1)
+    for pid in pids:
+        try:
+            os.kill(pid, 9)
+        except OSError:
+            pass
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except OSError:
+        return False
