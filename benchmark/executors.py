@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence
 
 from .errors import ClipbenchError
-from .runner import Summary, run_one
+from .runner import Summary, run_one, unfinished
 from .spec import RunSpec
 from .store import ResultStore, atomic_write_json
 
@@ -64,8 +64,7 @@ def _spec_dict(spec: RunSpec) -> Dict[str, Any]:
 def submit_slurm(specs: Sequence[RunSpec], store: ResultStore, resources: Resources, device: str, wait: bool) -> Summary:
     """One job array for the plan's unfinished runs; records land in `store`."""
     submitit = _import("submitit", "slurm")
-    todo = [s for s in specs if not store.is_complete(s)]
-    summary = Summary(skipped=len(specs) - len(todo))
+    todo, summary = unfinished(specs, store)
     if not todo:
         return summary
     folder = store.root / "slurm"
@@ -90,7 +89,7 @@ def submit_slurm(specs: Sequence[RunSpec], store: ResultStore, resources: Resour
             except Exception as err:  # the job itself died (not a failed run, which is a record)
                 print(f"job {job.job_id}: {err}", file=sys.stderr)
                 outcome = "failed"
-            setattr(summary, outcome, getattr(summary, outcome) + 1)
+            summary.add(outcome)
     return summary
 
 
@@ -122,11 +121,10 @@ def run_ray(specs: Sequence[RunSpec], store: ResultStore, resources: Resources, 
     def task(spec: Dict[str, Any]) -> str:
         return run_one(RunSpec.from_dict(spec), ResultStore(results), device, False, ["clipbench", "ray"], quiet=True)
 
-    todo = [s for s in specs if not store.is_complete(s)]
-    summary = Summary(skipped=len(specs) - len(todo))
+    todo, summary = unfinished(specs, store)
     try:
         for outcome in ray.get([task.remote(_spec_dict(s)) for s in todo]):
-            setattr(summary, outcome, getattr(summary, outcome) + 1)
+            summary.add(outcome)
     finally:
         if started_here:
             ray.shutdown()

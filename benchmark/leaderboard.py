@@ -138,6 +138,17 @@ def fmt(mean: Optional[float], std: Optional[float], digits: int = 3) -> str:
     return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
+def cell_text(cell: pd.DataFrame, notes: Footnotes) -> str:
+    """One tidy-table cell as text: a dash when absent, a dash and a footnote when its runs are not
+    comparable, else mean ± std."""
+    if not len(cell):
+        return "-"
+    row = cell.iloc[0]
+    if not row["comparable"]:
+        return "-" + notes.mark(row["note"])
+    return fmt(row["mean"], None if pd.isna(row["std"]) else row["std"])
+
+
 def ranks(values: Dict[str, Optional[float]], lower: bool) -> Dict[str, float]:
     """Rank 1 = best; ties share the mean rank; missing values get none."""
     present = {k: v for k, v in values.items() if v is not None}
@@ -167,15 +178,9 @@ def main_table(frame: pd.DataFrame, rows: List[Dict[str, Any]], suite: str, prot
         line = [escape(e[0]), escape(e[1]), n]
         for m in metrics:
             c = cells[(e, m)]
-            if not len(c):
-                line.append("-")
-                continue
-            row = c.iloc[0]
-            if not row["comparable"]:
-                line.append("-" + notes.mark(row["note"]))
-                continue
-            text = fmt(row["mean"], None if pd.isna(row["std"]) else row["std"])
-            line.append(f"**{text}**" if best.get(m) is not None and np.isclose(row["mean"], best[m]) else text)
+            text = cell_text(c, notes)
+            is_best = len(c) and c["comparable"].iloc[0] and best.get(m) is not None and np.isclose(c["mean"].iloc[0], best[m])
+            line.append(f"**{text}**" if is_best else text)
         for key, _ in COST_COLUMNS:
             vals = [r["costs"][key] for r in runs if r["costs"].get(key) is not None]
             line.append(_cost(key, vals))
@@ -378,13 +383,7 @@ def protocol_page(frame: pd.DataFrame, groups: Dict[Tuple[str, str], List[Dict[s
     for metric in sorted(set(part.metric)):
         line = [escape(metric)]
         for e in entries:
-            c = part[(part.method == e[0]) & (part.model == e[1]) & (part.metric == metric)]
-            if not len(c):
-                line.append("-")
-            elif not c["comparable"].iloc[0]:
-                line.append("-" + notes.mark(c["note"].iloc[0]))
-            else:
-                line.append(fmt(c["mean"].iloc[0], None if pd.isna(c["std"].iloc[0]) else c["std"].iloc[0]))
+            line.append(cell_text(part[(part.method == e[0]) & (part.model == e[1]) & (part.metric == metric)], notes))
         table.append(line)
     headers = ["metric"] + [escape(m) if len({mo for _, mo in entries}) == 1 else f"{escape(m)} ({escape(mo)})" for m, mo in entries]
     parts = [f"# {escape(suite)} / {escape(protocol)}: every metric\n",

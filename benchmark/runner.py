@@ -16,7 +16,7 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -213,9 +213,9 @@ def row_zero_key(spec: RunSpec, device: str) -> str:
 
 def _row_zero(spec: RunSpec, store: ResultStore, evaluator: "Evaluator", device: str) -> "Row":
     """Row 0 from the results folder's cache, or measured once and cached for every other method."""
-    path = store.root / "cache" / f"row0-{row_zero_key(spec, device)}.json"
     if not SHARE_EVALUATION:
         return evaluator.evaluate(0, version=0)
+    path = store.root / "cache" / f"row0-{row_zero_key(spec, device)}.json"
     if path.is_file():
         try:
             return Row(**json.loads(path.read_text()))
@@ -366,6 +366,16 @@ class Summary:
     failed: int = 0
     claimed: int = 0  # held by another live runner
 
+    def add(self, outcome: str) -> None:
+        """Count one `run_one` outcome ("ran", "skipped", "claimed" or "failed")."""
+        setattr(self, outcome, getattr(self, outcome) + 1)
+
+
+def unfinished(specs: Sequence[RunSpec], store: ResultStore) -> Tuple[List[RunSpec], Summary]:
+    """The specs without a complete record, and a summary that already counts the others as skipped."""
+    todo = [s for s in specs if not store.is_complete(s)]
+    return todo, Summary(skipped=len(specs) - len(todo))
+
 
 def execute(specs: Sequence[RunSpec], store: ResultStore, device: str, progress: bool, argv: List[str],
             quiet: bool = False) -> Summary:
@@ -373,8 +383,7 @@ def execute(specs: Sequence[RunSpec], store: ResultStore, device: str, progress:
     provenance.code_version()  # pin the commit of the code this process loaded
     summary = Summary()
     for i, spec in enumerate(specs, 1):
-        outcome = run_one(spec, store, device, progress, argv, quiet, label=f"[{i}/{len(specs)}]")
-        setattr(summary, outcome, getattr(summary, outcome) + 1)
+        summary.add(run_one(spec, store, device, progress, argv, quiet, label=f"[{i}/{len(specs)}]"))
     return summary
 
 
