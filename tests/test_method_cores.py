@@ -84,6 +84,12 @@ def _strategy(model, x, y, experience=0):
                            experience=SimpleNamespace(current_experience=experience))
 
 
+def first_batch(streams, model):
+    """Six images of experience 0 and the strategy a method's `loss` sees for them."""
+    x, y = streams.train[0].images[:6], streams.train[0].labels[:6]
+    return x, _strategy(model, x, y)
+
+
 def with_teacher_on_two_classes(model, method):
     """Give `method` a perturbed teacher and its class embeddings over 2 classes; return the teacher's twin model."""
     teacher, twin = perturbed_teacher(model, method)
@@ -97,8 +103,7 @@ def test_lwf_term_uses_teacher_logits_over_seen_classes(streams):
     model = tiny_model(streams)
     method = LwF(LwF.Config(alpha=0.7))
     twin = with_teacher_on_two_classes(model, method)
-    x, y = streams.train[0].images[:6], streams.train[0].labels[:6]
-    strategy = _strategy(model, x, y)
+    x, strategy = first_batch(streams, model)
     with torch.no_grad():
         twin.num_active = 2
         expected_t = twin(x)
@@ -111,8 +116,7 @@ def test_vr_lwf_replayed_term_formula_and_both_encoders_learn(streams):
     method = VRLwF(VRLwF.Config(alpha=0.5, n_pseudo=16, pseudo_length=8))
     teacher, twin = perturbed_teacher(model, method)
     method.teacher, method.first_experience = teacher, True
-    x, y = streams.train[0].images[:6], streams.train[0].labels[:6]
-    strategy = _strategy(model, x, y)
+    x, strategy = first_batch(streams, model)
     torch.manual_seed(123)
     loss = method.loss(strategy)
     torch.manual_seed(123)
@@ -131,8 +135,7 @@ def test_vr_lwf_adds_old_class_lwf_after_first_experience(streams):
     model = tiny_model(streams)
     method = VRLwF(VRLwF.Config(n_pseudo=8))
     twin = with_teacher_on_two_classes(model, method)
-    x, y = streams.train[0].images[:6], streams.train[0].labels[:6]
-    strategy = _strategy(model, x, y)
+    x, strategy = first_batch(streams, model)
     method.first_experience = True
     torch.manual_seed(5)
     first = method.loss(strategy).item()
@@ -152,8 +155,7 @@ def test_lwf_vr_both_directions_teacher_text_image_only(streams):
     teacher, twin = perturbed_teacher(model, method)
     method.teacher = teacher
     method.reference_text = twin.encode_tokens(method.pseudo).detach()
-    x, y = streams.train[0].images[:6], streams.train[0].labels[:6]
-    strategy = _strategy(model, x, y)
+    x, strategy = first_batch(streams, model)
     loss = method.loss(strategy)
     with torch.no_grad():
         lt = twin.logits(twin.encode_images(x), method.reference_text)
