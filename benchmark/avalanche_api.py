@@ -1,10 +1,12 @@
 """The only door to Avalanche (0.x; its API has moved before). Everything else imports from here.
 
-Paths used, each exercised by the tests: `SupervisedPlugin`, `SupervisedTemplate`,
-`EvaluationPlugin` (empty: metrics are computed from records, never in callbacks), and a
-classification dataset built with `_make_taskaware_classification_dataset` (exported in
-Avalanche's `__all__`) wrapped into experiences by `benchmark_from_datasets`. The newer
-`class_incremental_benchmark` is not used: its streams lack task labels that plugins expect.
+Paths used, each exercised by the tests: `SupervisedPlugin`, `SupervisedTemplate` (subclassed as
+`Template` to feed mini-batches sliced straight from the uint8 tensors, through the
+`make_train_dataloader` hook Avalanche documents for this), `EvaluationPlugin` (empty: metrics are
+computed from records, never in callbacks), and a classification dataset built with
+`_make_taskaware_classification_dataset` (exported in Avalanche's `__all__`) wrapped into
+experiences by `benchmark_from_datasets`. The newer `class_incremental_benchmark` is not used: its
+streams lack task labels that plugins expect.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from torch.utils.data import Dataset
 
 
 class _UInt8Images(Dataset):
-    """(uint8 image, label) pairs; the model normalises whole batches, so no per-sample transform."""
+    """(uint8 image, label) pairs, for Avalanche's dataset API (plugins may read `experience.dataset`)."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor):
         self.images, self.labels = images, labels
@@ -37,15 +39,58 @@ class _UInt8Images(Dataset):
         return self.images[i], self.targets[i]
 
 
+class TensorBatches:
+    """Shuffled mini-batches `[images, labels, task labels]` sliced from whole tensors.
+
+    Replaces Avalanche's task-balanced loader, which indexes and collates one sample at a time.
+    One `torch.randperm` per epoch from torch's global generator, so the order is fixed by the
+    run's seed.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool = True):
+        self.images, self.labels, self.batch_size, self.shuffle = images, labels, batch_size, shuffle
+
+    def __len__(self) -> int:
+        return -(-len(self.labels) // self.batch_size)
+
+    def __iter__(self):
+        n = len(self.labels)
+        order = torch.randperm(n) if self.shuffle else torch.arange(n)
+        for start in range(0, n, self.batch_size):
+            index = order[start:start + self.batch_size]
+            yield [self.images[index], self.labels[index], torch.zeros(len(index), dtype=torch.long)]
+
+
+class Template(SupervisedTemplate):
+    """Avalanche's supervised template, fed by `TensorBatches` over the experience's tensors, and
+    keeping the optimizer it is given (both hooks Avalanche documents for overriding)."""
+
+    def make_train_dataloader(self, shuffle: bool = True, **kwargs):
+        images, labels = self.experience.tensors
+        self.dataloader = TensorBatches(images, labels, self.train_mb_size, shuffle)
+
+    def make_optimizer(self, **kwargs):
+        # The engine builds a fresh optimizer over the trainable parameters for every experience.
+        # Avalanche's default would put every model parameter into it, frozen towers included,
+        # for the optimizer to walk past at every step.
+        pass
+
+
 def make_experience(images: torch.Tensor, labels: torch.Tensor, index: int):
-    """One Avalanche training experience over uint8 images and integer labels (task label 0)."""
+    """One Avalanche training experience over uint8 images and integer labels (task label 0).
+
+    Plugins see a regular Avalanche experience (`dataset`, `classes_in_this_experience`,
+    `current_experience`); `tensors` holds the images and labels `Template` slices batches from.
+    """
     dataset = _make_taskaware_classification_dataset(
         _UInt8Images(images, labels), task_labels=0, targets=labels.tolist()
     )
     scenario = benchmark_from_datasets(train=[dataset])
     experience = scenario.train_stream[0]
     experience.current_experience = index
+    experience.tensors = (images, labels)
     return experience
 
 
-__all__ = ["SupervisedPlugin", "SupervisedTemplate", "EvaluationPlugin", "make_experience"]
+__all__ = ["SupervisedPlugin", "SupervisedTemplate", "Template", "TensorBatches", "EvaluationPlugin",
+           "make_experience"]

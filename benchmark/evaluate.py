@@ -12,8 +12,6 @@ from typing import Dict, List, Sequence
 import torch
 from tqdm import tqdm
 
-from clipbench.protocols.data import to_model_input
-
 from .models import LoadedModel
 
 RECALL_KS = (1, 5, 10)
@@ -33,9 +31,15 @@ def encode_images(loaded: LoadedModel, images: torch.Tensor, batch_size: int, de
     was_training = clip.training
     clip.eval()
     out = []
+    # One input buffer for every batch (inference mode: nothing keeps a batch's input alive), where
+    # the batches are converted without resizing.
+    reusable = (len(images) and images.dtype == torch.uint8 and not loaded.takes_uint8
+                and tuple(images.shape[-2:]) == tuple(loaded.image_size))
+    buffer = torch.empty((min(batch_size, len(images)), *images.shape[1:]), device=device) if reusable else None
     starts = range(0, len(images), batch_size)
     for s in tqdm(starts, desc=desc or "encode images", disable=not progress, leave=False):
-        x = to_model_input(images[s:s + batch_size], loaded.image_size, loaded.mean, loaded.std).to(device)
+        chunk = images[s:s + batch_size].to(device, non_blocking=True)
+        x = loaded.model_input(chunk, out=None if buffer is None else buffer[:len(chunk)])
         with _autocast(device, precision):
             f = clip.encode_image(x)
         out.append(torch.nn.functional.normalize(f.float(), dim=-1).cpu())

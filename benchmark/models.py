@@ -17,6 +17,8 @@ from typing import Any, Callable, Optional, Tuple
 
 import torch
 
+from clipbench.protocols.data import to_model_input
+
 from . import assembled
 from .errors import ClipbenchError, unknown_name_error
 
@@ -39,6 +41,17 @@ class LoadedModel:
     mean: Tuple[float, float, float]
     std: Tuple[float, float, float]
     frozen_prefixes: Tuple[str, ...] = ()  # parameters that never train (and may be cached)
+    # the model resizes and normalises uint8 batches itself (the mini model, whose frozen-tower
+    # cache then keys on the small raw pixels and skips preprocessing on a hit)
+    takes_uint8: bool = False
+
+    def model_input(self, images: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """What `clip.encode_image` takes for a batch: uint8 batches resized and normalised (on their
+        device) unless the model does that itself; float batches are taken as already prepared.
+        `out`: a buffer to reuse (see `to_model_input`)."""
+        if images.dtype != torch.uint8 or self.takes_uint8:
+            return images
+        return to_model_input(images, self.image_size, self.mean, self.std, out)
 
 
 def resolve_bundled(pretrained: Optional[str]) -> Optional[str]:
@@ -169,7 +182,7 @@ def load_model(arch: str, pretrained: Optional[str], device: str = "cpu") -> Loa
     if arch == assembled.ARCH:
         clip = assembled.build(open_clip, Path(pretrained) if pretrained else None, device)
         return LoadedModel(clip, open_clip.get_tokenizer(arch), (assembled.IMAGE_SIZE,) * 2, assembled.MEAN,
-                           assembled.STD, assembled.FROZEN_PREFIXES)
+                           assembled.STD, assembled.FROZEN_PREFIXES, takes_uint8=True)
     name, weights = arch, pretrained
     if pretrained and str(pretrained).startswith(LOCAL_DIR):
         name, weights = str(pretrained), None

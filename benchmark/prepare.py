@@ -23,7 +23,7 @@ from .evaluate import accuracy, class_embeddings, encode_images, encode_texts, r
 from .models import BUNDLED_DIR, load_model
 from clipbench.protocols import mini as mini_module_  # noqa: E402  (the data split is shared)
 
-DEFAULT_OUT = BUNDLED_DIR / "mini" / "projections-v1.pt"
+DEFAULT_OUT = BUNDLED_DIR / "mini" / "projections-v2.pt"
 
 
 def _pooled(fn, items: torch.Tensor, batch: int, desc: str, progress: bool) -> torch.Tensor:
@@ -38,8 +38,6 @@ def prepare_mini(out: Path = DEFAULT_OUT, epochs: int = 10, batch_size: int = 25
 
     `limit` aligns on the first `limit` pairs only (for tests); the shipped file uses all of them.
     """
-    from clipbench.protocols.data import to_model_input
-
     mini = mini_module_
     started = time.perf_counter()
     torch.manual_seed(seed)
@@ -49,10 +47,9 @@ def prepare_mini(out: Path = DEFAULT_OUT, epochs: int = 10, batch_size: int = 25
     train = mini.captioned(split["train"])
     if limit:
         train = type(train)(train.images[:limit], train.captions[:limit], train.caption_image[:limit])
-    images = to_model_input(train.images, loaded.image_size, loaded.mean, loaded.std)
     tokens = loaded.tokenizer(train.captions)
-    with torch.no_grad():
-        img_f = _pooled(clip.visual.pooled, images, 128, "image tower", progress)
+    with torch.no_grad():  # the image tower takes uint8 batches and prepares them itself
+        img_f = _pooled(clip.visual.pooled, train.images, 128, "image tower", progress)
         txt_f = _pooled(clip.text.pooled, tokens, 256, "text tower", progress)
     params = [clip.visual.head.proj.weight, clip.text.proj.weight, clip.logit_scale]
     for p in clip.parameters():

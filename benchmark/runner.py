@@ -324,7 +324,7 @@ def _run_experiences(spec: RunSpec, store: ResultStore, device: str, progress: b
 
     checkpoint = store.load_checkpoint(spec)
     if checkpoint:
-        model.load_state_dict(checkpoint["model"])
+        model.load_checkpoint_state(checkpoint["model"])
         method.load_state_dict(checkpoint["method"])
         raw, start = checkpoint["raw"], checkpoint["completed"]
         _log(f"  resuming from experience {start}/{streams.n_experiences}", quiet)
@@ -351,7 +351,7 @@ def _run_experiences(spec: RunSpec, store: ResultStore, device: str, progress: b
         version = exp + 1 if (method_cls.trains or not SHARE_EVALUATION) else 0
         _append_row(raw, evaluator.evaluate(exp + 1, version), time.perf_counter() - t)
         store.save_progress(spec, {"spec_id": spec.id, "completed": exp + 1, "raw": raw,
-                                   "model": model.state_dict(), "method": method.state_dict()},
+                                   "model": model.checkpoint_state(), "method": method.state_dict()},
                             exp + 1, streams.n_experiences)
 
 

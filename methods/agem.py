@@ -60,8 +60,9 @@ class AGEM(Method):
     def _params(self, model):
         return [p for p in model.parameters() if p.requires_grad]
 
-    def memory_batch(self, model, size: int) -> Tuple[torch.Tensor, List[str]]:
-        """`size` pairs drawn uniformly from the whole memory, images preprocessed for `model`."""
+    def memory_batch(self, size: int) -> Tuple[List[torch.Tensor], List[str]]:
+        """`size` pairs drawn uniformly from the whole memory: uint8 images, one tensor per bank drawn from
+        (banks differ in image size), and their captions in the same order."""
         sizes = [len(c) for _, c in self.banks]
         pick = torch.randint(sum(sizes), (min(size, sum(sizes)),)).sort().values
         starts = torch.tensor([0] + sizes).cumsum(0)
@@ -69,16 +70,16 @@ class AGEM(Method):
         for b, (bank_images, bank_captions) in enumerate(self.banks):
             local = pick[(pick >= starts[b]) & (pick < starts[b + 1])] - starts[b]
             if len(local):
-                images.append(model.preprocess(bank_images[local]))
+                images.append(bank_images[local])
                 captions += [bank_captions[i] for i in local.tolist()]
-        return torch.cat(images), captions
+        return images, captions
 
     def before_training_iteration(self, strategy, **kwargs):
         model = strategy.model
-        images, captions = self.memory_batch(model, self.config.reference_batch_size or strategy.train_mb_size)
+        images, captions = self.memory_batch(self.config.reference_batch_size or strategy.train_mb_size)
         tokens = model.tokenizer(captions).to(strategy.device)
-        loss = contrastive_loss(model.encode_images(images.to(strategy.device)), model.encode_tokens(tokens),
-                                model.clip.logit_scale.exp().detach())
+        image_features = torch.cat([model.encode_images(part) for part in images])
+        loss = contrastive_loss(image_features, model.encode_tokens(tokens), model.clip.logit_scale.exp().detach())
         params = self._params(model)
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         self.reference = torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)

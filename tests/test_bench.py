@@ -1,7 +1,7 @@
 """The benchmark's counting parts (no timing in tests: speed is measured by `clipbench bench`)."""
 
 from clipbench import runner
-from clipbench.bench import grid_forward_ratio
+from clipbench.bench import grid_forward_ratio, peak_bf16_flops, train_throughput
 
 
 def test_evaluation_sharing_saves_vision_tower_passes():
@@ -11,3 +11,14 @@ def test_evaluation_sharing_saves_vision_tower_passes():
     passes = out["grid_forward_passes"]
     assert passes["shared"] < passes["unshared"] and out["grid_forward_ratio"] < 1
     assert runner.SHARE_EVALUATION is True  # restored
+
+
+def test_training_throughput_counts_flops_and_knows_the_peaks():
+    out = train_throughput("clipbench-tiny", "cpu", batch=4, steps=1, precision="fp32")
+    assert out["device"] == "cpu" and out["samples_per_s"] > 0
+    # forward + backward of a 3.4M-parameter model: at least 2 FLOPs per parameter per sample
+    assert out["gflops_per_sample"] > 2 * 3.4e6 / 1e9
+    assert out["peak_tflops"] is None and out["share_of_peak"] is None  # no peak for a CPU or fp32
+    assert peak_bf16_flops("NVIDIA H100 PCIe") == 756e12
+    assert peak_bf16_flops("NVIDIA H100 80GB HBM3") == peak_bf16_flops("NVIDIA H200") == 989e12
+    assert peak_bf16_flops("Tesla T4") is None

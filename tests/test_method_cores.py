@@ -251,5 +251,8 @@ def test_agem_memory_grows_by_experience_and_mixes_image_sizes(streams):
     assert all(c.startswith("a photo of something") for c in method.banks[1][1])
     method.banks[1] = (torch.nn.functional.interpolate(method.banks[1][0].float(), size=20).to(torch.uint8),
                        method.banks[1][1])  # another image size, as real memories mix sources
-    images, captions = method.memory_batch(model, n_ref + 5)
-    assert images.shape == (n_ref + 5, 3, 32, 32) and len(captions) == n_ref + 5
+    images, captions = method.memory_batch(n_ref + 5)
+    assert sum(len(part) for part in images) == len(captions) == n_ref + 5
+    assert {tuple(part.shape[-2:]) for part in images} <= {(32, 32), (20, 20)}
+    features = torch.cat([model.encode_images(part) for part in images])  # as before_training_iteration does
+    assert features.shape[0] == n_ref + 5 and torch.isfinite(features).all()

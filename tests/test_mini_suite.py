@@ -33,11 +33,11 @@ def test_finetune_learns_the_target_and_forgets_zero_shot_and_retrieval(mini_rec
 
 
 def test_mini_model_goes_through_the_common_loader():
-    loaded = load_model("clipbench-mini", "bundled:mini/projections-v1.pt")
+    loaded = load_model("clipbench-mini", "bundled:mini/projections-v2.pt")
     assert type(loaded.clip).__name__ == "CustomTextCLIP"
     assert loaded.frozen_prefixes and all(
         not p.requires_grad for n, p in loaded.clip.named_parameters() if n.startswith(loaded.frozen_prefixes))
-    assert weights_fingerprint("clipbench-mini", None) != weights_fingerprint("clipbench-mini", "bundled:mini/projections-v1.pt")
+    assert weights_fingerprint("clipbench-mini", None) != weights_fingerprint("clipbench-mini", "bundled:mini/projections-v2.pt")
 
 
 def test_prepare_is_deterministic(tmp_path):
@@ -50,3 +50,55 @@ def test_prepare_is_deterministic(tmp_path):
     # and the product loads into the model
     loaded = load_model("clipbench-mini", str(a))
     assert torch.equal(loaded.clip.text.proj.weight, sa["state_dict"]["text.proj.weight"])
+
+
+@pytest.fixture(scope="module")
+def mini_loaded():
+    return load_model("clipbench-mini", "bundled:mini/projections-v2.pt")
+
+
+def _count_calls(module: torch.nn.Module) -> list:
+    calls = []
+    module.register_forward_pre_hook(lambda mod, inp: calls.append(len(inp[0])))
+    return calls
+
+
+def test_uint8_images_are_prepared_by_the_model_and_cached_by_their_pixels(mini_loaded):
+    from clipbench.protocols.data import to_model_input
+
+    images = torch.randint(0, 256, (6, 3, 28, 28), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    calls = _count_calls(mini_loaded.clip.visual.trunk)
+    with torch.no_grad():
+        from_uint8 = mini_loaded.clip.encode_image(mini_loaded.model_input(images))
+        again = mini_loaded.clip.encode_image(images[[5, 0]])
+        from_float = mini_loaded.clip.encode_image(to_model_input(images, (96, 96), mini_loaded.mean, mini_loaded.std))
+    assert mini_loaded.model_input(images) is images  # the mini model takes uint8 as it is
+    assert calls == [6, 6]  # the float batch is a different input; the repeated uint8 rows were not recomputed
+    assert torch.allclose(again, from_uint8[[5, 0]], atol=1e-6)  # the projection runs on 2 rows, not 6
+    assert torch.allclose(from_uint8, from_float, atol=1e-5)
+
+
+def test_text_tower_cuts_trailing_padding_without_changing_features(mini_loaded):
+    text = mini_loaded.clip.text
+    tokens = mini_loaded.tokenizer(["a shirt.", "a black and white photo of an ankle boot next to a bag."])
+    mask = (tokens != text.config.pad_token_id).long()
+    with torch.no_grad():
+        full = text.pooler(text.transformer(input_ids=tokens, attention_mask=mask), mask)  # all 48 positions
+        assert torch.allclose(text.pooled(tokens), full, atol=1e-5)
+        alone = text.pooled(tokens[:1].clone())  # a batch of only the short text is cut much shorter
+    assert torch.allclose(alone, full[:1], atol=1e-5)
+
+
+def test_mini_checkpoint_leaves_out_the_frozen_towers_and_restores_the_rest(mini_loaded):
+    from clipbench.engine import CLIPClassifier
+
+    model = CLIPClassifier(mini_loaded, ["shirt", "boot"], "a photo of a {c}.")
+    state = model.checkpoint_state()
+    assert "clip.visual.head.proj.weight" in state and "clip.text.proj.weight" in state
+    assert not [k for k in state if k.startswith(("clip.visual.trunk.", "clip.text.transformer."))]
+    changed = {k: v + 1 if v.is_floating_point() else v for k, v in state.items()}
+    model.load_checkpoint_state(changed)
+    assert torch.equal(model.clip.visual.head.proj.weight, changed["clip.visual.head.proj.weight"])
+    del changed["clip.text.proj.weight"]
+    with pytest.raises(RuntimeError, match="clip.text.proj.weight"):
+        model.load_checkpoint_state(changed)

@@ -12,9 +12,9 @@ def test_prepare_mini_reproduces_the_shipped_projections(tmp_path):
     """`clipbench prepare mini` with its defaults rebuilds the committed projections exactly: the same tensors
     and settings (about a minute). The shipped file also records how long its making took; timing is no
     part of the product and is not compared."""
-    out = tmp_path / "mini" / "projections-v1.pt"
+    out = tmp_path / "mini" / "projections-v2.pt"
     prepare_mini(out, progress=False)
-    shipped = torch.load(resolve_bundled("bundled:mini/projections-v1.pt"), weights_only=True)
+    shipped = torch.load(resolve_bundled("bundled:mini/projections-v2.pt"), weights_only=True)
     fresh = torch.load(out, weights_only=True)
     timing = {"seconds"}
     assert {k: v for k, v in shipped["meta"].items() if k not in timing} == {k: v for k, v in fresh["meta"].items() if k not in timing}
