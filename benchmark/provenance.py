@@ -47,9 +47,12 @@ def device_name(device: str) -> str:
 @lru_cache(maxsize=1)
 def code_version() -> Dict[str, Any]:
     """The commit and dirty flag of the code this process loaded, read once (call it at start-up:
-    a commit made while a long grid runs must not be credited with its numbers)."""
+    a commit made while a long grid runs must not be credited with its numbers).
+
+    Changes under `results/` do not make the code dirty: they are what runs write, e.g. a grid
+    regenerating the committed `results/published`."""
     commit = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain", "--untracked-files=no")
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", ":(top)", ":(top,exclude)results")
     return {"git_commit": commit, "git_dirty": bool(status) if status is not None else None}
 
 

@@ -140,3 +140,29 @@ def test_provenance_is_the_code_loaded_at_start(results, monkeypatch):
     assert len(calls) == 2  # rev-parse and status, once for the whole invocation
     for rec in records(results).values():
         assert rec["costs"]["peak_rss_mb"] > 100  # sampled while the run executed
+
+
+def test_changed_results_do_not_make_the_code_dirty(tmp_path, monkeypatch):
+    import subprocess
+
+    from clipbench import provenance
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                       check=True, capture_output=True)
+
+    for folder in ("benchmark", "methods", "results/published"):
+        (tmp_path / folder).mkdir(parents=True)
+    (tmp_path / "methods" / "code.py").write_text("x = 1\n")
+    (tmp_path / "results" / "published" / "run.json").write_text("{}\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-q", "-m", "start")
+    monkeypatch.setattr(provenance, "SOURCE_DIR", tmp_path / "benchmark")  # as installed: the package folder
+    provenance.code_version.cache_clear()
+    (tmp_path / "results" / "published" / "run.json").unlink()  # a grid regenerating published records
+    assert provenance.code_version()["git_dirty"] is False
+    provenance.code_version.cache_clear()
+    (tmp_path / "methods" / "code.py").write_text("x = 2\n")  # code outside the package folder counts too
+    assert provenance.code_version()["git_dirty"] is True
+    provenance.code_version.cache_clear()
