@@ -18,6 +18,8 @@ two sides are timed back to back several times and the median of the pairs' rati
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import resource
 import statistics
@@ -47,14 +49,29 @@ def _paired(bare: Callable[[], float], ours: Callable[[], float], repeats: int) 
     machine (a shared VM speeds up and slows down by 10% or more) cancel out.
     """
     ratios, bare_times = [], []
-    for k in range(repeats):
-        if k % 2:
-            t_ours, t_bare = ours(), bare()
-        else:
-            t_bare, t_ours = bare(), ours()
-        ratios.append(t_bare / t_ours)
-        bare_times.append(t_bare)
+    with _no_gc():
+        for k in range(repeats):
+            if k % 2:
+                t_ours, t_bare = ours(), bare()
+            else:
+                t_bare, t_ours = bare(), ours()
+            ratios.append(t_bare / t_ours)
+            bare_times.append(t_bare)
     return statistics.median(ratios), min(bare_times)
+
+
+@contextlib.contextmanager
+def _no_gc():
+    """Python's cyclic garbage collector off while timing (as `timeit` does): a collection landing in
+    one side's timed run would be charged to it at random."""
+    gc.collect()
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _timed(fn: Callable[[], Any]) -> Callable[[], float]:
@@ -141,9 +158,11 @@ def train_ratio(arch: str, streams, method_streams, repeats: int) -> Dict[str, A
     bare(), engine("finetune")()  # warm-up: first calls pay for allocator and autograd set-up
     ratio, t_bare = _paired(bare, engine("finetune"), repeats)
     small_bare, small_engine = _train_timers(arch, method_streams)
-    t_small = min(small_bare() for _ in range(3))
+    with _no_gc():
+        t_small = min(small_bare() for _ in range(3))
     methods = [m for m in METHODS.names() if METHODS.get(m).trains]
-    by_method = {name: round(t_small / small_engine(name)(), 3) for name in methods}
+    with _no_gc():
+        by_method = {name: round(t_small / small_engine(name)(), 3) for name in methods}
     return {"train_vs_bare": round(ratio, 3), "train_bare_samples_per_s": round(1 / t_bare, 1),
             "train_vs_bare_by_method": by_method}
 
@@ -258,8 +277,8 @@ def run(quick: bool) -> Dict[str, Any]:
     images = torch.cat([t.images for t in streams.train])
     out: Dict[str, Any] = {"model": "clipbench-tiny (3.4M parameters, 32 px)", "torch_threads": torch.get_num_threads()}
     eval_batch = DEFAULTS["eval"]["batch_size"]  # what `clipbench run` evaluates with
-    out.update(eval_ratio(loaded, images[:1024].repeat(4 if quick else 8, 1, 1, 1), eval_batch, 5 if quick else 7))
-    out.update(train_ratio("clipbench-tiny", streams, tiny_streams(128 if quick else 512), 5 if quick else 7))
+    out.update(eval_ratio(loaded, images[:1024].repeat(2 if quick else 8, 1, 1, 1), eval_batch, 11 if quick else 15))
+    out.update(train_ratio("clipbench-tiny", streams, tiny_streams(128 if quick else 512), 7 if quick else 11))
     if quick:
         small = ["protocols.tiny_shapes.train_per_class=8", "protocols.tiny_shapes.test_per_class=4"]
         out.update(grid_forward_ratio("tiny", ["zeroshot", "finetune", "lwf"], "tiny_shapes", small))

@@ -128,6 +128,8 @@ class EnginePlugin(SupervisedPlugin):
                 strategy.loss = strategy.loss + extra
 
     def after_training_iteration(self, strategy, **kwargs):
+        if self.bar.disable:
+            return  # reading the loss would wait for the device at every step
         self.bar.update(1)
         self.bar.set_postfix(loss=f"{strategy.loss.item():.3f}", refresh=False)
 
