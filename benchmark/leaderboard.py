@@ -201,14 +201,23 @@ def _cost(key: str, vals: List[float]) -> str:
     return f"{v:.1f}"
 
 
+def reported_files(results: Path) -> List[Path]:
+    """The files of reported numbers: those shipped with clipbench (`protocols/reported/`, each with
+    its citation) and a results folder's own `<results>/reported/`."""
+    import clipbench.protocols
+
+    shipped = Path(clipbench.protocols.__file__).parent / "reported"
+    return sorted(shipped.glob("*.yaml")) + sorted((results / "reported").glob("*.yaml"))
+
+
 def reported_tables(results: Path, frame: pd.DataFrame, suite: str) -> List[str]:
-    """Reported-beside-reproduced tables from `<results>/reported/*.yaml` files of this suite.
+    """Reported-beside-reproduced tables from the `reported_files` of this suite.
 
     File format: {suite, protocol, model, source (citation), metrics: [..], scale (100 if the paper
     reports percentages), rows: {method: {metric: value}}}.
     """
     out = []
-    for path in sorted((results / "reported").glob("*.yaml")):
+    for path in reported_files(results):
         doc = load_yaml(path) or {}
         if doc.get("suite") != suite:
             continue

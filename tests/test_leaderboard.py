@@ -129,3 +129,19 @@ def test_reported_numbers_beside_ours(demo, tmp_path):
 
 def test_escape_neutralises_markup():
     assert escape("a|b") == "a\\|b" and escape("x\ny") == "x y" and escape("[l](u)") == "\\[l\\](u)"
+
+
+def test_shipped_zscl_mtil_numbers_sit_beside_an_mtil_run(tmp_path):
+    rec = record("zscl", 0, 0.8, 0.5, model="ViT-B-16", suite="mtil", protocol="mtil_order1")
+    rec["metrics"].update(mtil_transfer=0.70, mtil_avg=0.75, mtil_last=0.80)
+    rec["metric_versions"].update(mtil_transfer=1, mtil_avg=1, mtil_last=1)
+    results, out = tmp_path / "results", tmp_path / "lb"
+    write_records(results, [rec])
+    write(results, out)  # no reported/ folder in these results: the file shipped with clipbench is used
+    text = (out / "mtil.md").read_text()
+    assert "Thunderbeee/ZSCL" in text and "mtil/results.ipynb" in text
+    zscl = next(l for l in text.split("Reproduced beside reported")[1].splitlines() if l.startswith("| zscl"))
+    assert [c.strip() for c in zscl.strip("|").split("|")] == [
+        "zscl", "68.1", "70.0", "+1.9", "75.4", "75.0", "-0.4", "83.6", "80.0", "-3.6"]
+    finetune = next(l for l in text.splitlines() if l.startswith("| finetune"))
+    assert "44.6" in finetune and finetune.count("| -") >= 3  # reported, not run here: no figure of ours
