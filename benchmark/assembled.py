@@ -150,11 +150,21 @@ def install_caches(clip: nn.Module, fingerprint: str) -> None:
         return visual.trunk(x.contiguous(memory_format=torch.channels_last))
 
     def text_pooled(tokens: torch.Tensor) -> torch.Tensor:
-        mask = tokens != pad_id
-        # trailing padding changes nothing under the attention mask: cut the batch to its longest text
-        width = int(mask.any(dim=0).nonzero().max()) + 1 if mask.any() else 1
-        tokens, mask = tokens[:, :width], mask[:, :width].long()
-        return text.pooler(text.transformer(input_ids=tokens, attention_mask=mask), mask)
+        # Trailing padding changes nothing under the attention mask, so each text runs at its own length:
+        # texts are grouped by length and cut to it. Grouping (rather than cutting a batch to its longest
+        # text) keeps a text's features independent of the batch it came in, and so of which runs filled
+        # the cache first: runs stay deterministic whatever ran before them in the process.
+        lengths = (tokens != pad_id).sum(dim=1).clamp(min=1)
+        out = None
+        for length in lengths.unique().tolist():
+            rows = (lengths == length).nonzero().squeeze(1)
+            group = tokens[rows, :length]
+            mask = torch.ones_like(group)
+            pooled = text.pooler(text.transformer(input_ids=group, attention_mask=mask), mask)
+            if out is None:
+                out = pooled.new_empty((len(tokens), pooled.shape[1]))
+            out[rows] = pooled
+        return out
 
     # `pooled(x)`: the frozen tower's output below the projection, computed once per input
     visual.pooled = lambda x: _cached(image_store, x, trunk, visual.trunk)

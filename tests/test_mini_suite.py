@@ -102,3 +102,26 @@ def test_mini_checkpoint_leaves_out_the_frozen_towers_and_restores_the_rest(mini
     del changed["clip.text.proj.weight"]
     with pytest.raises(RuntimeError, match="clip.text.proj.weight"):
         model.load_checkpoint_state(changed)
+
+
+def test_text_features_do_not_depend_on_the_batch(mini_loaded):
+    """A text's cached features must not depend on its batch-mates, or a run's numbers would depend on
+    which runs filled the cache before it."""
+    from clipbench import assembled
+
+    def forget():  # empty the process-wide tower caches, so the next call computes afresh
+        for store in assembled._CACHE.values():
+            store.clear()
+
+    text = mini_loaded.clip.text
+    short, long = "a bag.", "a black and white photo of an ankle boot next to a handbag on a table."
+    alone, with_long = mini_loaded.tokenizer([short]), mini_loaded.tokenizer([long, short])
+    with torch.no_grad():
+        mask = (alone != text.config.pad_token_id).long()
+        reference = text.pooler(text.transformer(input_ids=alone, attention_mask=mask), mask)[0]
+        forget()
+        in_company = text.pooled(with_long)[1]
+        forget()
+        on_its_own = text.pooled(alone)[0]
+    assert torch.equal(in_company, on_its_own)
+    assert torch.allclose(on_its_own, reference, atol=1e-5)
