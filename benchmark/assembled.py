@@ -112,6 +112,27 @@ def _row_keys(x: torch.Tensor) -> List[bytes]:
     return [tag + hashlib.sha256(row).digest() for row in rows]
 
 
+FIXED_BATCH = 16  # tower misses are computed in batches of exactly this many rows (see _fixed_batches)
+
+
+def _fixed_batches(compute, x: torch.Tensor) -> torch.Tensor:
+    """`compute(x)` in batches of exactly FIXED_BATCH rows, the last one padded by repeating its first row.
+
+    Kernels differ with the batch size (a batch of 1 gives other last bits than a batch of 16), and which
+    inputs miss the cache, and so how many are computed together, depends on the runs that filled it
+    first. At a fixed batch size a row's result depends on nothing but the row, so runs stay
+    deterministic whatever ran before them in the process.
+    """
+    outs = []
+    for start in range(0, len(x), FIXED_BATCH):
+        part = x[start:start + FIXED_BATCH]
+        n = len(part)
+        if n < FIXED_BATCH:
+            part = torch.cat([part, part[:1].expand(FIXED_BATCH - n, *part.shape[1:])])
+        outs.append(compute(part)[:n])
+    return torch.cat(outs)
+
+
 def _cached(store: Dict[bytes, torch.Tensor], x: torch.Tensor, compute, tower: nn.Module) -> torch.Tensor:
     keys = _row_keys(x)
     todo = [i for i, k in enumerate(keys) if k not in store]
@@ -149,6 +170,10 @@ def install_caches(clip: nn.Module, fingerprint: str) -> None:
             x = to_model_input(x, (IMAGE_SIZE, IMAGE_SIZE), MEAN, STD)
         return visual.trunk(x.contiguous(memory_format=torch.channels_last))
 
+    def run_text(tokens: torch.Tensor) -> torch.Tensor:  # texts of one length, no padding
+        mask = torch.ones_like(tokens)
+        return text.pooler(text.transformer(input_ids=tokens, attention_mask=mask), mask)
+
     def text_pooled(tokens: torch.Tensor) -> torch.Tensor:
         # Trailing padding changes nothing under the attention mask, so each text runs at its own length:
         # texts are grouped by length and cut to it. Grouping (rather than cutting a batch to its longest
@@ -158,16 +183,14 @@ def install_caches(clip: nn.Module, fingerprint: str) -> None:
         out = None
         for length in lengths.unique().tolist():
             rows = (lengths == length).nonzero().squeeze(1)
-            group = tokens[rows, :length]
-            mask = torch.ones_like(group)
-            pooled = text.pooler(text.transformer(input_ids=group, attention_mask=mask), mask)
+            pooled = _fixed_batches(run_text, tokens[rows, :length])
             if out is None:
                 out = pooled.new_empty((len(tokens), pooled.shape[1]))
             out[rows] = pooled
         return out
 
     # `pooled(x)`: the frozen tower's output below the projection, computed once per input
-    visual.pooled = lambda x: _cached(image_store, x, trunk, visual.trunk)
+    visual.pooled = lambda x: _cached(image_store, x, lambda misses: _fixed_batches(trunk, misses), visual.trunk)
     text.pooled = lambda tokens: _cached(text_store, tokens, text_pooled, text.transformer)
     visual.forward = lambda x: visual.head(visual.pooled(x))
     text.forward = lambda tokens: text.proj(text.pooled(tokens))

@@ -64,6 +64,7 @@ def _count_calls(module: torch.nn.Module) -> list:
 
 
 def test_uint8_images_are_prepared_by_the_model_and_cached_by_their_pixels(mini_loaded):
+    from clipbench import assembled
     from clipbench.protocols.data import to_model_input
 
     images = torch.randint(0, 256, (6, 3, 28, 28), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
@@ -73,7 +74,9 @@ def test_uint8_images_are_prepared_by_the_model_and_cached_by_their_pixels(mini_
         again = mini_loaded.clip.encode_image(images[[5, 0]])
         from_float = mini_loaded.clip.encode_image(to_model_input(images, (96, 96), mini_loaded.mean, mini_loaded.std))
     assert mini_loaded.model_input(images) is images  # the mini model takes uint8 as it is
-    assert calls == [6, 6]  # the float batch is a different input; the repeated uint8 rows were not recomputed
+    # one fixed batch (6 misses padded to 16) for the uint8 batch, one for the float batch (a different
+    # input); the repeated uint8 rows were not computed again
+    assert calls == [assembled.FIXED_BATCH] * 2
     assert torch.allclose(again, from_uint8[[5, 0]], atol=1e-6)  # the projection runs on 2 rows, not 6
     assert torch.allclose(from_uint8, from_float, atol=1e-5)
 
@@ -104,24 +107,29 @@ def test_mini_checkpoint_leaves_out_the_frozen_towers_and_restores_the_rest(mini
         model.load_checkpoint_state(changed)
 
 
-def test_text_features_do_not_depend_on_the_batch(mini_loaded):
-    """A text's cached features must not depend on its batch-mates, or a run's numbers would depend on
-    which runs filled the cache before it."""
+def test_tower_features_do_not_depend_on_the_batch(mini_loaded):
+    """A cached feature must not depend on what was computed with it (kernels differ with the batch
+    size: a batch of 1 gives other last bits), or a run's numbers would depend on which runs filled the
+    cache before it in the process."""
     from clipbench import assembled
 
     def forget():  # empty the process-wide tower caches, so the next call computes afresh
         for store in assembled._CACHE.values():
             store.clear()
 
-    text = mini_loaded.clip.text
-    short, long = "a bag.", "a black and white photo of an ankle boot next to a handbag on a table."
-    alone, with_long = mini_loaded.tokenizer([short]), mini_loaded.tokenizer([long, short])
+    text, visual = mini_loaded.clip.text, mini_loaded.clip.visual
+    short = "a bag."
+    company = ["a black and white photo of an ankle boot next to a handbag on a table.", short, "a cap.", "a hat."]
+    images = torch.randint(0, 256, (5, 3, 28, 28), generator=torch.Generator().manual_seed(3), dtype=torch.uint8)
     with torch.no_grad():
-        mask = (alone != text.config.pad_token_id).long()
-        reference = text.pooler(text.transformer(input_ids=alone, attention_mask=mask), mask)[0]
         forget()
-        in_company = text.pooled(with_long)[1]
+        text_in_company = text.pooled(mini_loaded.tokenizer(company))[1]  # a group of three texts of its length
+        image_in_company = visual.pooled(images)[2]
         forget()
-        on_its_own = text.pooled(alone)[0]
-    assert torch.equal(in_company, on_its_own)
-    assert torch.allclose(on_its_own, reference, atol=1e-5)
+        text_alone = text.pooled(mini_loaded.tokenizer([short]))[0]
+        image_alone = visual.pooled(images[2:3])[0]
+        tokens = mini_loaded.tokenizer([short])
+        mask = (tokens != text.config.pad_token_id).long()
+        uncut = text.pooler(text.transformer(input_ids=tokens, attention_mask=mask), mask)[0]  # all 48 positions
+    assert torch.equal(text_in_company, text_alone) and torch.equal(image_in_company, image_alone)
+    assert torch.allclose(text_alone, uncut, atol=1e-5)
