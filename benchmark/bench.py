@@ -168,14 +168,15 @@ def train_ratio(arch: str, streams, method_streams, repeats: int) -> Dict[str, A
 
 
 def grid_forward_ratio(suite: str, methods: List[str], protocol: str, sets: List[str]) -> Dict[str, Any]:
-    """Images through the vision tower in a grid with evaluation sharing over the same grid without it."""
+    """Images asked of the vision tower in a grid with evaluation sharing over the same grid without it."""
     counts = {}
     original_load = runner.load_model
 
     def counting_load(*args, **kwargs):
         loaded = original_load(*args, **kwargs)
-        tower = getattr(loaded.clip.visual, "trunk", loaded.clip.visual)
-        tower.register_forward_pre_hook(lambda mod, inp: counts.__setitem__("n", counts.get("n", 0) + len(inp[0])))
+        # images asked of the image tower (its own content cache, in the mini model, is not counted as saving)
+        loaded.clip.visual.register_forward_pre_hook(
+            lambda mod, inp: counts.__setitem__("n", counts.get("n", 0) + len(inp[0])))
         return loaded
 
     runner.load_model = counting_load

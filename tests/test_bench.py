@@ -22,3 +22,12 @@ def test_training_throughput_counts_flops_and_knows_the_peaks():
     assert peak_bf16_flops("NVIDIA H100 PCIe") == 756e12
     assert peak_bf16_flops("NVIDIA H100 80GB HBM3") == peak_bf16_flops("NVIDIA H200") == 989e12
     assert peak_bf16_flops("Tesla T4") is None
+
+
+def test_forward_passes_are_counted_through_the_mini_models_content_cache():
+    """The mini model caches its tower outputs for the whole process: the second grid must still count
+    the images it asks for (counting the tower's own batches would see none and divide by zero)."""
+    small = ["protocols.mini_fashion_ost.train_per_class=4", "protocols.mini_fashion_ost.test_per_class=2"]
+    out = grid_forward_ratio("mini", ["zeroshot"], "mini_fashion_ost", small)
+    passes = out["grid_forward_passes"]
+    assert 0 < passes["shared"] < passes["unshared"]
