@@ -9,7 +9,7 @@ two sides are timed back to back several times and the median of the pairs' rati
 - train_vs_bare: samples/s of the engine's training (Avalanche loop, `finetune` plugin, the
   engine's plugin) over a bare PyTorch loop doing the same forward, backward and AdamW step;
   `train_vs_bare_by_method` gives the same for every registered method (its own extra work shows).
-- grid_forward_ratio: images through the vision tower during a grid, with evaluation sharing
+- grid_forward_ratio: images asked of the vision tower during a grid, with evaluation sharing
   (row 0 cached per suite, an untrained model encoded once) over the same grid without it.
 - peak_rss_mb: the resident-memory high-water mark of a separate process running one suite run.
 - gpu (on a GPU only): ViT-B-32 training throughput in bf16 autocast, its FLOP/s and their share of the
@@ -123,10 +123,11 @@ def _train_timers(arch: str, streams) -> Tuple[Callable[[], float], Callable[[st
         model.train()
         opt = make_optimizer(model.image_parameters() + model.text_parameters(), TRAIN_SETTINGS)  # the engine's own
         x = loaded.model_input(data.images)
+        batch = TRAIN_SETTINGS["batch_size"]
         start = time.perf_counter()
         perm = torch.randperm(len(x))
-        for s in range(0, len(x), 32):
-            b = perm[s:s + 32]
+        for s in range(0, len(x), batch):
+            b = perm[s:s + batch]
             loss = F.cross_entropy(model(x[b]), data.labels[b])
             opt.zero_grad()
             loss.backward()
@@ -158,10 +159,9 @@ def train_ratio(arch: str, streams, method_streams, repeats: int) -> Dict[str, A
     bare(), engine("finetune")()  # warm-up: first calls pay for allocator and autograd set-up
     ratio, t_bare = _paired(bare, engine("finetune"), repeats)
     small_bare, small_engine = _train_timers(arch, method_streams)
-    with _no_gc():
-        t_small = min(small_bare() for _ in range(3))
     methods = [m for m in METHODS.names() if METHODS.get(m).trains]
     with _no_gc():
+        t_small = min(small_bare() for _ in range(3))
         by_method = {name: round(t_small / small_engine(name)(), 3) for name in methods}
     return {"train_vs_bare": round(ratio, 3), "train_bare_samples_per_s": round(1 / t_bare, 1),
             "train_vs_bare_by_method": by_method}

@@ -31,11 +31,8 @@ def encode_images(loaded: LoadedModel, images: torch.Tensor, batch_size: int, de
     was_training = clip.training
     clip.eval()
     out = []
-    # One input buffer for every batch (inference mode: nothing keeps a batch's input alive), where
-    # the batches are converted without resizing.
-    reusable = (len(images) and images.dtype == torch.uint8 and not loaded.takes_uint8
-                and tuple(images.shape[-2:]) == tuple(loaded.image_size))
-    buffer = torch.empty((min(batch_size, len(images)), *images.shape[1:]), device=device) if reusable else None
+    # one input buffer for every batch (inference mode: nothing keeps a batch's input alive)
+    buffer = loaded.input_buffer(images, batch_size, device)
     starts = range(0, len(images), batch_size)
     for s in tqdm(starts, desc=desc or "encode images", disable=not progress, leave=False):
         chunk = images[s:s + batch_size].to(device, non_blocking=True)

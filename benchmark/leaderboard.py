@@ -4,8 +4,8 @@ Records -> a tidy frame (one row per run and metric) -> mean, std and seed count
 main table per suite (one section per protocol), a page per protocol with every metric and each
 method's accuracy matrix, `leaderboard.csv` / `leaderboard.json`, PNG heatmaps and curves, and a
 provenance footer. A cell mixes only runs of the same method, protocol and metric versions;
-otherwise it shows a dash and a footnote. Reported numbers from papers (`reported/*.yaml` in the
-results folder) are shown beside ours with the difference.
+otherwise it shows a dash and a footnote. Reported numbers from papers (`reported/*.yaml` shipped
+in `clipbench.protocols` and in the results folder) are shown beside ours with the difference.
 """
 
 from __future__ import annotations
@@ -138,6 +138,11 @@ def fmt(mean: Optional[float], std: Optional[float], digits: int = 3) -> str:
     return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
+def comparable_mean(cell: pd.DataFrame) -> Optional[float]:
+    """A tidy-table cell's mean, or None when the cell is absent or its runs are not comparable."""
+    return float(cell["mean"].iloc[0]) if len(cell) and cell["comparable"].iloc[0] else None
+
+
 def cell_text(cell: pd.DataFrame, notes: Footnotes) -> str:
     """One tidy-table cell as text: a dash when absent, a dash and a footnote when its runs are not
     comparable, else mean ± std."""
@@ -164,8 +169,7 @@ def main_table(frame: pd.DataFrame, rows: List[Dict[str, Any]], suite: str, prot
     best = {}
     rank_sum: Dict[Tuple, List[float]] = {e: [] for e in entries}
     for m in metrics:
-        means = {e: (float(c["mean"].iloc[0]) if len(c) and c["comparable"].iloc[0] else None) for e, c in
-                 ((e, cells[(e, m)]) for e in entries)}
+        means = {e: comparable_mean(cells[(e, m)]) for e in entries}
         valid = [v for v in means.values() if v is not None]
         if valid:
             best[m] = min(valid) if lower_is_better(m) else max(valid)
@@ -179,7 +183,8 @@ def main_table(frame: pd.DataFrame, rows: List[Dict[str, Any]], suite: str, prot
         for m in metrics:
             c = cells[(e, m)]
             text = cell_text(c, notes)
-            is_best = len(c) and c["comparable"].iloc[0] and best.get(m) is not None and np.isclose(c["mean"].iloc[0], best[m])
+            mean = comparable_mean(c)
+            is_best = mean is not None and best.get(m) is not None and np.isclose(mean, best[m])
             line.append(f"**{text}**" if is_best else text)
         for key, _ in COST_COLUMNS:
             vals = [r["costs"][key] for r in runs if r["costs"].get(key) is not None]
@@ -228,9 +233,10 @@ def reported_tables(results: Path, frame: pd.DataFrame, suite: str) -> List[str]
             line = [escape(method)]
             for m in metrics:
                 rep = values.get(m)
-                ours = frame[(frame.suite == suite) & (frame.protocol == doc["protocol"]) & (frame.method == method)
-                             & (frame.model == doc.get("model")) & (frame.metric == m)]
-                mine = float(ours["mean"].iloc[0]) * scale if len(ours) and ours["comparable"].iloc[0] else None
+                mine = comparable_mean(frame[(frame.suite == suite) & (frame.protocol == doc["protocol"])
+                                             & (frame.method == method) & (frame.model == doc.get("model"))
+                                             & (frame.metric == m)])
+                mine = None if mine is None else mine * scale
                 diff = f"{mine - rep:+.1f}" if mine is not None and rep is not None else "-"
                 line += ["-" if rep is None else f"{rep:.1f}", "-" if mine is None else f"{mine:.1f}", diff]
             table.append(line)

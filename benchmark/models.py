@@ -53,6 +53,14 @@ class LoadedModel:
             return images
         return to_model_input(images, self.image_size, self.mean, self.std, out)
 
+    def input_buffer(self, images: torch.Tensor, batch_size: int, device: str) -> Optional[torch.Tensor]:
+        """A float buffer `model_input` can write batches of `images` into, or None where it would not
+        use one (the model takes uint8 as it is, or batches are resized, which allocates anyway)."""
+        if (not len(images) or images.dtype != torch.uint8 or self.takes_uint8
+                or tuple(images.shape[-2:]) != tuple(self.image_size)):
+            return None
+        return torch.empty((min(batch_size, len(images)), *images.shape[1:]), device=device)
+
 
 def resolve_bundled(pretrained: Optional[str]) -> Optional[str]:
     """`bundled:mini/x.pt` -> the file's path inside the installed clipbench."""

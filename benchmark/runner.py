@@ -323,17 +323,15 @@ def _run_experiences(spec: RunSpec, store: ResultStore, device: str, progress: b
     evaluator = Evaluator(streams, loaded, spec, device, progress, method)
 
     checkpoint = store.load_checkpoint(spec)
+    raw, start = (checkpoint["raw"], checkpoint["completed"]) if checkpoint else (_empty_raw(streams), 0)
+    state["raw"] = raw
     if checkpoint:
         model.load_checkpoint_state(checkpoint["model"])
         method.load_state_dict(checkpoint["method"])
-        raw, start = checkpoint["raw"], checkpoint["completed"]
         _log(f"  resuming from experience {start}/{streams.n_experiences}", quiet)
     else:
-        raw, start = _empty_raw(streams), 0
-        state["raw"] = raw
         t = time.perf_counter()
         _append_row(raw, _row_zero(spec, store, evaluator, device), time.perf_counter() - t)
-    state["raw"] = raw
 
     for exp in range(start, streams.n_experiences):
         seed_everything(spec.seed, exp)
