@@ -9,7 +9,7 @@ with one error naming each of them.
 
 from __future__ import annotations
 
-from typing import Iterator, List, Tuple
+from typing import TYPE_CHECKING, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -20,7 +20,21 @@ from clipbench.protocols.data import CaptionedImages, ImageSources, LabelledImag
 from .errors import ClipbenchError
 from .preprocess import Preprocess
 
+if TYPE_CHECKING:
+    from .image_store import ImageStore
+
 Failure = Tuple[str, str]  # (file as the user finds it, what went wrong)
+
+
+class UndecodableImages(ClipbenchError):
+    """Images that cannot be decoded; the message names every file."""
+
+    def __init__(self, failures: List[Failure]):
+        self.failures = list(dict.fromkeys(failures))
+        listed = "; ".join(f"{path} ({why})" for path, why in self.failures)
+        super().__init__(
+            f"{len(self.failures)} image(s) cannot be decoded: {listed}. Remove or repair these files (an image over "
+            "PIL's pixel limit can be shrunk, e.g. with ImageMagick `mogrify -resize 8000x8000\\> FILE`), then run again")
 
 
 def _reason(err: BaseException) -> str:
@@ -28,23 +42,30 @@ def _reason(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[:160]}"
 
 
-def decode(sources: ImageSources, preprocess: Preprocess, desc: str = "decode", progress: bool = False,
-           failures: List[Failure] | None = None) -> torch.Tensor:
-    """uint8 [N, 3, H, W] of `sources` prepared by `preprocess`. An image that cannot be decoded is
-    recorded in `failures` (its slot left black) when a list is given, else raises at once."""
+def decode_into(out: np.ndarray, sources: ImageSources, preprocess: Preprocess, indices: Iterable[int],
+                failures: List[Failure]) -> None:
+    """Write `preprocess(image k)` into `out[k]` for each k of `indices`; an image that cannot be decoded is
+    added to `failures` (its slot left as it was)."""
     from PIL import Image
 
-    height, width = preprocess.size
-    out = np.zeros((len(sources), 3, height, width), dtype=np.uint8)
-    for k in tqdm(range(len(sources)), desc=desc, disable=not progress, leave=False, unit="img"):
+    for k in indices:
         try:
             with sources.open(k) as img:
                 out[k] = preprocess(img)
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
             # OSError covers truncated files, empty files and non-images (PIL's UnidentifiedImageError)
-            if failures is None:
-                raise ClipbenchError(f"cannot decode image {sources.describe(k)}: {_reason(err)}") from None
             failures.append((sources.describe(k), _reason(err)))
+
+
+def decode(sources: ImageSources, preprocess: Preprocess, desc: str = "decode", progress: bool = False) -> torch.Tensor:
+    """uint8 [N, 3, H, W] of `sources` prepared by `preprocess`, in this process (no store); raises
+    UndecodableImages, naming every file, if any image cannot be decoded."""
+    out = np.zeros((len(sources), 3, *preprocess.size), dtype=np.uint8)
+    failures: List[Failure] = []
+    decode_into(out, sources, preprocess, tqdm(range(len(sources)), desc=desc, disable=not progress, leave=False,
+                                               unit="img"), failures)
+    if failures:
+        raise UndecodableImages(failures)
     return torch.from_numpy(out)
 
 
@@ -62,19 +83,21 @@ def _image_sets(streams: Streams) -> Iterator[Tuple[str, object]]:
         yield "reference", streams.reference
 
 
-def decode_streams(streams: Streams, preprocess: Preprocess, progress: bool = False) -> Streams:
-    """Decode, in place, every `ImageSources` of the streams; sets already decoded are left as they are.
+def decode_streams(streams: Streams, preprocess: Preprocess, progress: bool = False, store: Optional["ImageStore"] = None
+                   ) -> Streams:
+    """Decode, in place, every `ImageSources` of the streams (through `store` when given, which decodes each
+    set once per machine and hands back memory-mapped images); sets already decoded are left as they are.
 
-    Raises one ClipbenchError naming every file that cannot be decoded, before anything trains.
+    Raises one ClipbenchError naming every file that cannot be decoded, of every set, before anything trains.
     """
     failures: List[Failure] = []
     for name, data in _image_sets(streams):
         if isinstance(data, (LabelledImages, CaptionedImages)) and isinstance(data.images, ImageSources):
-            data.images = decode(data.images, preprocess, f"decode {name}", progress, failures)
+            try:
+                data.images = (store.get(data.images, preprocess, f"decode {name}") if store is not None
+                               else decode(data.images, preprocess, f"decode {name}", progress))
+            except UndecodableImages as err:
+                failures += err.failures
     if failures:
-        unique = list(dict.fromkeys(failures))
-        listed = "; ".join(f"{path} ({why})" for path, why in unique)
-        raise ClipbenchError(
-            f"{len(unique)} image(s) cannot be decoded: {listed}. Remove or repair these files (an image over PIL's "
-            "pixel limit can be shrunk, e.g. with ImageMagick `mogrify -resize 8000x8000\\> FILE`), then run again")
+        raise UndecodableImages(failures)
     return streams

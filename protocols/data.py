@@ -32,6 +32,11 @@ class ImageReader:
         """The item as a user would find it (a file path), for error messages."""
         return str(item)
 
+    def signature(self, items: Sequence[Any], digest: Any) -> None:
+        """Feed `digest` (a hashlib object) with what the images of `items` depend on: a decoded-image
+        cache keyed on it is reused only for the same images."""
+        raise NotImplementedError
+
 
 class FileReader(ImageReader):
     """Items are file paths, or (path, (x, y, w, h)) to crop a box first (COCO objects)."""
@@ -50,6 +55,19 @@ class FileReader(ImageReader):
     def describe(self, item: Any) -> str:
         return str(item if not isinstance(item, tuple) else item[0])
 
+    def signature(self, items: Sequence[Any], digest: Any) -> None:
+        """Each file's absolute path, crop box, size and modification time."""
+        import os
+
+        for item in items:
+            path, box = (item, None) if not isinstance(item, tuple) else item
+            try:
+                st = os.stat(path)
+                stat = f"{st.st_size} {st.st_mtime_ns}"
+            except OSError:
+                stat = "missing"
+            digest.update(f"{os.path.abspath(path)}|{box}|{stat}\n".encode())
+
 
 class ArrayReader(ImageReader):
     """Items index a uint8 array [N, H, W, 3] or [N, H, W] of raw pixels (CIFAR's pickles, MNIST)."""
@@ -64,6 +82,12 @@ class ArrayReader(ImageReader):
 
     def describe(self, item: Any) -> str:
         return f"{self.source}[{item}]"
+
+    def signature(self, items: Sequence[Any], digest: Any) -> None:
+        """The selected images' own pixels."""
+        index = np.asarray(list(items), dtype=np.int64)
+        digest.update(index.tobytes())
+        digest.update(np.ascontiguousarray(self.pixels[index]).tobytes())
 
 
 class ImageSources:
@@ -89,6 +113,11 @@ class ImageSources:
 
     def describe(self, k: int) -> str:
         return self.reader.describe(self.items[k])
+
+    def update_signature(self, digest: Any) -> None:
+        """Feed `digest` with what these images depend on (see `ImageReader.signature`)."""
+        digest.update(f"{type(self.reader).__qualname__}:{len(self.items)}\n".encode())
+        self.reader.signature(self.items, digest)
 
     @staticmethod
     def concat(parts: List["ImageSources"]) -> "ImageSources":
@@ -189,6 +218,8 @@ class Streams:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
         if not self.class_templates:
             self.class_templates = [list(self.templates) for _ in self.class_names]
+            # one template list for every class: one training template too (what `train_template` always held)
+            self.train_template = self.train_template or self.templates[0]
         if len(self.class_templates) != len(self.class_names):
             raise ValueError(f"{len(self.class_templates)} template lists for {len(self.class_names)} classes")
         expected = 0

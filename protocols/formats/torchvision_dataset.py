@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
+import numpy as np
 import torch
 
 from clipbench.errors import ClipbenchError
@@ -43,6 +44,16 @@ class DatasetReader(ImageReader):
             entry = files[int(item)]
             return str(entry[0] if isinstance(entry, tuple) else entry)
         return f"{self.name}[{item}] under {getattr(self.dataset, 'root', '?')}"
+
+    def signature(self, items: Sequence[Any], digest: Any) -> None:
+        """The dataset class, its folder's fingerprint (every file's path, size and time), and the items."""
+        from ..fingerprint import path_fingerprint
+
+        root = Path(str(getattr(self.dataset, "root", ".")))
+        folder = root / FOLDERS[self.name] if self.name in FOLDERS and (root / FOLDERS[self.name]).exists() else root
+        digest.update(f"{self.name}|{folder.absolute()}|{path_fingerprint(folder)}|{getattr(self.dataset, '_split', '')}"
+                      f"|{getattr(self.dataset, 'train', '')}\n".encode())
+        digest.update(np.asarray(list(items), dtype=np.int64).tobytes())
 
 
 def _labels(ds: Any) -> List[int]:
