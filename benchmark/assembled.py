@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Dict, List, Tuple
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -30,6 +31,23 @@ CONTEXT_LENGTH = 48
 FROZEN_PREFIXES: Tuple[str, ...] = ("visual.trunk.", "text.transformer.")
 # ImageNet statistics, as the EfficientNet-Lite0 weights were trained with
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def to_square_rgb(img, size: int) -> np.ndarray:
+    """PIL image -> uint8 [3, size, size]: alpha composited on white, padded to a square, resized."""
+    from PIL import Image
+
+    if img.mode in ("RGBA", "LA", "P"):
+        img = img.convert("RGBA")
+        white = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, img)
+    img = img.convert("RGB")
+    w, h = img.size
+    side = max(w, h)
+    canvas = Image.new("RGB", (side, side), (255, 255, 255))
+    canvas.paste(img, ((side - w) // 2, (side - h) // 2))
+    canvas = canvas.resize((size, size), Image.BICUBIC)
+    return np.asarray(canvas, dtype=np.uint8).transpose(2, 0, 1).copy()
 
 
 def _missing(package: str, what: str) -> ClipbenchError:

@@ -52,8 +52,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--shard", metavar="I/N", help="run only part I of N disjoint parts of the plan (0-based); "
                      "'auto' reads SLURM_ARRAY_TASK_ID and SLURM_ARRAY_TASK_COUNT")
 
-    st = sub.add_parser("status", help="complete, partial, failed and missing runs of a suite")
+    st = sub.add_parser("status", help="complete, partial, failed, stale and missing runs of a suite")
     st.add_argument("--suite", default=DEFAULT_SUITE)
+    st.add_argument("--method", nargs="+", metavar="M", help="method name(s) (default: the suite's)")
+    st.add_argument("--protocol", nargs="+", metavar="P", help="protocol name(s) (default: the suite's)")
+    st.add_argument("--seeds", nargs="+", type=int, help="seeds (default: the suite's)")
+    st.add_argument("--config", help="YAML file of settings, as given to run")
+    st.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="settings, as given to run")
     st.add_argument("--results", default=DEFAULT_RESULTS)
     st.add_argument("--json", action="store_true")
 
@@ -211,21 +216,41 @@ def _cmd_status(args) -> int:
     from .executors import slurm_states
 
     queued = slurm_states(store)
-    rows = [(spec, run_state(store, spec)) for spec in plan(args.suite, strict_weights=False)]
+    specs = plan(args.suite, args.method, args.protocol, args.seeds, args.config, args.set, strict_weights=False)
+    rows = [(spec, run_state(store, spec)) for spec in specs]
     rows = [(s, "queued" if st in ("missing", "partial") and queued.get(s.id) == "PENDING" else st) for s, st in rows]
     if args.json:
         print(json.dumps([{"id": s.id, "method": s.method, "protocol": s.protocol, "seed": s.seed, "state": st}
                           for s, st in rows], indent=1))
         return 0
-    counts = {k: sum(1 for _, st in rows if st == k) for k in ("complete", "running", "queued", "partial", "failed", "missing")}
+    counts = {k: sum(1 for _, st in rows if st == k)
+              for k in ("complete", "running", "queued", "partial", "failed", "stale", "missing")}
     for spec, st in rows:
         extra = ""
         if st == "partial":
             prog = store.progress(spec)
             extra = f" ({prog['completed_experiences']}/{prog['total_experiences']} experiences)"
+        elif st == "stale":
+            extra = f" ({_stale_reason(spec, store.stale_records(spec)[0]['spec'])}; run again to refresh)"
         print(f"  {st:<9} {spec.protocol:<18} {spec.method:<12} seed {spec.seed}  {spec.id}{extra}")
     print(f"suite '{args.suite}': " + ", ".join(f"{v} {k}" for k, v in counts.items()))
     return 0
+
+
+def _stale_reason(spec, old: dict) -> str:
+    """What differs between a run spec and the spec of its stale record: which datasets, which code."""
+    def changed(new: dict, before: dict) -> List[str]:
+        return sorted(k for k in set(new) | set(before) if new.get(k) != before.get(k))
+
+    parts = []
+    data = changed(spec.data, old.get("data") or {})
+    if data:
+        parts.append(f"made on other data ({', '.join(data)})")
+    before = old.get("code") or {}
+    code = changed(spec.code, before)
+    if code:
+        parts.append("made by other code (" + ", ".join(f"{k} {before.get(k)} -> {spec.code.get(k)}" for k in code) + ")")
+    return "a record exists, " + " and ".join(parts or ["made on other data"])
 
 
 def _cmd_prepare(args) -> int:

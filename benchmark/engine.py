@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -35,12 +35,14 @@ class CLIPClassifier(nn.Module):
     `invalidate_text_cache()` (the engine calls it around each experience).
     """
 
-    def __init__(self, loaded: LoadedModel, class_names: List[str], train_template: str):
+    def __init__(self, loaded: LoadedModel, class_names: List[str], train_template: Union[str, Sequence[str]]):
+        """`train_template`: one template for every class, or one per class (`Streams.train_templates()`)."""
         super().__init__()
         self.clip = loaded.clip
         self.tokenizer = loaded.tokenizer
         self.model_input = loaded.model_input
-        tokens = loaded.tokenizer([train_template.format(c=c) for c in class_names])
+        templates = [train_template] * len(class_names) if isinstance(train_template, str) else list(train_template)
+        tokens = loaded.tokenizer([t.format(c=c) for t, c in zip(templates, class_names)])
         self.register_buffer("prompt_tokens", tokens, persistent=False)
         self.num_active = len(class_names)
         self.frozen_prefixes = loaded.frozen_prefixes

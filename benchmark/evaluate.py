@@ -15,6 +15,9 @@ from tqdm import tqdm
 from .models import LoadedModel
 
 RECALL_KS = (1, 5, 10)
+# Bump when the numbers evaluation gives for the same model and data could change (enters run ids and
+# the row-0 cache key).
+EVALUATION_VERSION = 1
 
 
 def _autocast(device: str, precision: str):
@@ -61,12 +64,19 @@ def encode_texts(loaded: LoadedModel, texts: Sequence[str], batch_size: int, dev
     return torch.cat(out) if out else torch.empty(0)
 
 
-def class_embeddings(loaded: LoadedModel, class_names: List[str], templates: List[str], batch_size: int,
-                     device: str = "cpu", precision: str = "fp32") -> torch.Tensor:
-    """CLIP's prompt ensemble: per class, the renormalised mean of its normalised template embeddings."""
-    prompts = [t.format(c=c) for c in class_names for t in templates]
+def class_embeddings(loaded: LoadedModel, class_names: List[str], templates: Sequence[str] | Sequence[Sequence[str]],
+                     batch_size: int, device: str = "cpu", precision: str = "fp32") -> torch.Tensor:
+    """CLIP's prompt ensemble: per class, the renormalised mean of its normalised template embeddings.
+
+    `templates`: one list for every class, or one list per class (MTIL: each dataset its own).
+    """
+    per_class = [list(templates)] * len(class_names) if templates and isinstance(templates[0], str) else templates
+    prompts = [t.format(c=c) for c, ts in zip(class_names, per_class) for t in ts]
     feats = encode_texts(loaded, prompts, batch_size, device, precision)
-    feats = feats.view(len(class_names), len(templates), -1).mean(dim=1)
+    if len({len(ts) for ts in per_class}) == 1:
+        feats = feats.view(len(class_names), len(per_class[0]), -1).mean(dim=1)
+    else:
+        feats = torch.stack([g.mean(dim=0) for g in torch.split(feats, [len(ts) for ts in per_class])])
     return torch.nn.functional.normalize(feats, dim=-1)
 
 

@@ -21,6 +21,7 @@ from clipbench.protocols.data import to_model_input
 
 from . import assembled
 from .errors import ClipbenchError, unknown_name_error
+from .preprocess import Preprocess, from_open_clip_cfg
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 LOCAL_DIR = "local-dir:"
@@ -44,6 +45,8 @@ class LoadedModel:
     # the model resizes and normalises uint8 batches itself (the mini model, whose frozen-tower
     # cache then keys on the small raw pixels and skips preprocessing on a hit)
     takes_uint8: bool = False
+    # how image files are decoded for this model (its own eval transform up to uint8 pixels)
+    preprocess: Optional[Preprocess] = None
 
     def model_input(self, images: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
         """What `clip.encode_image` takes for a batch: uint8 batches resized and normalised (on their
@@ -190,7 +193,8 @@ def load_model(arch: str, pretrained: Optional[str], device: str = "cpu") -> Loa
     if arch == assembled.ARCH:
         clip = assembled.build(open_clip, Path(pretrained) if pretrained else None, device)
         return LoadedModel(clip, open_clip.get_tokenizer(arch), (assembled.IMAGE_SIZE,) * 2, assembled.MEAN,
-                           assembled.STD, assembled.FROZEN_PREFIXES, takes_uint8=True)
+                           assembled.STD, assembled.FROZEN_PREFIXES, takes_uint8=True,
+                           preprocess=Preprocess("square_white", (assembled.IMAGE_SIZE,) * 2))
     name, weights = arch, pretrained
     if pretrained and str(pretrained).startswith(LOCAL_DIR):
         name, weights = str(pretrained), None
@@ -212,12 +216,13 @@ def load_model(arch: str, pretrained: Optional[str], device: str = "cpu") -> Loa
     finally:
         root.setLevel(level)
     tokenizer = open_clip.get_tokenizer(name)
-    cfg: dict[str, Any] = getattr(clip.visual, "preprocess_cfg", {}) or {}
-    size = cfg.get("size", getattr(clip.visual, "image_size", (224, 224)))
-    size = (size, size) if isinstance(size, int) else tuple(size)
+    cfg: dict[str, Any] = dict(getattr(clip.visual, "preprocess_cfg", {}) or {})
+    cfg.setdefault("size", getattr(clip.visual, "image_size", (224, 224)))
+    preprocess = from_open_clip_cfg(cfg)
     mean = tuple(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN))
     std = tuple(cfg.get("std", open_clip.OPENAI_DATASET_STD))
-    return LoadedModel(clip=clip, tokenizer=tokenizer, image_size=size, mean=mean, std=std)
+    return LoadedModel(clip=clip, tokenizer=tokenizer, image_size=preprocess.size, mean=mean, std=std,
+                       preprocess=preprocess)
 
 
 def model_slug(arch: str, pretrained: Optional[str]) -> str:

@@ -16,6 +16,7 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -26,6 +27,7 @@ from clipbench.protocols.data import Streams
 from clipbench.protocols.metrics import compute_metrics
 
 from . import claims, provenance
+from .decode import decode_streams
 from .errors import ClipbenchError
 from .evaluate import accuracy, class_embeddings, encode_images, encode_texts, retrieval_recall_folds
 from .models import LoadedModel, load_model
@@ -69,12 +71,13 @@ def plan(suite_name: str, methods: Optional[Sequence[str]] = None, protocols: Op
                            {p.name: p for p in protocol_defs})
     overrides = user_overrides(config_file, sets, known)
     seeds = list(seeds) if seeds else suite.seeds
-    specs = []
+    specs: List[RunSpec] = []
+    fingerprints: Dict[str, str] = {}  # each dataset's files are read once per plan
     for protocol in protocol_defs:
         for method_cls in method_classes:
             if protocol.kind not in method_cls.supports:
                 continue
-            specs.extend(resolve_specs(suite, method_cls, protocol, seeds, overrides, strict_weights))
+            specs.extend(resolve_specs(suite, method_cls, protocol, seeds, overrides, strict_weights, fingerprints))
     return specs
 
 
@@ -181,7 +184,7 @@ class Evaluator:
                                                      cap.caption_image, cap.folds)
         return {
             "image": encode_images(self.loaded, self.test_images, self.batch, desc="eval test sets", **bar),
-            "classes": self._target_classifier(class_embeddings(self.loaded, s.class_names, s.templates, self.batch, **kw)),
+            "classes": self._target_classifier(class_embeddings(self.loaded, s.class_names, s.class_templates, self.batch, **kw)),
             "zeroshot": zeroshot, "retrieval": retrieval,
         }
 
@@ -201,28 +204,49 @@ class Evaluator:
 
 
 def row_zero_key(spec: RunSpec, device: str) -> str:
-    """What row 0 depends on: the model and its weights, the protocol's data, the evaluation settings.
+    """What row 0 depends on: the model and its weights, the protocol, the fingerprint of its data, the code
+    that turns data into numbers, the evaluation settings.
 
     Not the method: before any training every method holds the same pretrained model.
     """
     what = {"model": spec.model, "protocol": spec.protocol, "protocol_version": spec.protocol_version,
-            "params": spec.protocol_params, "seed": spec.seed, "eval": spec.eval, "precision": spec.precision,
-            "device": device.split(":")[0]}
+            "params": spec.protocol_params, "data": spec.data, "code": spec.code, "seed": spec.seed,
+            "eval": spec.eval, "precision": spec.precision, "device": device.split(":")[0]}
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def stream_shape(streams: Streams) -> Dict[str, Any]:
+    """The sizes and set names a row must match: checked when a cached row 0 is read back."""
+    return {"test_sizes": [len(t) for t in streams.test],
+            "zeroshot": {k: len(v.data) for k, v in streams.zeroshot_sets.items()},
+            "retrieval": {k: [len(v.images), len(v.captions)] for k, v in streams.retrieval_sets.items()}}
+
+
+def _cached_row(path: Path, shape: Dict[str, Any]) -> Optional[Row]:
+    """The cached row 0 at `path` if it is readable and measured on streams of this shape, else None."""
+    try:
+        doc = json.loads(path.read_text())
+        row = Row(doc["acc"], doc["zeroshot"], doc["retrieval"])
+    except (OSError, ValueError, TypeError, KeyError):
+        return None  # unreadable: measure again
+    fits = (doc.get("shape") == shape and len(row.acc) == len(shape["test_sizes"])
+            and set(row.zeroshot) == set(shape["zeroshot"]) and set(row.retrieval) == set(shape["retrieval"]))
+    return row if fits else None
+
+
 def _row_zero(spec: RunSpec, store: ResultStore, evaluator: "Evaluator", device: str) -> "Row":
-    """Row 0 from the results folder's cache, or measured once and cached for every other method."""
+    """Row 0 from the results folder's cache, or measured once and cached for every other method.
+
+    A cached row is used only when it was measured on streams of the same shape (test-set sizes, held-out
+    set names and sizes); otherwise it is measured again and the cache rewritten."""
     if not SHARE_EVALUATION:
         return evaluator.evaluate(0, version=0)
     path = store.root / "cache" / f"row0-{row_zero_key(spec, device)}.json"
-    if path.is_file():
-        try:
-            return Row(**json.loads(path.read_text()))
-        except (OSError, ValueError, TypeError):
-            pass  # unreadable cache: measure again
-    row = evaluator.evaluate(0, version=0)
-    atomic_write_json(path, {"acc": row.acc, "zeroshot": row.zeroshot, "retrieval": row.retrieval})
+    shape = stream_shape(evaluator.streams)
+    row = _cached_row(path, shape) if path.is_file() else None
+    if row is None:
+        row = evaluator.evaluate(0, version=0)
+        atomic_write_json(path, {"acc": row.acc, "zeroshot": row.zeroshot, "retrieval": row.retrieval, "shape": shape})
     return row
 
 
@@ -314,7 +338,8 @@ def _run_experiences(spec: RunSpec, store: ResultStore, device: str, progress: b
     streams = protocol.build(spec.data_root, spec.seed, spec.protocol_params)
     seed_everything(spec.seed, "model")  # random-init models are a function of the seed
     loaded = load_model(spec.model["arch"], spec.model.get("pretrained"), device)
-    model = CLIPClassifier(loaded, streams.class_names, streams.train_template).to(device)
+    decode_streams(streams, loaded.preprocess, progress)  # image files -> the model's own preprocessing
+    model = CLIPClassifier(loaded, streams.class_names, streams.train_templates()).to(device)
     model.eval()
     method = method_cls(method_cls.Config(**spec.method_config))
     method.setup(model, streams)
@@ -415,7 +440,8 @@ def run_one(spec: RunSpec, store: ResultStore, device: str, progress: bool, argv
 
 
 def run_state(store: ResultStore, spec: RunSpec) -> str:
-    """complete, running (a live claim), failed, partial (a checkpoint exists) or missing."""
+    """complete, running (a live claim), failed, partial (a checkpoint exists), stale (only records made on
+    other data or by older data/evaluation code exist) or missing."""
     record = store.read_record(spec)
     if record and record.get("status") == "complete":
         return "complete"
@@ -425,4 +451,6 @@ def run_state(store: ResultStore, spec: RunSpec) -> str:
         return "partial"
     if record:
         return "failed"
+    if store.stale_records(spec):
+        return "stale"
     return "missing"

@@ -50,6 +50,10 @@ class RunSpec:
     eval: Dict[str, Any]
     precision: str
     data_root: Optional[str] = field(default=None, compare=False)  # where data lives, not what it is
+    # what the data is: per dataset the protocol reads, a fingerprint of its files (relative paths,
+    # sizes, modification times); and the versions of the code that turns those files into numbers
+    data: Dict[str, str] = field(default_factory=dict)
+    code: Dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> Dict[str, Any]:
         d = asdict(self)
@@ -61,7 +65,8 @@ class RunSpec:
 
     @property
     def id(self) -> str:
-        """First 12 hex digits of sha256 over the canonical JSON (data_root excluded)."""
+        """First 12 hex digits of sha256 over the canonical JSON (data_root excluded; the data's
+        fingerprint and the code versions included)."""
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:12]
 
     @classmethod
@@ -126,12 +131,23 @@ def user_overrides(config_file: Optional[str], sets: Sequence[str], known: Seque
     return tree
 
 
+def code_versions(protocol: ProtocolDef) -> Dict[str, Any]:
+    """The versions of the code between a protocol's files and a run's numbers, beyond the method's and the
+    protocol's own: the builder, the image preprocessing and the evaluation."""
+    from .evaluate import EVALUATION_VERSION
+    from .preprocess import PREPROCESS_VERSION
+
+    return {"builder": f"{protocol.builder}:{protocol.builder_version()}", "preprocess": PREPROCESS_VERSION,
+            "evaluation": EVALUATION_VERSION}
+
+
 def resolve_specs(suite: SuiteDef, method_cls: Any, protocol: ProtocolDef, seeds: Sequence[int],
-                  overrides: Dict[str, Any], strict_weights: bool = True) -> List[RunSpec]:
+                  overrides: Dict[str, Any], strict_weights: bool = True,
+                  fingerprints: Optional[Dict[str, str]] = None) -> List[RunSpec]:
     """The specs of one method x protocol over `seeds`, with every layer applied.
 
     With `strict_weights` False (dry runs), unavailable weights do not stop planning: the spec's
-    weights read "unavailable: <why>".
+    weights read "unavailable: <why>". `fingerprints` memoises the data fingerprints over a plan.
     """
     settings = deep_merge(DEFAULTS, {"train": getattr(method_cls, "train_defaults", {})})
     settings = deep_merge(settings, {"train": protocol.train})
@@ -150,6 +166,8 @@ def resolve_specs(suite: SuiteDef, method_cls: Any, protocol: ProtocolDef, seeds
     config_values = deep_merge(method_cls.config_fields(), settings["methods"].get(method_cls.name, {}))
     config = method_cls.Config(**config_values)  # validates (e.g. `part`)
     params = deep_merge(protocol.params, settings["protocols"].get(protocol.name, {}))
+    data = protocol.data_fingerprint(settings["data_root"], params, fingerprints)
+    code = code_versions(protocol)
     return [
         RunSpec(
             suite=suite.name, method=method_cls.name, method_version=method_cls.version,
@@ -157,7 +175,7 @@ def resolve_specs(suite: SuiteDef, method_cls: Any, protocol: ProtocolDef, seeds
             protocol_kind=protocol.kind, protocol_params=params,
             model={"arch": model["arch"], "pretrained": model.get("pretrained"), "weights": fingerprint},
             seed=int(seed), train=settings["train"], eval=settings["eval"], precision=settings["precision"],
-            data_root=settings["data_root"],
+            data_root=settings["data_root"], data=data, code=code,
         )
         for seed in seeds
     ]

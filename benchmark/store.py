@@ -12,7 +12,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
@@ -72,6 +72,23 @@ class ResultStore:
             return json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             return None
+
+    def stale_records(self, spec: RunSpec) -> List[Dict[str, Any]]:
+        """Complete records of this run made on other data or by other data/evaluation code: the same
+        spec but for its `data` fingerprint and `code` versions (their ids differ, so they sit beside it)."""
+        mine = {k: v for k, v in spec.to_dict().items() if k not in ("data", "code")}
+        out = []
+        for path in sorted(self.run_dir(spec).parent.glob(f"seed{spec.seed}-*/run.json")):
+            if path.parent == self.run_dir(spec):
+                continue
+            try:
+                record = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            theirs = {k: v for k, v in record.get("spec", {}).items() if k not in ("data", "code")}
+            if record.get("status") == "complete" and theirs == mine:
+                out.append(record)
+        return out
 
     def is_complete(self, spec: RunSpec) -> bool:
         record = self.read_record(spec)

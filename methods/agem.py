@@ -100,8 +100,8 @@ class AGEM(Method):
         index = strategy.experience.current_experience
         data = self.streams.train[index]
         keep = torch.randperm(len(data))[: self.config.episodic_per_experience]
-        names, template = self.streams.class_names, self.streams.train_template
-        self.banks.append((data.images[keep], [template.format(c=names[int(y)]) for y in data.labels[keep]]))
+        prompts = self.streams.train_prompts()
+        self.banks.append((data.images[keep], [prompts[int(y)] for y in data.labels[keep]]))
 
     def state_dict(self) -> Dict[str, Any]:
         return {"banks": self.banks}

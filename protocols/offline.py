@@ -27,6 +27,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 import torch
 
+from clipbench.assembled import to_square_rgb
 from clipbench.errors import ClipbenchError
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -44,23 +45,6 @@ def missing(what: str, path: Path, how: str) -> ClipbenchError:
 
 
 # ---------------------------------------------------------------- decoding
-
-
-def to_square_rgb(img, size: int) -> np.ndarray:
-    """PIL image -> uint8 [3, size, size]: alpha composited on white, padded to a square, resized."""
-    from PIL import Image
-
-    if img.mode in ("RGBA", "LA", "P"):
-        img = img.convert("RGBA")
-        white = Image.new("RGBA", img.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(white, img)
-    img = img.convert("RGB")
-    w, h = img.size
-    side = max(w, h)
-    canvas = Image.new("RGB", (side, side), (255, 255, 255))
-    canvas.paste(img, ((side - w) // 2, (side - h) // 2))
-    canvas = canvas.resize((size, size), Image.BICUBIC)
-    return np.asarray(canvas, dtype=np.uint8).transpose(2, 0, 1).copy()
 
 
 def decode_files(paths: List[Path], size: int) -> torch.Tensor:

@@ -5,42 +5,50 @@ from pathlib import Path
 import pytest
 import torch
 
+from clipbench.decode import decode
 from clipbench.errors import ClipbenchError
-from clipbench.protocols import datasets as ds
+from clipbench.preprocess import Preprocess
 from clipbench.protocols.catalog import ProtocolDef
+from clipbench.protocols.formats import (cifar, coco_crops, image_folder, imagenet_val, karpathy_captions, lists,
+                                         torchvision_dataset)
 from fixtures_data import (write_cifar100, write_coco, write_image_folder, write_imagenet_val, write_karpathy,
                            write_lists)
 from helpers import records, run_cli
 
 
+def pixels(sources, size=16):
+    """Decoded uint8 [N, 3, size, size] of a format's sources, with open_clip's default eval transform."""
+    return decode(sources, Preprocess("open_clip", (size, size)))
+
+
 def test_cifar100_pickles(tmp_path):
     write_cifar100(tmp_path)
-    data, names = ds.cifar(tmp_path, "train", 100)
-    assert data.images.shape == (8, 3, 32, 32) and data.images.dtype == torch.uint8
+    data, names = cifar.read(tmp_path, "train", 100)
+    assert len(data.images) == 8 and pixels(data.images, 32).shape == (8, 3, 32, 32)
     assert data.labels.tolist() == [0, 1, 2, 3, 0, 1, 2, 3] and names[1] == "aquarium fish"
-    test, _ = ds.cifar(tmp_path, "test", 100)
+    test, _ = cifar.read(tmp_path, "test", 100)
     assert len(test) == 4
 
 
 def test_missing_cifar_names_path_and_download(tmp_path):
     with pytest.raises(ClipbenchError, match=r"cifar-100-python.*download=True"):
-        ds.cifar(tmp_path, "train", 100)
+        cifar.read(tmp_path, "train", 100)
 
 
 def test_image_folder_and_class_subset(tmp_path):
     write_image_folder(tmp_path, ("cat", "dog", "eel"))
-    data, names = ds.image_folder(tmp_path, 16)
+    data, names = image_folder.read(tmp_path)
     assert names == ["cat", "dog", "eel"] and data.labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
-    sub, sub_names = ds.image_folder(tmp_path, 16, classes=["eel", "cat"])
+    sub, sub_names = image_folder.read(tmp_path, classes=["eel", "cat"])
     assert sub_names == ["eel", "cat"] and sub.labels.tolist() == [0, 0, 0, 1, 1, 1]
-    assert sub.images.shape == (6, 3, 16, 16)
+    assert pixels(sub.images).shape == (6, 3, 16, 16)
 
 
 def test_imagenet_val_layout_with_class_subset(tmp_path):
     write_imagenet_val(tmp_path)
-    data, ids = ds.imagenet_val(tmp_path / "val", tmp_path / "LOC_val_solution.csv", 24)
+    data, ids = imagenet_val.read(tmp_path / "val", tmp_path / "LOC_val_solution.csv")
     assert ids == ["n01440764", "n01443537"] and data.labels.tolist() == [0, 1, 0]
-    sub, sub_ids = ds.imagenet_val(tmp_path / "val", tmp_path / "LOC_val_solution.csv", 24, ["n01443537"])
+    sub, sub_ids = imagenet_val.read(tmp_path / "val", tmp_path / "LOC_val_solution.csv", ["n01443537"])
     assert sub_ids == ["n01443537"] and len(sub) == 1
 
 
@@ -48,51 +56,51 @@ def test_imagenet_names_from_open_clip_for_a_full_index():
     wnids = [f"n{i:08d}" for i in range(1000)]
     from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 
-    assert ds.imagenet_names([wnids[0], wnids[999]], wnids) == [IMAGENET_CLASSNAMES[0], IMAGENET_CLASSNAMES[999]]
-    assert ds.imagenet_names(["n1"], ["n1", "n2"]) == ["n1"]
+    assert imagenet_val.imagenet_names([wnids[0], wnids[999]], wnids) == [IMAGENET_CLASSNAMES[0], IMAGENET_CLASSNAMES[999]]
+    assert imagenet_val.imagenet_names(["n1"], ["n1", "n2"]) == ["n1"]
 
 
 def test_coco_object_crops(tmp_path):
     write_coco(tmp_path, "val")
-    data, names = ds.coco_crops(tmp_path, "val", 20, min_area=100)
+    data, names = coco_crops.read(tmp_path, "val", min_area=100)
     assert names == ["person", "dog"]  # category-id order
     assert data.labels.tolist() == [1, 0]  # annotations 10 (dog) and 11 (person); small and crowd boxes skipped
     # the crop is the coloured box, not the white page around it
-    assert data.images[0, 0].float().mean() == pytest.approx(220, abs=3)
+    assert pixels(data.images, 20)[0, 0].float().mean() == pytest.approx(220, abs=3)
 
 
 def test_karpathy_captions_several_per_image(tmp_path):
     split = write_karpathy(tmp_path)
-    cap = ds.karpathy_captions(split, tmp_path, "test", 16)
-    assert cap.images.shape[0] == 4 and len(cap.captions) == 8
+    cap = karpathy_captions.read(split, tmp_path, "test")
+    assert len(cap.images) == 4 and len(cap.captions) == 8
     assert cap.caption_image.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
     assert cap.captions[2] == "picture number 1 ."
 
 
 def test_csv_labels_and_jsonl_captions(tmp_path):
     write_lists(tmp_path)
-    data, names = ds.listed(tmp_path / "labels.csv", 8, "label")
+    data, names = lists.read_labels(tmp_path / "labels.csv")
     assert names == ["green", "red"] and data.labels.tolist() == [1, 0, 1, 0]
-    cap, _ = ds.listed(tmp_path / "captions.jsonl", 8, "caption")
-    assert cap.images.shape[0] == 4 and cap.caption_image.tolist() == [0, 1, 2, 3, 0]
+    cap = lists.read_captions(tmp_path / "captions.jsonl")
+    assert len(cap.images) == 4 and cap.caption_image.tolist() == [0, 1, 2, 3, 0]
 
 
 def test_bad_jsonl_line_names_file_and_line(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"image": "a.png", "caption": "x"}\n{not json\n')
     with pytest.raises(ClipbenchError, match=r"bad.jsonl:2"):
-        ds.listed(tmp_path / "bad.jsonl", 8, "caption")
+        lists.read_captions(tmp_path / "bad.jsonl")
 
 
 def test_torchvision_missing_dataset_is_one_clear_error(tmp_path):
     with pytest.raises(ClipbenchError, match=r"torchvision DTD not found at .*download: true"):
-        ds.torchvision_dataset("DTD", tmp_path, "test", 16)
+        torchvision_dataset.read("DTD", tmp_path, "test")
 
 
 PROTOCOL = {
     "name": "fixture_protocol", "version": 1, "kind": "class_incremental", "builder": "datasets",
     "params": {
         "target": {"adapter": "image_folder", "root": "folder", "test_fraction": 0.34},
-        "n_experiences": 2, "image_size": 32, "templates": ["a photo of a {c}."],
+        "n_experiences": 2, "templates": ["a photo of a {c}."],
         "zeroshot": {"imagenet": {"adapter": "imagenet_val", "images": "imagenet/val", "index_file": "imagenet/LOC_val_solution.csv",
                                   "class_ids_file": "imagenet/wnids.txt"}},
         "retrieval": {"coco": {"adapter": "karpathy_captions", "split_json": "karpathy/dataset.json", "image_root": "karpathy",
@@ -158,9 +166,9 @@ def test_download_true_fetches_a_missing_cifar_through_torchvision(tmp_path, mon
 
     monkeypatch.setattr(tvd, "CIFAR100", FakeCIFAR100)
     spec = {"adapter": "cifar", "root": "cifar100", "variant": 100, "download": True}
-    data, names = load_labelled(spec, "train", 32, str(tmp_path))
+    data, names = load_labelled(spec, "train", str(tmp_path))
     assert calls == [(str(tmp_path / "cifar100"), True)] and len(data) == 8
-    load_labelled(spec, "test", 32, str(tmp_path))
+    load_labelled(spec, "test", str(tmp_path))
     assert len(calls) == 1  # present now: not fetched again
 
 
@@ -169,7 +177,7 @@ def test_download_failure_offline_is_one_clear_error(tmp_path):
 
     spec = {"adapter": "image_folder", "root": "eurosat/2750", "download": True, "torchvision": "EuroSAT"}
     with pytest.raises(ClipbenchError, match=r"eurosat/2750.*torchvision could not download it"):
-        load_labelled(spec, "train", 32, str(tmp_path))
+        load_labelled(spec, "train", str(tmp_path))
 
 
 def test_torchvision_adapter_reads_a_dataset_in_torchvision_layout(tmp_path):
@@ -186,7 +194,65 @@ def test_torchvision_adapter_reads_a_dataset_in_torchvision_layout(tmp_path):
     for split in ("train", "t10k"):
         (raw / f"{split}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, 6, 28, 28) + images.tobytes())
         (raw / f"{split}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, 6) + labels.tobytes())
-    data, names = ds.torchvision_dataset("MNIST", tmp_path, "train", 16)
-    assert data.images.shape == (6, 3, 16, 16) and data.labels.tolist() == [3, 1, 4, 1, 5, 9]
+    data, names = torchvision_dataset.read("MNIST", tmp_path, "train")
+    images = pixels(data.images)
+    assert images.shape == (6, 3, 16, 16) and data.labels.tolist() == [3, 1, 4, 1, 5, 9]
     assert names[0].startswith("0") and len(names) == 10
-    assert int(data.images[5, 0, 8, 8]) > int(data.images[1, 0, 8, 8])  # brighter square survives the resize
+    assert int(images[5, 0, 8, 8]) > int(images[1, 0, 8, 8])  # brighter square survives the resize
+
+
+def _write_mnist(root: Path, n: int = 6) -> None:
+    import struct
+
+    import numpy as np
+
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    images = np.random.default_rng(0).integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+    labels = bytes(k % 10 for k in range(n))
+    for split in ("train", "t10k"):
+        (raw / f"{split}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, n, 28, 28) + images.tobytes())
+        (raw / f"{split}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, n) + labels)
+
+
+def test_mtil_trains_and_scores_each_dataset_with_its_own_templates(tmp_path):
+    """The shipped MTIL protocol, on two of its datasets in their real formats: MNIST's class "0" is
+    'a photo of the number: "0".', never the first dataset's prompt."""
+    from clipbench.engine import CLIPClassifier
+    from clipbench.models import load_model
+    from clipbench.protocols.catalog import get_protocol
+    from fixtures_data import write_cifar100
+
+    write_cifar100(tmp_path / "cifar100")
+    _write_mnist(tmp_path / "mtil")
+    proto = get_protocol("mtil_order1")
+    assert proto.version >= 2
+    params = {**proto.params, "order": ["CIFAR100", "MNIST"]}
+    streams = proto.build(str(tmp_path), 0, params)
+    mnist = streams.experience_classes[1]
+    assert streams.class_names[mnist[0]] == "0"
+    assert streams.class_templates[mnist[0]] == ['a photo of the number: "{c}".']
+    assert streams.class_templates[0] == ["a photo of a {c}."]  # CIFAR-100's own
+    prompts = streams.train_prompts()
+    assert prompts[mnist[0]] == 'a photo of the number: "0".' and prompts[0] == "a photo of a apple."
+    loaded = load_model("clipbench-tiny", None)
+    model = CLIPClassifier(loaded, streams.class_names, streams.train_templates())
+    assert torch.equal(model.prompt_tokens[mnist[0]], loaded.tokenizer(['a photo of the number: "0".'])[0])
+
+
+def test_a_new_format_is_one_registered_module(tmp_path, monkeypatch):
+    """What the README shows: a format registered from one file is usable by protocol files at once."""
+    from clipbench.protocols.data import FileReader, ImageSources, LabelledImages
+    from clipbench.protocols.formats import FORMATS, Format, register_format
+    from clipbench.protocols.generic import load_labelled
+
+    write_image_folder(tmp_path / "flat", ("a",), per_class=4)
+
+    def labelled(spec, split, data_root):
+        files = sorted((tmp_path / "flat" / "a").iterdir())
+        return LabelledImages(ImageSources(FileReader(), files), torch.tensor([k % 2 for k in range(len(files))])), ["even", "odd"]
+
+    monkeypatch.setattr(FORMATS, "_items", dict(FORMATS._items))  # leave the real registry as it was
+    register_format(Format("parity_list", "any", ("root",), labelled=labelled))
+    data, names = load_labelled({"adapter": "parity_list", "root": "flat"}, "train", str(tmp_path))
+    assert names == ["even", "odd"] and data.labels.tolist() == [0, 1, 0, 1]

@@ -33,3 +33,26 @@ def test_row_zero_key_follows_model_data_and_settings():
     [e] = plan("tiny", ["finetune"], ["tiny_shapes"], sets=["precision=amp_bf16"])
     assert row_zero_key(a, "cpu") == row_zero_key(b, "cpu")
     assert len({row_zero_key(x, "cpu") for x in (a, c, d, e)}) == 4
+
+
+def test_a_cached_row_zero_of_another_shape_is_measured_again(results):
+    """A row cached before a held-out set was added (or on sets of other sizes) is never read back as if it
+    fitted: it is measured again, and the record equals one made without any cache."""
+    import json
+
+    from clipbench.runner import plan, row_zero_key
+
+    args = ("run", "--method", "finetune", "--protocol", "tiny_shapes", "--suite", "tiny", "--quiet", "--set", *SMALL)
+    assert run_cli(*args, "--results", results / "clean") == 0
+    (clean,) = records(results / "clean").values()
+    [spec] = plan("tiny", ["finetune"], ["tiny_shapes"], sets=SMALL)
+    stale = results / "stale"
+    path = stale / "cache" / f"row0-{row_zero_key(spec, 'cpu')}.json"
+    path.parent.mkdir(parents=True)
+    # what an older cache held: no `shape`, and no held-out set that was added since
+    path.write_text(json.dumps({"acc": [0.5, 0.5, 0.5], "zeroshot": {}, "retrieval": {}}))
+    assert run_cli(*args, "--results", stale) == 0
+    (record,) = records(stale).values()
+    assert record["raw"]["acc_matrix"] == clean["raw"]["acc_matrix"]
+    assert record["metrics"]["zs_retention"] == clean["metrics"]["zs_retention"]
+    assert json.loads(path.read_text())["shape"]["zeroshot"] == {"shapes": 16}  # rewritten with what it measured

@@ -1,0 +1,142 @@
+"""The decoded-image store: each image set decoded once per (its files, the model's preprocessing) into a
+memory-mapped uint8 file, reused by every method, seed and runner that needs the same images.
+
+Layout: `<cache dir>/images/<key>.u8` (raw uint8 [N, 3, H, W]) and `<key>.json` (shape and what it holds,
+written last: a file without it is not finished). The key is the sha256 of the preprocessing's identity
+and the set's signature (each file's path, crop box, size and modification time; or the bytes of raw
+pixel arrays). A set is decoded by `workers` processes writing straight into a temporary file that is
+renamed into place; concurrent runners asking for the same set wait on a lock for the first one instead
+of decoding it again. Runs read the images through a copy-on-write memory map: the pages are the
+kernel's file cache, shared by every runner on the machine, so a run holds no private copy of its data.
+
+`<cache dir>` is `--cache-dir`, else `$CLIPBENCH_CACHE`, else `$XDG_CACHE_HOME/clipbench` (`~/.cache/clipbench`).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import multiprocessing
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, List, Optional, Tuple
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from clipbench.protocols.data import ImageSources
+
+from .decode import Failure, UndecodableImages, decode_into
+from .preprocess import Preprocess
+
+STORE_VERSION = 1
+CHUNK = 64  # images per task handed to a worker: large enough to amortise the hand-off, small for progress
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("CLIPBENCH_CACHE")
+    if env:
+        return Path(env).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "clipbench"
+
+
+def default_workers() -> int:
+    """Every core this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock held while the block runs; other processes wait for it (released if we die)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+# The sources and preprocessing a forked worker decodes: set before the pool starts, inherited by fork.
+_JOB: Tuple[Any, ...] = ()
+
+
+def _decode_chunk(bounds: Tuple[int, int]) -> List[Failure]:
+    sources, preprocess, tmp, shape = _JOB
+    out = np.memmap(tmp, dtype=np.uint8, mode="r+", shape=shape)
+    failures: List[Failure] = []
+    decode_into(out, sources, preprocess, range(*bounds), failures)
+    out.flush()
+    return failures
+
+
+class ImageStore:
+    """Decoded images under one cache folder. `get` returns a uint8 tensor [N, 3, H, W] backed by the file."""
+
+    def __init__(self, root: Optional[str | Path] = None, workers: Optional[int] = None, progress: bool = False):
+        self.root = Path(root).expanduser() if root else default_cache_dir()
+        self.workers = int(workers) if workers else default_workers()
+        self.progress = progress
+        self.decoded = 0  # images this store decoded (the rest were read back)
+
+    def key(self, sources: ImageSources, preprocess: Preprocess) -> str:
+        digest = hashlib.sha256(json.dumps({"store": STORE_VERSION, "preprocess": preprocess.identity()},
+                                           sort_keys=True).encode())
+        sources.update_signature(digest)
+        return digest.hexdigest()[:32]
+
+    def get(self, sources: ImageSources, preprocess: Preprocess, desc: str = "decode") -> torch.Tensor:
+        """The images of `sources` prepared by `preprocess`, decoding them (once) if no runner did before.
+        Raises the one-line ClipbenchError of `decode` naming every file that cannot be decoded."""
+        folder = self.root / "images"
+        key = self.key(sources, preprocess)
+        data, meta = folder / f"{key}.u8", folder / f"{key}.json"
+        if not meta.is_file():
+            with _locked(folder / f"{key}.lock"):
+                if not meta.is_file():  # nobody finished it while we waited
+                    self._decode(sources, preprocess, data, meta, desc)
+        shape = tuple(json.loads(meta.read_text())["shape"])
+        if not shape[0]:
+            return torch.empty(shape, dtype=torch.uint8)
+        # copy-on-write: a writable tensor for torch, and the file is never changed
+        return torch.from_numpy(np.memmap(data, dtype=np.uint8, mode="c", shape=shape))
+
+    def _decode(self, sources: ImageSources, preprocess: Preprocess, data: Path, meta: Path, desc: str) -> None:
+        global _JOB
+        shape = (len(sources), 3, *preprocess.size)
+        tmp = data.with_name(f".{data.name}.{os.getpid()}.tmp")
+        try:
+            if len(sources):
+                np.memmap(tmp, dtype=np.uint8, mode="w+", shape=shape).flush()
+            chunks = [(s, min(s + CHUNK, len(sources))) for s in range(0, len(sources), CHUNK)]
+            failures: List[Failure] = []
+            bar = tqdm(total=len(sources), desc=desc, disable=not self.progress, leave=False, unit="img")
+            _JOB = (sources, preprocess, tmp, shape)
+            if self.workers > 1 and len(chunks) > 1:
+                with multiprocessing.get_context("fork").Pool(min(self.workers, len(chunks))) as pool:
+                    for (start, end), found in zip(chunks, pool.imap(_decode_chunk, chunks)):
+                        failures += found
+                        bar.update(end - start)
+            else:
+                for start, end in chunks:
+                    failures += _decode_chunk((start, end))
+                    bar.update(end - start)
+            bar.close()
+            if failures:
+                raise UndecodableImages(failures)
+            if len(sources):
+                os.replace(tmp, data)
+            meta_tmp = meta.with_name(f".{meta.name}.{os.getpid()}.tmp")
+            meta_tmp.write_text(json.dumps({"shape": list(shape), "preprocess": preprocess.identity(),
+                                            "first": sources.describe(0) if len(sources) else None}))
+            os.replace(meta_tmp, meta)  # last: the set is complete once this exists
+            self.decoded += len(sources)
+        finally:
+            _JOB = ()
+            tmp.unlink(missing_ok=True)

@@ -1,0 +1,124 @@
+"""Dataset formats: one small module per on-disk format, each registered under the name protocol files
+use as a dataset spec's `adapter`.
+
+A dataset spec is a mapping in a protocol file: `{adapter: <format>, <its keys>...}`, paths relative to
+the run's `data_root`. A format reads its files and lists the images without decoding them
+(`ImageSources`); the runner decodes them with the model's own preprocessing. Adding a format is one
+new file here (and its test): write `labelled` and/or `captioned`, then `register_format(Format(...))`.
+
+| format | module | what it reads |
+|---|---|---|
+| `cifar` | cifar.py | CIFAR-10/100 python pickles, as torchvision downloads them |
+| `image_folder` | image_folder.py | one folder per class: ImageNet train, EuroSAT, most MTIL sets |
+| `imagenet_val` | imagenet_val.py | a flat image folder plus a class-index file (LOC_val_solution.csv) |
+| `coco_crops` | coco_crops.py | COCO-2014 object crops from `instances_<split>2014.json` |
+| `karpathy_captions` | karpathy_captions.py | Flickr30k / COCO captions through the Karpathy-split JSON |
+| `csv`, `jsonl` | lists.py | your own lists: image with label, or image with caption |
+| `torchvision` | torchvision_dataset.py | any torchvision classification dataset by class name |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from clipbench.errors import ClipbenchError
+from clipbench.registry import Registry
+
+from ..data import CaptionedImages, LabelledImages
+
+Spec = Dict[str, Any]
+Labelled = Tuple[LabelledImages, List[str]]
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".gif"}
+
+
+@dataclass(frozen=True)
+class Format:
+    """One on-disk dataset format.
+
+    - `labelled(spec, split, data_root) -> (LabelledImages, class names)`: a split of a labelled dataset;
+    - `captioned(spec, data_root) -> CaptionedImages`: image-caption pairs;
+    - `path_keys`: the spec keys that hold paths (what `--dry-run` checks and the data fingerprint reads);
+    - `how`: how to get the data, said when it is missing;
+    - `fetch(spec, data_root)`: download when the spec says `download: true` (optional);
+    - `read_paths(spec, data_root)`: the files and folders the format reads, when narrower than `path_keys`.
+    """
+
+    name: str
+    how: str
+    path_keys: Tuple[str, ...]
+    labelled: Optional[Callable[[Spec, str, Optional[str]], Labelled]] = None
+    captioned: Optional[Callable[[Spec, Optional[str]], CaptionedImages]] = None
+    fetch: Optional[Callable[[Spec, Optional[str]], None]] = None
+    read_paths: Optional[Callable[[Spec, Optional[str]], List[Path]]] = None
+
+
+FORMATS: Registry[Format] = Registry("dataset format", "clipbench.protocols.formats")
+
+
+def register_format(fmt: Format) -> Format:
+    """Make `fmt` available to protocol files as `adapter: <fmt.name>`."""
+    return FORMATS.register(fmt.name, fmt)
+
+
+def get_format(spec: Spec) -> Format:
+    if "adapter" not in spec:
+        raise ClipbenchError(f"dataset spec {spec} names no `adapter` (one of {', '.join(FORMATS.names())})")
+    return FORMATS.get(spec["adapter"])
+
+
+def resolve(data_root: Optional[str], value: Any) -> Path:
+    """A spec path: absolute as given, else relative to `data_root`."""
+    p = Path(str(value)).expanduser()
+    return p if p.is_absolute() or data_root is None else Path(data_root).expanduser() / p
+
+
+def missing(what: str, path: Path, how: str) -> ClipbenchError:
+    return ClipbenchError(f"{what} not found at {path}: {how}")
+
+
+def require_dir(path: Path, what: str, how: str) -> Path:
+    if not path.is_dir():
+        raise missing(what, path, how)
+    return path
+
+
+def require_file(path: Path, what: str, how: str) -> Path:
+    if not path.is_file():
+        raise missing(what, path, how)
+    return path
+
+
+def spec_paths(spec: Spec) -> List[Tuple[str, str]]:
+    """(key, value) of every path in a spec: the format's path keys, and any `<split>_root` / `<split>_list`."""
+    keys = get_format(spec).path_keys
+    return [(k, str(spec[k])) for k in keys if k in spec] + \
+           [(k, str(spec[k])) for k in spec if k.endswith(("_root", "_list")) and k not in keys]
+
+
+def read_paths(spec: Spec, data_root: Optional[str]) -> List[Path]:
+    """The files and folders a spec reads (for the data fingerprint)."""
+    fmt = get_format(spec)
+    if fmt.read_paths is not None:
+        return fmt.read_paths(spec, data_root)
+    return [resolve(data_root, value) for _, value in spec_paths(spec)]
+
+
+def download_with(call: Callable[[], Any], where: Path) -> None:
+    """Run a torchvision download; offline or refused, one clear error naming where the data should be."""
+    try:
+        call()
+    except Exception as err:  # offline, or the server refused
+        raise missing("dataset", where, f"torchvision could not download it ({type(err).__name__}: {err}); "
+                      "fetch it on a machine with internet and copy it there") from None
+
+
+def class_ids(spec: Spec, data_root: Optional[str]) -> Optional[List[str]]:
+    """A class subset, in order: `class_ids: [...]` or `class_ids_file` (one id per line), else None (all)."""
+    if "class_ids" in spec:
+        return [str(c) for c in spec["class_ids"]]
+    if "class_ids_file" in spec:
+        path = require_file(resolve(data_root, spec["class_ids_file"]), "class-id list", "one class id (e.g. a WordNet id) per line")
+        return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    return None

@@ -1,0 +1,91 @@
+"""The decoded-image store: decoded once per (files, preprocessing), shared by runners, safe when they race."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from clipbench.decode import UndecodableImages, decode
+from clipbench.image_store import ImageStore
+from clipbench.preprocess import Preprocess
+from clipbench.protocols.data import FileReader, ImageSources
+from real_images import bomb_png, sample_files
+
+PRE = Preprocess("open_clip", (48, 48))
+
+
+@pytest.fixture
+def files(tmp_path):
+    """Twenty real clip-art files of every PIL mode, copied (so a test may change them)."""
+    out = []
+    for k, src in enumerate(sample_files()[:20]):
+        out.append(tmp_path / "img" / f"{k:02d}{src.suffix}")
+        out[-1].parent.mkdir(exist_ok=True)
+        shutil.copy2(src, out[-1])
+    return out
+
+
+def test_decoded_once_then_read_back_equal_to_decoding_in_process(files, tmp_path):
+    sources = ImageSources(FileReader(), files)
+    store = ImageStore(tmp_path / "cache", workers=2)
+    first = store.get(sources, PRE)
+    assert store.decoded == len(files)
+    again = ImageStore(tmp_path / "cache", workers=2)  # another runner on the same machine
+    second = again.get(sources, PRE)
+    assert again.decoded == 0 and torch.equal(first, second)
+    assert torch.equal(second, decode(sources, PRE))  # workers and store change nothing in the pixels
+    assert isinstance(second.numpy().base, np.memmap) or second.numpy().base is not None  # file-backed, not a copy
+    assert not list((tmp_path / "cache").rglob("*.tmp"))
+
+
+def test_other_preprocessing_or_changed_file_is_decoded_again(files, tmp_path):
+    store = ImageStore(tmp_path / "cache", workers=1)
+    sources = ImageSources(FileReader(), files)
+    store.get(sources, PRE)
+    store.get(sources, Preprocess("open_clip", (48, 48), interpolation="bilinear"))
+    assert store.decoded == 2 * len(files)
+    shutil.copy2(files[1], files[0])  # new contents under an old name
+    os.utime(files[0], ns=(1, 1))
+    changed = store.get(sources, PRE)
+    assert store.decoded == 3 * len(files) and torch.equal(changed[0], changed[1])
+
+
+def test_a_subset_is_its_own_set(files, tmp_path):
+    store = ImageStore(tmp_path / "cache", workers=1)
+    whole = store.get(ImageSources(FileReader(), files), PRE)
+    part = store.get(ImageSources(FileReader(), files)[torch.tensor([3, 7])], PRE)
+    assert torch.equal(part, whole[[3, 7]])
+
+
+def _race(cache, files, queue):
+    store = ImageStore(cache, workers=1)
+    images = store.get(ImageSources(FileReader(), files), PRE)
+    queue.put((store.decoded, int(images.numpy().sum())))  # numpy: torch kernels can deadlock after fork
+
+
+def test_concurrent_runners_decode_a_set_once(files, tmp_path):
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_race, args=(tmp_path / "cache", files, queue)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=300) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    assert sorted(decoded for decoded, _ in results) == [0, 0, len(files)]  # one decoded, two waited and read
+    assert len({total for _, total in results}) == 1
+
+
+def test_undecodable_files_leave_nothing_in_the_store(files, tmp_path):
+    bad = [bomb_png(tmp_path / "img" / "huge.png"), tmp_path / "img" / "empty.png"]
+    bad[1].write_bytes(b"")
+    store = ImageStore(tmp_path / "cache", workers=2)
+    with pytest.raises(UndecodableImages) as err:
+        store.get(ImageSources(FileReader(), files + bad), PRE)
+    assert all(str(p) in str(err.value) for p in bad) and "2 image(s) cannot be decoded" in str(err.value)
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file() and p.suffix != ".lock"]
