@@ -118,10 +118,6 @@ class Loaded:
     entries: List[Entry]
     corrupt: List[Tuple[str, str]]  # (path relative to the results folder, why)
 
-    @property
-    def runs(self) -> List[Dict[str, Any]]:
-        return [r for e in self.entries for r in e.runs]
-
 
 def _costs(record: Dict[str, Any]) -> Dict[str, Any]:
     costs, device = record.get("costs") or {}, str((record.get("provenance") or {}).get("device", "cpu"))

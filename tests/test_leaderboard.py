@@ -143,6 +143,9 @@ def test_not_worse_is_one_sided_welch():
     best, other = [0.80, 0.82, 0.84], [0.70, 0.75, 0.80]
     p = ttest_ind(other, best, equal_var=False, alternative="less").pvalue
     assert not_worse(other, best, lower=False) == (p >= BOLD_LEVEL)
+    # one-sided: p = 0.035 here (two-sided it would be 0.07, and bold)
+    assert ttest_ind([0.78, 0.79, 0.80], [0.80, 0.81, 0.82], equal_var=False).pvalue > BOLD_LEVEL
+    assert not not_worse([0.78, 0.79, 0.80], [0.80, 0.81, 0.82], lower=False)
     assert not not_worse([0.5, 0.5], [0.6, 0.6], lower=False)  # no spread, lower mean: worse
     assert not_worse([0.6, 0.6], [0.6, 0.6], lower=False)
     assert not_worse([5.0, 5.2, 5.4], [5.1, 5.3, 5.5], lower=True)  # a drop within noise
