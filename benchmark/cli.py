@@ -104,6 +104,7 @@ def _cmd_list(args) -> int:
                              "description": get_protocol(n).description} for n in protocol_names()]
     if args.what in (None, "metrics"):
         out["metrics"] = [{"name": n, "direction": METRICS.get(n).direction, "version": METRICS.get(n).version,
+                           "headline": METRICS.get(n).headline, "family": METRICS.get(n).family,
                            "formula": METRICS.get(n).doc} for n in METRICS.names()]
     if args.what in (None, "suites"):
         out["suites"] = [{"name": n, "description": get_suite(n).description, "protocols": get_suite(n).protocols}
@@ -224,7 +225,7 @@ def _cmd_status(args) -> int:
                           for s, st in rows], indent=1))
         return 0
     counts = {k: sum(1 for _, st in rows if st == k)
-              for k in ("complete", "running", "queued", "partial", "failed", "stale", "missing")}
+              for k in ("complete", "running", "queued", "partial", "corrupt", "failed", "stale", "missing")}
     for spec, st in rows:
         extra = ""
         if st == "partial":
@@ -232,6 +233,8 @@ def _cmd_status(args) -> int:
             extra = f" ({prog['completed_experiences']}/{prog['total_experiences']} experiences)"
         elif st == "stale":
             extra = f" ({_stale_reason(spec, store.stale_records(spec)[0]['spec'])}; run again to refresh)"
+        elif st == "corrupt":
+            extra = f" ({store.record_path(spec)}: {store.record_problem(spec)}; `run` redoes it)"
         print(f"  {st:<9} {spec.protocol:<18} {spec.method:<12} seed {spec.seed}  {spec.id}{extra}")
     print(f"suite '{args.suite}': " + ", ".join(f"{v} {k}" for k, v in counts.items()))
     return 0
@@ -281,11 +284,13 @@ def _cmd_leaderboard(args) -> int:
     from pathlib import Path
 
     from . import leaderboard
-    from .store import ResultStore
 
     results = Path(args.results)
+    for path, why in leaderboard.load(results, args.suite).corrupt:  # named, never silently dropped
+        print(f"clipbench: warning: corrupt record {results / path}: {why}; left out of the leaderboard "
+              "(rerun it with clipbench run, or remove it)", file=sys.stderr)
     if args.print_only:
-        print(leaderboard.markdown(ResultStore(results), args.suite), end="")
+        print(leaderboard.markdown(results, args.suite), end="")
         return 0
     out = Path(args.out) if args.out else results / "leaderboards"
     if args.check:

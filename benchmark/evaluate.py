@@ -7,7 +7,7 @@ later from the stored numbers (see `clipbench.protocols.metrics`).
 from __future__ import annotations
 
 import contextlib
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from tqdm import tqdm
@@ -86,6 +86,17 @@ def accuracy(image_features: torch.Tensor, labels: torch.Tensor, class_features:
     hi = len(class_features) if hi is None else hi
     pred = (image_features @ class_features[lo:hi].T).argmax(dim=1) + lo
     return float((pred == labels).double().mean()) if len(labels) else 0.0
+
+
+def per_class_accuracy(image_features: torch.Tensor, labels: torch.Tensor,
+                       class_features: torch.Tensor) -> List[Optional[float]]:
+    """Per class c: the share of c's test images predicted as c, every class of `class_features` scored
+    (the founding paper's `Base.test` per-class accuracy); None for a class without test images."""
+    n = len(class_features)
+    pred = (image_features @ class_features.T).argmax(dim=1)
+    count = torch.bincount(labels, minlength=n).tolist()
+    correct = torch.bincount(labels[pred == labels], minlength=n).tolist()
+    return [c / k if k else None for c, k in zip(correct, count)]
 
 
 def retrieval_recall(image_features: torch.Tensor, text_features: torch.Tensor, caption_image: torch.Tensor,

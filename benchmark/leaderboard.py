@@ -1,45 +1,55 @@
 """Leaderboards from run records alone: markdown, CSV, JSON and pictures.
 
-Records -> a tidy frame (one row per run and metric) -> mean, std and seed count per cell -> a
-main table per suite (one section per protocol), a page per protocol with every metric and each
-method's accuracy matrix, `leaderboard.csv` / `leaderboard.json`, PNG heatmaps and curves, and a
-provenance footer. A cell mixes only runs of the same method, protocol and metric versions;
-otherwise it shows a dash and a footnote. Reported numbers from papers (`reported/*.yaml` shipped
-in `clipbench.protocols` and in the results folder) are shown beside ours with the difference.
+Records -> entries (the runs whose specs are identical except for the seed, one run per distinct
+seed) -> metrics recomputed from each record's raw results with the current code -> mean, std and
+seed count per cell -> a main table per suite (one section per protocol: the protocol's headline
+metrics, bold where not significantly worse than the best, a mean rank, costs), a page per protocol
+with every metric and each entry's accuracy matrix, `leaderboard.csv` / `leaderboard.json`, PNG
+heatmaps and curves, and a provenance footer.
+
+Runs of one method that differ in any setting or in the weights are separate entries, labelled by
+what differs (`finetune [train.lr=0.05]`). Reported numbers from papers (`reported/*.yaml`, shipped in
+`clipbench.protocols` and in the results folder; format in `load_reported`) appear beside the entries
+of the method and settings they name, never beside another. A record that cannot be read is named,
+never silently dropped. Every name from a record reaches tables and pictures escaped.
 """
 
 from __future__ import annotations
 
 import filecmp
+import hashlib
 import json
 import math
 import re
 import tempfile
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
+from clipbench.protocols.metrics import METRICS, Metric, compute_metrics, headline_metrics, metric_of
+
+from .errors import ClipbenchError, unknown_name_error
 from .store import ResultStore
 from .yamlio import load_yaml
 
-MAIN_METRICS = ["last", "avg", "bwt", "zs_retention", "zs_drop", "i2t_r1", "i2t_r1_drop", "t2i_r1", "t2i_r1_drop"]
+BOLD_LEVEL = 0.05  # one-sided Welch's t-test: bold unless significantly worse than the column's best
+BOLD_RULE = (f"**Bold**: not significantly worse than the column's best mean (Welch's t-test, one-sided, "
+             f"level {BOLD_LEVEL}); only rows with 2 or more seeds are tested, so with fewer nothing is bold.")
 COST_COLUMNS = [("trainable_params", "trainable params"), ("extra_memory_mb", "extra mem (MB)"),
                 ("peak_mb", "peak mem (MB)"), ("hours", "wall (h)")]
-LOWER_IS_BETTER = re.compile(r"(^forgetting$|_drop(\.|$))")
-
-
-def lower_is_better(metric: str) -> bool:
-    return bool(LOWER_IS_BETTER.search(metric))
+LABEL_KEYS = 3  # settings named in a row label before "+N more"
+SPEC_KEYS = ("suite", "protocol", "method", "seed")  # what a record's spec must hold besides model.arch
 
 
 def escape(text: Any) -> str:
-    """Markdown-safe text: a crafted name cannot open a link, emphasis, code or break a table."""
+    """Markdown-safe text: a crafted name cannot open a link, emphasis, code, math or HTML, or break a table."""
     out = str(text).replace("\\", "\\\\").replace("\r", " ").replace("\n", " ")
-    for ch in "|`*_[]<>#!":
+    for ch in "|`*_[]<>#!$~&":
         out = out.replace(ch, "\\" + ch)
     return out
 
@@ -52,66 +62,235 @@ def slug(text: str) -> str:
 # ------------------------------------------------------------------ loading
 
 
-def run_rows(store: ResultStore, suite: Optional[str] = None) -> List[Dict[str, Any]]:
-    """One dict per complete record, with what the tables need."""
-    rows = []
-    for _, rec in store.iter_records():
-        spec = rec.get("spec", {})
-        if rec.get("status") != "complete" or (suite and spec.get("suite") != suite):
+def spec_settings(spec: Dict[str, Any]) -> Dict[str, Any]:
+    """A record's spec as flat settings named like `--set` keys (`train.lr`, `methods.lwf.alpha`,
+    `protocols.tiny_shapes.n_experiences`, `model.weights`), without what names the row (suite,
+    protocol, method) and without the seed."""
+    out: Dict[str, Any] = {}
+
+    def flatten(value: Any, prefix: str) -> None:
+        if isinstance(value, dict) and value:
+            for k, v in value.items():
+                flatten(v, f"{prefix}.{k}")
+        else:
+            out[prefix] = value
+
+    for key, value in spec.items():
+        if key in SPEC_KEYS:
             continue
-        prov, costs = rec.get("provenance", {}), rec.get("costs", {})
-        on_gpu = str(prov.get("device", "cpu")).startswith("cuda")
-        rows.append({
-            "suite": spec["suite"], "protocol": spec["protocol"], "method": spec["method"],
-            "model": spec["model"]["arch"], "seed": spec["seed"],
-            "method_version": spec.get("method_version"), "protocol_version": spec.get("protocol_version"),
-            "metric_versions": rec.get("metric_versions", {}), "metrics": rec.get("metrics", {}),
-            "raw": rec.get("raw", {}), "costs": {
-                "trainable_params": costs.get("trainable_params"),
-                "extra_memory_mb": costs.get("extra_memory_mb"),
-                "peak_mb": costs.get("peak_gpu_mb") if on_gpu else costs.get("peak_rss_mb", costs.get("process_peak_rss_mb")),
-                "hours": (costs.get("wall_seconds") or 0) / 3600.0,
-            },
-            "provenance": prov,
-        })
-    return sorted(rows, key=lambda r: (r["suite"], r["protocol"], r["method"], r["model"], r["seed"]))
+        prefix = {"method_config": f"methods.{spec.get('method')}",
+                  "protocol_params": f"protocols.{spec.get('protocol')}"}.get(key, key)
+        flatten(value, prefix)
+    return out
 
 
 @dataclass
-class Cell:
-    mean: Optional[float]
-    std: Optional[float]
-    n: int
-    note: Optional[str] = None  # why the cell is a dash
+class Entry:
+    """One leaderboard row: the runs of one spec but for the seed, one run per distinct seed."""
+
+    suite: str
+    protocol: str
+    method: str
+    model: str  # the architecture (weights and every other setting are in `settings`)
+    key: str  # canonical JSON of the spec without the seed
+    settings: Dict[str, Any]
+    runs: List[Dict[str, Any]] = field(default_factory=list)
+    label: str = ""  # what sets it apart from the method's other entries, e.g. "train.lr=0.05"
+
+    @property
+    def name(self) -> str:
+        return f"{self.method} [{self.label}]" if self.label else self.method
+
+    @property
+    def file_stem(self) -> str:
+        stem = f"{slug(self.method)}__{slug(self.model)}"
+        return f"{stem}__{hashlib.sha256(self.key.encode()).hexdigest()[:8]}" if self.label else stem
+
+    def values(self, metric: str) -> List[float]:
+        vals = [r["metrics"].get(metric) for r in self.runs]
+        return [float(v) for v in vals if v is not None and not (isinstance(v, float) and math.isnan(v))]
 
 
-def _cell(values: List[float], versions: List[Tuple]) -> Cell:
-    if len(set(versions)) > 1:
-        shown = ", ".join("/".join(str(x) for x in v) for v in sorted(set(versions), key=str))
-        return Cell(None, None, len(values), f"runs of different versions (method/protocol/metric {shown}) are not averaged")
-    vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    if not vals:
-        return Cell(None, None, 0, "no value")
-    std = float(np.std(vals, ddof=1)) if len(vals) > 1 else None
-    return Cell(float(np.mean(vals)), std, len(vals))
+@dataclass
+class Loaded:
+    """What the records under a results folder give: entries, and the records that could not be read."""
+
+    entries: List[Entry]
+    corrupt: List[Tuple[str, str]]  # (path relative to the results folder, why)
 
 
-def tidy(rows: List[Dict[str, Any]]) -> pd.DataFrame:
-    """The tidy table: suite, protocol, method, model, metric, mean, std, n_seeds, comparable, note."""
-    groups: Dict[Tuple, List[Dict[str, Any]]] = {}
-    for r in rows:
-        groups.setdefault((r["suite"], r["protocol"], r["method"], r["model"]), []).append(r)
+def _costs(record: Dict[str, Any]) -> Dict[str, Any]:
+    costs, device = record.get("costs") or {}, str((record.get("provenance") or {}).get("device", "cpu"))
+    return {
+        "trainable_params": costs.get("trainable_params"),
+        "extra_memory_mb": costs.get("extra_memory_mb"),
+        "peak_mb": costs.get("peak_gpu_mb") if device.startswith("cuda") else costs.get("peak_rss_mb", costs.get("process_peak_rss_mb")),
+        "hours": (costs.get("wall_seconds") or 0) / 3600.0,
+        "inference_extras": costs.get("inference_extras"),
+    }
+
+
+def _run(path: Path, record: Dict[str, Any]) -> Dict[str, Any]:
+    """The parts of a complete record the tables need; its metrics recomputed from `raw` with the current
+    code. Raises ValueError naming what is missing when the record lacks what every table needs."""
+    spec = record.get("spec")
+    if not isinstance(spec, dict):
+        raise ValueError("no spec")
+    for key in SPEC_KEYS:
+        if key not in spec:
+            raise ValueError(f"no spec.{key}")
+    if not isinstance(spec.get("model"), dict) or "arch" not in spec["model"]:
+        raise ValueError("no spec.model.arch")
+    raw = record.get("raw")
+    if not isinstance(raw, dict) or not raw.get("acc_matrix"):
+        raise ValueError("no raw accuracy matrix")
+    try:
+        metrics = compute_metrics(raw)["values"]
+    except (KeyError, IndexError, TypeError, ValueError, ZeroDivisionError) as err:
+        raise ValueError(f"raw results unreadable ({type(err).__name__}: {err})") from None
+    return {"path": path, "spec": spec, "seed": spec["seed"], "raw": raw, "metrics": metrics,
+            "costs": _costs(record), "provenance": record.get("provenance") or {}}
+
+
+def _label_value(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, (list, dict, bool)) or value is None else str(value)
+    return text if len(text) <= 16 else text[:12] + "…"
+
+
+def _label(entries: List[Entry]) -> None:
+    """Label the entries of one method by the settings in which they differ (none when alone)."""
+    if len(entries) < 2:
+        return
+    keys = sorted({k for e in entries for k in e.settings})
+    differ = [k for k in keys if len({json.dumps(e.settings.get(k, "<unset>"), sort_keys=True, default=str)
+                                      for e in entries}) > 1]
+    if "model.pretrained" in differ and "model.weights" in differ:
+        differ.remove("model.weights")  # the weights' fingerprint says nothing the file name does not
+    for e in entries:
+        parts = [f"{k}={_label_value(e.settings.get(k, '<unset>'))}" for k in differ]
+        e.label = ", ".join(parts[:LABEL_KEYS]) + (f", +{len(parts) - LABEL_KEYS} more" if len(parts) > LABEL_KEYS else "")
+    seen: Dict[str, int] = {}
+    for e in entries:  # a label cut short may repeat: the spec's hash tells them apart
+        seen[e.label] = seen.get(e.label, 0) + 1
+    for e in entries:
+        if seen[e.label] > 1:
+            e.label += f", spec {hashlib.sha256(e.key.encode()).hexdigest()[:6]}"
+
+
+def load(results: Path, suite: Optional[str] = None) -> Loaded:
+    """Entries of the complete records under `results` (of `suite` if given), and the corrupt records.
+
+    A record is corrupt when it is not readable JSON, or complete but without the spec and raw results
+    a table needs. Of two complete records of one spec and seed (copies merged from two folders), the
+    one that ended last counts.
+    """
+    store = ResultStore(results)
+    readable, corrupt = store.scan_records()
+    bad = [(str(p.relative_to(store.root)), why) for p, why in corrupt]
+    groups: Dict[Tuple, Entry] = {}
+    for path, record in readable:
+        if record.get("status") != "complete":
+            continue
+        try:
+            run = _run(path, record)
+        except ValueError as err:
+            bad.append((str(path.relative_to(store.root)), str(err)))
+            continue
+        spec = run["spec"]
+        if suite and spec["suite"] != suite:
+            continue
+        key = json.dumps({k: v for k, v in spec.items() if k != "seed"}, sort_keys=True, default=str)
+        ident = (spec["suite"], spec["protocol"], spec["method"], spec["model"]["arch"], key)
+        entry = groups.setdefault(ident, Entry(*ident, settings=spec_settings(spec)))
+        same_seed = [r for r in entry.runs if r["seed"] == run["seed"]]
+        if same_seed and str(same_seed[0]["provenance"].get("ended", "")) >= str(run["provenance"].get("ended", "")):
+            continue
+        entry.runs = [r for r in entry.runs if r["seed"] != run["seed"]] + [run]
+    entries = sorted(groups.values(), key=lambda e: (e.suite, e.protocol, e.method, e.model, e.key))
+    by_method: Dict[Tuple, List[Entry]] = {}
+    for e in entries:
+        by_method.setdefault((e.suite, e.protocol, e.method), []).append(e)
+        e.runs.sort(key=lambda r: r["seed"])
+    for group in by_method.values():
+        _label(group)
+    entries.sort(key=lambda e: (e.suite, e.protocol, e.method, e.model, e.label))
+    return Loaded(entries, sorted(bad))
+
+
+def tidy(entries: Sequence[Entry]) -> pd.DataFrame:
+    """The tidy table: suite, protocol, method, variant, model, metric, mean, std, n_seeds."""
     out = []
-    for key, runs in sorted(groups.items()):
-        metrics = sorted({m for r in runs for m in r["metrics"]})
-        for metric in metrics:
-            base = metric.split(".")[0]
-            cell = _cell([r["metrics"].get(metric) for r in runs],
-                         [(r["method_version"], r["protocol_version"], r["metric_versions"].get(base)) for r in runs])
-            out.append(dict(zip(("suite", "protocol", "method", "model"), key), metric=metric, mean=cell.mean,
-                            std=cell.std, n_seeds=cell.n, comparable=cell.note is None, note=cell.note))
-    return pd.DataFrame(out, columns=["suite", "protocol", "method", "model", "metric", "mean", "std", "n_seeds",
-                                      "comparable", "note"])
+    for e in entries:
+        for metric in sorted({m for r in e.runs for m in r["metrics"]}):
+            vals = e.values(metric)
+            out.append(dict(suite=e.suite, protocol=e.protocol, method=e.method, variant=e.label, model=e.model,
+                            metric=metric, mean=float(np.mean(vals)) if vals else None,
+                            std=float(np.std(vals, ddof=1)) if len(vals) > 1 else None, n_seeds=len(vals)))
+    return pd.DataFrame(out, columns=["suite", "protocol", "method", "variant", "model", "metric", "mean", "std",
+                                      "n_seeds"])
+
+
+# ------------------------------------------------------------------ statistics
+
+
+def headline_of(protocol: str) -> List[str]:
+    """The protocol's headline metrics (its YAML's `headline:`), or the metrics declared headline for a
+    protocol unknown to this catalog or naming none."""
+    from clipbench.protocols.catalog import get_protocol
+
+    try:
+        named = list(get_protocol(protocol).headline)
+    except ClipbenchError:
+        named = []
+    return named or headline_metrics()
+
+
+def ranked_metrics(columns: Sequence[str], one_session: bool) -> List[str]:
+    """The columns a mean rank counts: the first of each family (a metric and its `_drop` twin rank
+    alike; in one-session protocols `avg` measures what `last` does)."""
+    seen: Set[str] = set()
+    out = []
+    for m in columns:
+        family = metric_of(m).family_in(one_session)
+        if family not in seen:
+            seen.add(family)
+            out.append(m)
+    return out
+
+
+def not_worse(values: Sequence[float], best: Sequence[float], lower: bool) -> bool:
+    """True unless `values` are significantly worse than `best` (one-sided Welch's t-test at BOLD_LEVEL)."""
+    from scipy.stats import ttest_ind
+
+    a, b = np.asarray(values, dtype=float), np.asarray(best, dtype=float)
+    if np.ptp(a) == 0 and np.ptp(b) == 0:  # no spread: the test is undefined; equal means are not worse
+        return bool(np.isclose(a.mean(), b.mean()))
+    with warnings.catch_warnings():  # scipy warns of precision loss on near-constant samples; the p-value stands
+        warnings.simplefilter("ignore", RuntimeWarning)
+        p = ttest_ind(a, b, equal_var=False, alternative="greater" if lower else "less").pvalue
+    return bool(p >= BOLD_LEVEL)
+
+
+def bold_entries(entries: Sequence[Entry], metric: Metric, metric_id: str) -> Set[int]:
+    """Indices of the entries not significantly worse than the best mean, among those with 2 or more seeds."""
+    tested = {i: e.values(metric_id) for i, e in enumerate(entries) if len(e.values(metric_id)) >= 2}
+    if not tested:
+        return set()
+    pick = min if metric.lower_is_better else max
+    best = pick(tested, key=lambda i: float(np.mean(tested[i])))
+    return {i for i, vals in tested.items() if not_worse(vals, tested[best], metric.lower_is_better)}
+
+
+def mean_ranks(entries: Sequence[Entry], metrics: Sequence[str]) -> List[Optional[float]]:
+    """Per entry, its rank (1 = best; ties share the mean rank) averaged over `metrics` it has a value for."""
+    per_entry: List[List[float]] = [[] for _ in entries]
+    for m in metrics:
+        means = {i: float(np.mean(v)) for i, e in enumerate(entries) if (v := e.values(m))}
+        if not means:
+            continue
+        for i, r in pd.Series(means).rank(ascending=metric_of(m).lower_is_better, method="average").items():
+            per_entry[int(i)].append(float(r))
+    return [float(np.mean(r)) if r else None for r in per_entry]
 
 
 # ------------------------------------------------------------------ formatting
@@ -138,64 +317,18 @@ def fmt(mean: Optional[float], std: Optional[float], digits: int = 3) -> str:
     return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def comparable_mean(cell: pd.DataFrame) -> Optional[float]:
-    """A tidy-table cell's mean, or None when the cell is absent or its runs are not comparable."""
-    return float(cell["mean"].iloc[0]) if len(cell) and cell["comparable"].iloc[0] else None
-
-
-def cell_text(cell: pd.DataFrame, notes: Footnotes) -> str:
-    """One tidy-table cell as text: a dash when absent, a dash and a footnote when its runs are not
-    comparable, else mean ± std."""
-    if not len(cell):
+def cell_text(vals: List[float]) -> str:
+    """mean ± std over seeds (no std for one seed), or a dash."""
+    if not vals:
         return "-"
-    row = cell.iloc[0]
-    if not row["comparable"]:
-        return "-" + notes.mark(row["note"])
-    return fmt(row["mean"], None if pd.isna(row["std"]) else row["std"])
+    return fmt(float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else None)
 
 
-def ranks(values: Dict[str, Optional[float]], lower: bool) -> Dict[str, float]:
-    """Rank 1 = best; ties share the mean rank; missing values get none."""
-    present = {k: v for k, v in values.items() if v is not None}
-    order = pd.Series(present).rank(ascending=lower, method="average") if present else pd.Series(dtype=float)
-    return order.to_dict()
-
-
-def main_table(frame: pd.DataFrame, rows: List[Dict[str, Any]], suite: str, protocol: str, notes: Footnotes) -> str:
-    part = frame[(frame.suite == suite) & (frame.protocol == protocol)]
-    entries = sorted({(m, mo) for m, mo in zip(part.method, part.model)})
-    metrics = [m for m in MAIN_METRICS if m in set(part.metric)]
-    cells = {(e, m): part[(part.method == e[0]) & (part.model == e[1]) & (part.metric == m)] for e in entries for m in metrics}
-    best = {}
-    rank_sum: Dict[Tuple, List[float]] = {e: [] for e in entries}
-    for m in metrics:
-        means = {e: comparable_mean(cells[(e, m)]) for e in entries}
-        valid = [v for v in means.values() if v is not None]
-        if valid:
-            best[m] = min(valid) if lower_is_better(m) else max(valid)
-        for e, r in ranks(means, lower_is_better(m)).items():
-            rank_sum[e].append(r)
-    table = []
-    for e in entries:
-        runs = [r for r in rows if (r["suite"], r["protocol"], r["method"], r["model"]) == (suite, protocol) + e]
-        n = len(runs)
-        line = [escape(e[0]), escape(e[1]), n]
-        for m in metrics:
-            c = cells[(e, m)]
-            text = cell_text(c, notes)
-            mean = comparable_mean(c)
-            is_best = mean is not None and best.get(m) is not None and np.isclose(mean, best[m])
-            line.append(f"**{text}**" if is_best else text)
-        for key, _ in COST_COLUMNS:
-            vals = [r["costs"][key] for r in runs if r["costs"].get(key) is not None]
-            line.append(_cost(key, vals))
-        line.append(f"{np.mean(rank_sum[e]):.2f}" if rank_sum[e] else "-")
-        table.append(line)
-    headers = ["method", "model", "seeds"] + [escape(m) for m in metrics] + [c for _, c in COST_COLUMNS] + ["mean rank"]
-    return tabulate(table, headers=headers, tablefmt="github", disable_numparse=True)
-
-
-def _cost(key: str, vals: List[float]) -> str:
+def _cost(key: str, vals: List[Any]) -> str:
+    if key == "inference_extras":
+        if not vals:
+            return "-"  # records from before it was recorded
+        return escape("; ".join(sorted({v or "none" for v in vals})))
     if not vals:
         return "-"
     v = float(np.mean(vals))
@@ -204,6 +337,40 @@ def _cost(key: str, vals: List[float]) -> str:
     if key == "hours":
         return f"{v:.4f}"
     return f"{v:.1f}"
+
+
+def protocol_entries(entries: Sequence[Entry], suite: str, protocol: str) -> List[Entry]:
+    return [e for e in entries if e.suite == suite and e.protocol == protocol]
+
+
+def _entry_name(e: Entry, entries: Sequence[Entry]) -> str:
+    return e.name if len({x.model for x in entries}) == 1 else f"{e.name} ({e.model})"
+
+
+def main_table(entries: Sequence[Entry]) -> str:
+    """One protocol's main table: its headline metrics (bold, mean rank) and the cost columns."""
+    protocol = entries[0].protocol
+    present = {m for e in entries for r in e.runs for m in r["metrics"]}
+    columns = [m for m in headline_of(protocol) if m in present]
+    one_session = all(len(r["raw"]["acc_matrix"]) == 2 for e in entries for r in e.runs)
+    bold = {m: bold_entries(entries, metric_of(m), m) for m in columns}
+    ranks = mean_ranks(entries, ranked_metrics(columns, one_session))
+    table = []
+    for i, e in enumerate(entries):
+        line = [escape(e.name), escape(e.model), str(len(e.runs))]
+        for m in columns:
+            text = cell_text(e.values(m))
+            line.append(f"**{text}**" if i in bold[m] else text)
+        for key, _ in COST_COLUMNS + [("inference_extras", "")]:
+            line.append(_cost(key, [r["costs"][key] for r in e.runs if r["costs"].get(key) is not None]))
+        line.append("-" if ranks[i] is None else f"{ranks[i]:.2f}")
+        table.append(line)
+    headers = (["method", "model", "seeds"] + [escape(m) + (" ↓" if metric_of(m).lower_is_better else "") for m in columns]
+               + [c for _, c in COST_COLUMNS] + ["extra at inference", "mean rank"])
+    return tabulate(table, headers=headers, tablefmt="github", disable_numparse=True)
+
+
+# ------------------------------------------------------------------ reported numbers
 
 
 def reported_files(results: Path) -> List[Path]:
@@ -215,39 +382,122 @@ def reported_files(results: Path) -> List[Path]:
     return sorted(shipped.glob("*.yaml")) + sorted((results / "reported").glob("*.yaml"))
 
 
-def reported_tables(results: Path, frame: pd.DataFrame, suite: str) -> List[str]:
-    """Reported-beside-reproduced tables from the `reported_files` of this suite.
+REPORTED_FORMAT = ("rows: {<paper's row label>: {method: <clipbench id>, settings: {<dotted key as in --set>: value}, "
+                   "metrics: {<metric>: value}}}")
 
-    File format: {suite, protocol, model, source (citation), metrics: [..], scale (100 if the paper
-    reports percentages), rows: {method: {metric: value}}}.
+
+def load_reported(path: Path) -> Dict[str, Any]:
+    """A file of reported numbers, checked. Format (YAML):
+
+        suite: <suite>            protocol: <protocol>        model: <architecture, e.g. ViT-B-16>
+        source: <citation>        scale: 100 (the paper reports percentages; default 1)
+        metrics: [<metric id>, ...]                     # the columns
+        rows:
+          <paper's row label>:
+            method: <clipbench method id>               # the reported number is shown beside this method only
+            settings: {<dotted key as in --set>: value}  # and only beside runs whose specs match each one
+            metrics: {<metric id>: value, ...}
+
+    A malformed file stops the leaderboard with one line naming the file and what to fix.
     """
+    doc = load_yaml(path)
+    if not isinstance(doc, dict):
+        raise ClipbenchError(f"{path}: expected a mapping with suite, protocol, model, source, metrics and rows")
+    missing = [k for k in ("suite", "protocol", "model", "source", "metrics", "rows") if k not in doc]
+    if missing:
+        raise ClipbenchError(f"{path}: missing key(s) {', '.join(missing)}")
+    columns = doc["metrics"]
+    if not isinstance(columns, list) or not columns:
+        raise ClipbenchError(f"{path}: metrics must be a list of metric ids, e.g. [mtil_transfer, mtil_avg]")
+    for m in columns:
+        if str(m).split(".")[0] not in METRICS:
+            raise ClipbenchError(f"{path}: metrics: {unknown_name_error('metric', str(m), METRICS.names())}")
+    rows = doc["rows"]
+    if not isinstance(rows, dict) or not rows:
+        raise ClipbenchError(f"{path}: rows must be a mapping; format: {REPORTED_FORMAT}")
+    for label, row in rows.items():
+        where = f"{path}: row '{label}'"
+        if not isinstance(row, dict) or not isinstance(row.get("method"), str) or not isinstance(row.get("metrics"), dict):
+            raise ClipbenchError(f"{where} needs method: and metrics: (format: {REPORTED_FORMAT})")
+        settings = row.setdefault("settings", {}) or {}
+        if not isinstance(settings, dict):
+            raise ClipbenchError(f"{where}: settings must be a mapping of --set keys to values")
+        row["settings"] = settings
+        for key in settings:
+            parts = str(key).split(".")
+            if parts[0] == "methods" and (len(parts) < 3 or parts[1] != row["method"]):
+                raise ClipbenchError(f"{where}: setting '{key}' must be methods.{row['method']}.<field>")
+        extra = [m for m in row["metrics"] if m not in columns]
+        if extra:
+            raise ClipbenchError(f"{where}: metric(s) {', '.join(map(str, extra))} not in the file's metrics: {columns}")
+    doc["scale"] = float(doc.get("scale", 1.0))
+    return doc
+
+
+def _same(ours: Any, reported: Any) -> bool:
+    numbers = (int, float)
+    if isinstance(ours, numbers) and isinstance(reported, numbers) and not isinstance(ours, bool) and not isinstance(reported, bool):
+        return math.isclose(ours, reported, rel_tol=1e-9, abs_tol=1e-12)
+    return ours == reported
+
+
+def setting_mismatches(entry: Entry, settings: Dict[str, Any]) -> List[str]:
+    """How `entry`'s spec departs from the reported row's settings (empty: it matches every one)."""
     out = []
-    for path in reported_files(results):
-        doc = load_yaml(path) or {}
-        if doc.get("suite") != suite:
-            continue
-        scale = float(doc.get("scale", 1.0))
-        metrics = list(doc.get("metrics", []))
-        table = []
-        for method, values in (doc.get("rows") or {}).items():
-            line = [escape(method)]
-            for m in metrics:
-                rep = values.get(m)
-                mine = comparable_mean(frame[(frame.suite == suite) & (frame.protocol == doc["protocol"])
-                                             & (frame.method == method) & (frame.model == doc.get("model"))
-                                             & (frame.metric == m)])
-                mine = None if mine is None else mine * scale
-                diff = f"{mine - rep:+.1f}" if mine is not None and rep is not None else "-"
-                line += ["-" if rep is None else f"{rep:.1f}", "-" if mine is None else f"{mine:.1f}", diff]
-            table.append(line)
-        headers = ["method"] + [f"{escape(m)} {k}" for m in metrics for k in ("reported", "ours", "diff")]
-        out.append(f"### Reproduced beside reported: {escape(doc['protocol'])}\n\nReported: {escape(doc.get('source', ''))}\n\n"
-                   + tabulate(table, headers=headers, tablefmt="github", disable_numparse=True))
+    for key, value in settings.items():
+        if key not in entry.settings:
+            out.append(f"{key} is not in our spec (reported {value})")
+        elif not _same(entry.settings[key], value):
+            out.append(f"{key} is {entry.settings[key]} (reported {value})")
     return out
 
 
-def provenance_footer(rows: List[Dict[str, Any]]) -> str:
-    prov = [r["provenance"] for r in rows]
+def reported_tables(docs: Sequence[Dict[str, Any]], entries: Sequence[Entry], suite: str, notes: Footnotes) -> List[str]:
+    """Reported-beside-reproduced tables from the files of reported numbers (`load_reported`) of this suite:
+    each reported row beside the entries of the method it names whose specs match every setting it lists;
+    otherwise a dash and a footnote saying what is missing or differs."""
+    out = []
+    for doc in docs:
+        if doc["suite"] != suite:
+            continue
+        protocol, model, scale, columns = doc["protocol"], doc["model"], doc["scale"], list(doc["metrics"])
+        candidates = [e for e in entries if e.suite == suite and e.protocol == protocol and e.model == model]
+        table = []
+        for label, row in doc["rows"].items():
+            reported = row["metrics"]
+            mine = [e for e in candidates if e.method == row["method"]]
+            matches = [e for e in mine if not setting_mismatches(e, row["settings"])]
+            for e in matches:
+                line = [escape(label), escape(e.name)]
+                for m in columns:
+                    vals = e.values(m)
+                    ours = float(np.mean(vals)) * scale if vals else None
+                    rep = reported.get(m)
+                    line += ["-" if rep is None else f"{rep:.1f}", "-" if ours is None else f"{ours:.1f}",
+                             f"{ours - rep:+.1f}" if ours is not None and rep is not None else "-"]
+                table.append(line)
+            if matches:
+                continue
+            if not mine:
+                why = f"no runs of {row['method']} with {model} on {protocol} in these results"
+            else:
+                nearest = min(mine, key=lambda e: len(setting_mismatches(e, row['settings'])))
+                why = (f"our runs of {row['method']} differ from the reported row '{label}': "
+                       + "; ".join(setting_mismatches(nearest, row["settings"])))
+            line = [escape(label), "-" + notes.mark(why)]
+            for m in columns:
+                rep = reported.get(m)
+                line += ["-" if rep is None else f"{rep:.1f}", "-", "-"]
+            table.append(line)
+        headers = ["reported row", "ours"] + [f"{escape(m)} {k}" for m in columns for k in ("reported", "ours", "diff")]
+        out.append(f"### Reproduced beside reported: {escape(protocol)}\n\nReported: {escape(doc['source'])}. "
+                   f"Each reported row sits beside our runs of the clipbench method it names, with every setting it "
+                   f"lists.\n\n" + tabulate(table, headers=headers, tablefmt="github", disable_numparse=True))
+    return out
+
+
+def provenance_footer(runs: List[Dict[str, Any]]) -> str:
+    prov = [r["provenance"] for r in runs]
     commits = sorted({(p.get("started", ""), (p.get("git_commit") or "unknown")[:10]) for p in prov})
     versions = sorted({p.get("versions", {}).get("clipbench", "?") for p in prov})
     torch_v = sorted({p.get("versions", {}).get("torch", "?") for p in prov})
@@ -256,9 +506,28 @@ def provenance_footer(rows: List[Dict[str, Any]]) -> str:
     ended = max((p.get("ended") or "" for p in prov), default="")
     dirty = any(p.get("git_dirty") for p in prov)
     first, last = (commits[0][1], commits[-1][1]) if commits else ("?", "?")
-    return (f"Provenance: {len(rows)} run(s); clipbench {', '.join(versions)}; commits {first}..{last}"
+    return (f"Provenance: {len(runs)} run(s); clipbench {', '.join(versions)}; commits {first}..{last}"
             f"{' (some from a dirty tree)' if dirty else ''}; torch {', '.join(torch_v)}; "
             f"runs from {started} to {ended}; hardware: {', '.join(hardware)}.")
+
+
+def corrupt_section(corrupt: Sequence[Tuple[str, str]]) -> str:
+    """The records that could not be read, each named, so none disappears without a word."""
+    lines = [f"- `{escape(path)}`: {escape(why)}" for path, why in corrupt]
+    return ("## Records that could not be read\n\nLeft out of every table above; rerun them with `clipbench run` "
+            "(a corrupt record counts as not complete) or remove them.\n\n" + "\n".join(lines) + "\n")
+
+
+def _corrupt_of(corrupt: Sequence[Tuple[str, str]], protocols: Set[str], all_protocols: Set[str]) -> List[Tuple[str, str]]:
+    """The corrupt records a suite's page lists: those under its protocols' folders, and those under
+    no known protocol's folder (every page lists them)."""
+    out = []
+    for path, why in corrupt:
+        parts = Path(path).parts
+        folder = parts[1] if len(parts) > 2 else ""
+        if folder in protocols or folder not in all_protocols:
+            out.append((path, why))
+    return out
 
 
 # ------------------------------------------------------------------ pictures
@@ -270,7 +539,8 @@ def _plt():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    plt.rcParams.update({"svg.hashsalt": "clipbench", "font.size": 9})
+    # no mathtext: a name like `$\frac{x$` from a record is shown as written, never parsed as TeX
+    plt.rcParams.update({"svg.hashsalt": "clipbench", "font.size": 9, "text.parse_math": False})
     return plt
 
 
@@ -317,15 +587,15 @@ def retention_curve(raw: Dict[str, Any]) -> Optional[List[float]]:
     return [float(np.mean([v[i] / v[0] for v in sets])) for i in range(len(sets[0]))]
 
 
-def curves(groups: Dict[Tuple[str, str], List[Dict[str, Any]]], title: str, path: Path) -> None:
+def curves(entries: Sequence[Entry], title: str, path: Path) -> None:
     plt = _plt()
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4))
-    colours = plt.get_cmap("tab20")(np.linspace(0, 1, max(len(groups), 2)))
-    for k, ((method, model), runs) in enumerate(sorted(groups.items())):
-        label = method if len({m for _, m in groups}) == 1 else f"{method} ({model})"
-        style = dict(marker="os^D"[k % 4], ms=3, color=colours[k], linestyle=["-", "--", ":"][k % 3], label=label)
-        a.plot(np.mean([seen_accuracy(r["raw"]) for r in runs], axis=0), **style)
-        ret = [retention_curve(r["raw"]) for r in runs]
+    colours = plt.get_cmap("tab20")(np.linspace(0, 1, max(len(entries), 2)))
+    for k, e in enumerate(entries):
+        style = dict(marker="os^D"[k % 4], ms=3, color=colours[k], linestyle=["-", "--", ":"][k % 3],
+                     label=_entry_name(e, entries))
+        a.plot(np.mean([seen_accuracy(r["raw"]) for r in e.runs], axis=0), **style)
+        ret = [retention_curve(r["raw"]) for r in e.runs]
         if all(x is not None for x in ret):
             b.plot(np.mean(ret, axis=0), **style)
     a.set_title("target accuracy on classes seen so far", fontsize=9)
@@ -341,12 +611,21 @@ def curves(groups: Dict[Tuple[str, str], List[Dict[str, Any]]], title: str, path
 
 # ------------------------------------------------------------------ writing
 
+INTRO = ("Mean ± standard deviation over seeds (`seeds`: distinct seeds). A row averages only runs whose specs are "
+         "identical except for the seed; runs of one method that differ in a setting or in the weights are separate "
+         "rows labelled with what differs (`finetune [train.lr=0.05]`). Columns: each protocol's headline metrics "
+         "(↓: lower is better), recomputed from the records' raw results with the current code. " + BOLD_RULE +
+         " Mean rank over the headline metrics, a metric family counted once (1 = best). Costs: trainable "
+         "parameters, memory a method keeps between experiences, peak memory, wall time in hours (GPU-hours on a "
+         "GPU), and what inference needs beyond the model. Drops are in points.\n")
+
 
 def write(results: Path, out: Path, suite: Optional[str] = None) -> List[Path]:
     """Write every leaderboard file for the records under `results` into `out`; returns the files."""
-    store = ResultStore(results)
-    rows = run_rows(store, suite)
-    frame = tidy(rows)
+    reported = [load_reported(path) for path in reported_files(results)]  # a malformed file stops us before any write
+    loaded = load(results, suite)
+    entries = loaded.entries
+    frame = tidy(entries)
     out.mkdir(parents=True, exist_ok=True)
     written: List[Path] = []
 
@@ -355,70 +634,59 @@ def write(results: Path, out: Path, suite: Optional[str] = None) -> List[Path]:
         path.write_text(text)
         written.append(path)
 
-    records_json = json.loads(frame.drop(columns=["comparable", "note"]).to_json(orient="records", double_precision=10))
-    for rec, (_, row) in zip(records_json, frame.iterrows()):
-        rec["comparable"], rec["note"] = bool(row["comparable"]), row["note"]
-    put(out / "leaderboard.json", json.dumps(records_json, indent=1) + "\n")
+    put(out / "leaderboard.json", json.dumps(json.loads(frame.to_json(orient="records", double_precision=10)),
+                                             indent=1) + "\n")
     put(out / "leaderboard.csv", frame.to_csv(index=False, float_format="%.10g"))
-    for suite_name in sorted({r["suite"] for r in rows}):
-        suite_rows = [r for r in rows if r["suite"] == suite_name]
+    all_protocols = {e.protocol for e in entries}
+    for suite_name in sorted({e.suite for e in entries}):
+        suite_entries = [e for e in entries if e.suite == suite_name]
         notes = Footnotes()
-        parts = [f"# Leaderboard: {escape(suite_name)}\n",
-                 "Mean ± standard deviation over seeds (seed count in `seeds`); best of each column in bold; "
-                 "mean rank over the accuracy columns (1 = best). Costs: trainable parameters, memory a method keeps "
-                 "between experiences, peak memory, wall time in hours (GPU-hours on a GPU). Drops are in points.\n"]
-        for protocol in sorted({r["protocol"] for r in suite_rows}):
-            proto_rows = [r for r in suite_rows if r["protocol"] == protocol]
+        parts = [f"# Leaderboard: {escape(suite_name)}\n", INTRO]
+        protocols = sorted({e.protocol for e in suite_entries})
+        for protocol in protocols:
+            proto = protocol_entries(suite_entries, suite_name, protocol)
             page = f"{slug(suite_name)}/{slug(protocol)}.md"
             pic = f"{slug(suite_name)}/{slug(protocol)}_curves.png"
-            groups: Dict[Tuple[str, str], List[Dict[str, Any]]] = {}
-            for r in proto_rows:
-                groups.setdefault((r["method"], r["model"]), []).append(r)
-            curves(groups, f"{suite_name} / {protocol}", out / pic)
+            curves(proto, f"{suite_name} / {protocol}", out / pic)
             written.append(out / pic)
-            parts.append(f"## {escape(protocol)}\n\n{main_table(frame, rows, suite_name, protocol, notes)}\n\n"
-                         f"Every metric and each method's accuracy matrix: [{escape(protocol)}]({page}).\n\n"
+            parts.append(f"## {escape(protocol)}\n\n{main_table(proto)}\n\n"
+                         f"Every metric and each row's accuracy matrix: [{escape(protocol)}]({page}).\n\n"
                          f"![curves of target accuracy and zero-shot retention]({pic})\n")
-            put(out / page, protocol_page(frame, groups, suite_name, protocol, out))
+            put(out / page, protocol_page(proto, out))
             written.extend(sorted((out / slug(suite_name) / slug(protocol)).glob("*.png")))
-        parts += reported_tables(results, frame, suite_name)
+        parts += reported_tables(reported, suite_entries, suite_name, notes)
+        corrupt = _corrupt_of(loaded.corrupt, set(protocols), all_protocols)
+        if corrupt:
+            parts.append(corrupt_section(corrupt))
         if notes.texts:
             parts.append(notes.render() + "\n")
-        parts.append(provenance_footer(suite_rows) + "\n")
+        parts.append(provenance_footer([r for e in suite_entries for r in e.runs]) + "\n")
         put(out / f"{slug(suite_name)}.md", "\n".join(parts))
     return written
 
 
-def protocol_page(frame: pd.DataFrame, groups: Dict[Tuple[str, str], List[Dict[str, Any]]], suite: str, protocol: str,
-                  out: Path) -> str:
-    part = frame[(frame.suite == suite) & (frame.protocol == protocol)]
-    entries = sorted(groups)
-    notes = Footnotes()
+def protocol_page(entries: Sequence[Entry], out: Path) -> str:
+    suite, protocol = entries[0].suite, entries[0].protocol
     table = []
-    for metric in sorted(set(part.metric)):
-        line = [escape(metric)]
-        for e in entries:
-            line.append(cell_text(part[(part.method == e[0]) & (part.model == e[1]) & (part.metric == metric)], notes))
-        table.append(line)
-    headers = ["metric"] + [escape(m) if len({mo for _, mo in entries}) == 1 else f"{escape(m)} ({escape(mo)})" for m, mo in entries]
+    for metric in sorted({m for e in entries for r in e.runs for m in r["metrics"]}):
+        table.append([escape(metric)] + [cell_text(e.values(metric)) for e in entries])
+    headers = ["metric"] + [escape(_entry_name(e, entries)) for e in entries]
     parts = [f"# {escape(suite)} / {escape(protocol)}: every metric\n",
+             "Recomputed from the records' raw results with the current code; mean ± standard deviation over seeds.\n",
              tabulate(table, headers=headers, tablefmt="github", disable_numparse=True), "",
              "## Accuracy matrices\n",
              "Row 0 is before any training, row i after experience i; column j is experience j's test set "
              "(mean over seeds).\n"]
-    for method, model in entries:
-        runs = groups[(method, model)]
-        matrix = mean_matrix(runs)
-        png = out / slug(suite) / slug(protocol) / f"{slug(method)}__{slug(model)}.png"
-        heatmap(matrix, f"{method} ({model}), {len(runs)} seed(s)", png)
+    for e in entries:
+        matrix = mean_matrix(e.runs)
+        png = out / slug(suite) / slug(protocol) / f"{e.file_stem}.png"
+        heatmap(matrix, f"{e.name} ({e.model}), {len(e.runs)} seed(s)", png)
         rel = f"{slug(protocol)}/{png.name}"
         rows_md = [[str(i)] + [f"{x:.3f}" for x in row] for i, row in enumerate(matrix)]
-        parts.append(f"### {escape(method)} ({escape(model)})\n\n"
+        parts.append(f"### {escape(e.name)} ({escape(e.model)})\n\n"
                      + tabulate(rows_md, headers=["after"] + [f"exp {j}" for j in range(matrix.shape[1])],
                                 tablefmt="github", disable_numparse=True)
-                     + f"\n\n![accuracy matrix of {escape(method)}]({rel})\n")
-    if notes.texts:
-        parts.append(notes.render())
+                     + f"\n\n![accuracy matrix of {escape(e.name)}]({rel})\n")
     return "\n".join(parts) + "\n"
 
 
@@ -434,16 +702,16 @@ def check(results: Path, out: Path, suite: Optional[str] = None) -> List[str]:
     return problems
 
 
-def markdown(store: ResultStore, suite: Optional[str] = None) -> str:
-    """A plain markdown table per (suite, protocol) of the main metrics, for a quick look in the terminal."""
-    rows = run_rows(store, suite)
-    if not rows:
-        return "No complete runs found.\n"
-    frame, notes, out = tidy(rows), Footnotes(), []
-    for suite_name, protocol in sorted({(r["suite"], r["protocol"]) for r in rows}):
+def markdown(results: Path, suite: Optional[str] = None) -> str:
+    """A plain markdown table per (suite, protocol) of the headline metrics, for a quick look in the terminal."""
+    loaded = load(results, suite)
+    out = []
+    if not loaded.entries:
+        out.append("No complete runs found.\n")
+    for suite_name, protocol in sorted({(e.suite, e.protocol) for e in loaded.entries}):
         out.append(f"### {escape(suite_name)} / {escape(protocol)}\n")
-        out.append(main_table(frame, rows, suite_name, protocol, notes))
+        out.append(main_table(protocol_entries(loaded.entries, suite_name, protocol)))
         out.append("")
-    if notes.texts:
-        out.append(notes.render())
-    return "\n".join(out) + "\n"
+    if loaded.corrupt:
+        out.append(corrupt_section(loaded.corrupt))
+    return "\n".join(out).rstrip("\n") + "\n"

@@ -29,7 +29,8 @@ from clipbench.protocols.metrics import compute_metrics
 from . import claims, provenance
 from .decode import decode_streams
 from .errors import ClipbenchError
-from .evaluate import accuracy, class_embeddings, encode_images, encode_texts, retrieval_recall_folds
+from .evaluate import (accuracy, class_embeddings, encode_images, encode_texts, per_class_accuracy,
+                       retrieval_recall_folds)
 from .models import LoadedModel, load_model
 from .spec import RunSpec, known_settings, resolve_specs, user_overrides
 from .store import SCHEMA_VERSION, ResultStore, atomic_write_json
@@ -150,6 +151,7 @@ class Row:
     acc: List[float]
     zeroshot: Dict[str, float]
     retrieval: Dict[str, Dict[str, float]]
+    class_acc_all: Optional[List[Optional[float]]] = None  # per class, every class scored (founding paper's metrics)
 
 
 class Evaluator:
@@ -200,7 +202,8 @@ class Evaluator:
             lo, hi = self.streams.scored_classes(row, j)
             a, b = self.bounds[j], self.bounds[j + 1]
             acc.append(accuracy(f["image"][a:b], self.test_labels[a:b], f["classes"], lo, hi))
-        return Row(acc, dict(f["zeroshot"]), {k: dict(v) for k, v in f["retrieval"].items()})
+        return Row(acc, dict(f["zeroshot"]), {k: dict(v) for k, v in f["retrieval"].items()},
+                   per_class_accuracy(f["image"], self.test_labels, f["classes"]))
 
 
 def row_zero_key(spec: RunSpec, device: str) -> str:
@@ -226,7 +229,7 @@ def _cached_row(path: Path, shape: Dict[str, Any]) -> Optional[Row]:
     """The cached row 0 at `path` if it is readable and measured on streams of this shape, else None."""
     try:
         doc = json.loads(path.read_text())
-        row = Row(doc["acc"], doc["zeroshot"], doc["retrieval"])
+        row = Row(doc["acc"], doc["zeroshot"], doc["retrieval"], doc.get("class_acc_all"))
     except (OSError, ValueError, TypeError, KeyError):
         return None  # unreadable: measure again
     fits = (doc.get("shape") == shape and len(row.acc) == len(shape["test_sizes"])
@@ -246,7 +249,8 @@ def _row_zero(spec: RunSpec, store: ResultStore, evaluator: "Evaluator", device:
     row = _cached_row(path, shape) if path.is_file() else None
     if row is None:
         row = evaluator.evaluate(0, version=0)
-        atomic_write_json(path, {"acc": row.acc, "zeroshot": row.zeroshot, "retrieval": row.retrieval, "shape": shape})
+        atomic_write_json(path, {"acc": row.acc, "zeroshot": row.zeroshot, "retrieval": row.retrieval,
+                                 "class_acc_all": row.class_acc_all, "shape": shape})
     return row
 
 
@@ -257,7 +261,7 @@ def _empty_raw(streams: Streams) -> Dict[str, Any]:
         "class_names": streams.class_names,
         "zeroshot": {k: [] for k in streams.zeroshot_sets},
         "retrieval": {k: {} for k in streams.retrieval_sets},
-        "train_seconds": [], "eval_seconds": [],
+        "train_seconds": [], "eval_seconds": [], "class_acc_all": [],
     }
 
 
@@ -269,6 +273,8 @@ def _append_row(raw: Dict[str, Any], row: Row, seconds: float) -> None:
         for key, v in recalls.items():
             raw["retrieval"][k].setdefault(key, []).append(v)
     raw["eval_seconds"].append(seconds)
+    # per row; a run resumed from a checkpoint of older code has none for its earlier rows
+    raw.setdefault("class_acc_all", [None] * (len(raw["acc_matrix"]) - 1)).append(row.class_acc_all)
 
 
 def _log(msg: str, quiet: bool) -> None:
@@ -285,7 +291,7 @@ def execute_run(spec: RunSpec, store: ResultStore, device: str, progress: bool, 
     """
     started = provenance.now()
     wall = time.perf_counter()
-    state: Dict[str, Any] = {"raw": None, "trainable": 0, "extra_bytes": 0}
+    state: Dict[str, Any] = {"raw": None, "trainable": 0, "extra_bytes": 0, "inference_extras": None}
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     try:
@@ -315,6 +321,7 @@ def execute_run(spec: RunSpec, store: ResultStore, device: str, progress: bool, 
             "process_peak_rss_mb": round(peak_rss_mb(), 1),  # high-water mark of the whole process so far
             "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if device.startswith("cuda") else None,
             "wall_seconds": round(time.perf_counter() - wall, 3),
+            "inference_extras": state["inference_extras"],  # what inference needs beyond the model ("": nothing)
         },
         "provenance": {**provenance.collect(device, spec.precision, argv), "started": started, "ended": provenance.now()},
         "error": error,
@@ -343,6 +350,7 @@ def _run_experiences(spec: RunSpec, store: ResultStore, device: str, progress: b
     model.eval()
     method = method_cls(method_cls.Config(**spec.method_config))
     method.setup(model, streams)
+    state["inference_extras"] = method.inference_extras()
     model.to(device)  # a method may have added modules
     state["trainable"] = set_trainable(model, method) if method_cls.trains else 0
     evaluator = Evaluator(streams, loaded, spec, device, progress, method)
@@ -440,13 +448,16 @@ def run_one(spec: RunSpec, store: ResultStore, device: str, progress: bool, argv
 
 
 def run_state(store: ResultStore, spec: RunSpec) -> str:
-    """complete, running (a live claim), failed, partial (a checkpoint exists), stale (only records made on
-    other data or by older data/evaluation code exist) or missing."""
+    """complete, running (a live claim), corrupt (its record cannot be read), failed, partial (a
+    checkpoint exists), stale (only records made on other data or by other data/evaluation code exist)
+    or missing."""
     record = store.read_record(spec)
     if record and record.get("status") == "complete":
         return "complete"
     if claims.held_by_other(store.claim_path(spec)):
         return "running"
+    if record is None and store.record_problem(spec):
+        return "corrupt"
     if store.progress(spec):
         return "partial"
     if record:

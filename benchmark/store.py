@@ -48,6 +48,19 @@ def atomic_torch_save(path: Path, obj: Any) -> None:
     _atomic_write(Path(path), lambda fh: torch.save(obj, fh))
 
 
+def read_record_file(path: Path) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
+    """(record, None) for a readable run record, (None, why) for one that cannot be read."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except OSError as err:
+        return None, f"cannot read it ({err.strerror or err})"
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        return None, f"not valid JSON ({err})"
+    if not isinstance(record, dict):
+        return None, "not a JSON object"
+    return record, None
+
+
 class ResultStore:
     """Run records, progress and checkpoints under one results folder."""
 
@@ -65,13 +78,14 @@ class ResultStore:
         return self.run_dir(spec) / "run.json"
 
     def read_record(self, spec: RunSpec) -> Optional[Dict[str, Any]]:
+        """The run's record; None when there is none or it cannot be read (see `record_problem`)."""
         path = self.record_path(spec)
-        if not path.is_file():
-            return None
-        try:
-            return json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            return None
+        return read_record_file(path)[0] if path.is_file() else None
+
+    def record_problem(self, spec: RunSpec) -> Optional[str]:
+        """Why the run's record file cannot be read (corrupt), or None (readable or absent)."""
+        path = self.record_path(spec)
+        return read_record_file(path)[1] if path.is_file() else None
 
     def stale_records(self, spec: RunSpec) -> List[Dict[str, Any]]:
         """Complete records of this run made on other data or by other data/evaluation code: the same
@@ -124,10 +138,17 @@ class ResultStore:
         for name in ("checkpoint.pt", "progress.json"):
             (self.run_dir(spec) / name).unlink(missing_ok=True)
 
-    def iter_records(self) -> Iterator[Tuple[Path, Dict[str, Any]]]:
-        """Every readable run record under the root."""
+    def scan_records(self) -> Tuple[List[Tuple[Path, Dict[str, Any]]], List[Tuple[Path, str]]]:
+        """Every run record under the root: ([(path, record)] readable, [(path, why)] corrupt)."""
+        readable, corrupt = [], []
         for path in sorted((self.root / "runs").glob("**/run.json")):
-            try:
-                yield path, json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError):
-                continue
+            record, problem = read_record_file(path)
+            if problem:
+                corrupt.append((path, problem))
+            else:
+                readable.append((path, record))
+        return readable, corrupt
+
+    def iter_records(self) -> Iterator[Tuple[Path, Dict[str, Any]]]:
+        """Every readable run record under the root (`scan_records` also names the corrupt ones)."""
+        yield from self.scan_records()[0]

@@ -8,6 +8,7 @@ and optional hooks:
 - `loss(strategy)`: an extra loss term; the engine adds it to the cross-entropy. A method never
   writes `strategy.loss` itself, so two plugins cannot interfere;
 - `state_dict()` / `load_state_dict()`: whatever it keeps between experiences, for exact resume;
+- `inference_extras()`: what inference needs beyond the model (a cost column of the leaderboard);
 - any Avalanche callback (`before_training_exp`, `after_training_exp`, ...).
 
 Register with `@register_method`; third-party packages do the same from a module named in the
@@ -80,6 +81,11 @@ class Method(SupervisedPlugin):
     def class_features(self, loaded: Any, class_features: torch.Tensor) -> torch.Tensor:
         """The target stream's classifier at evaluation (default: the class prompts' text embeddings)."""
         return class_features
+
+    def inference_extras(self) -> str:
+        """What inference needs beyond the model being trained, in a few words (e.g. "zero-shot CLIP",
+        "one autoencoder per task"); shown in the leaderboard's cost columns. Default "": nothing."""
+        return ""
 
     def loss(self, strategy) -> Optional[torch.Tensor]:
         """An extra loss term for the current mini-batch (`strategy.mb_x`, `mb_y`, `mb_output`)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from clipbench.errors import ClipbenchError, unknown_name_error
 from clipbench.registry import Registry
@@ -57,6 +57,8 @@ class ProtocolDef:
     params: Dict[str, Any]
     description: str = ""
     train: Dict[str, Any] = field(default_factory=dict)  # protocol-level train defaults
+    # the metrics its main leaderboard table shows and ranks (empty: the metrics declared headline)
+    headline: Tuple[str, ...] = ()
 
     def assets(self, data_root: Optional[str], params: Optional[Dict[str, Any]] = None) -> List[Dict[str, Any]]:
         """What the protocol reads and whether it is there (empty for builders that make their data)."""
@@ -114,6 +116,27 @@ def _require(doc: Any, keys: List[str], source: Path) -> Dict[str, Any]:
     return doc
 
 
+def _headline(value: Any, source: Path) -> Tuple[str, ...]:
+    """A protocol's `headline:` list: registered metrics, at most one of each family (a metric and its
+    `_drop` twin rank alike, so a mean rank would count them twice)."""
+    from .metrics import METRICS
+
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ClipbenchError(f"{source}: headline must be a list of metric names, e.g. [last, avg, zs_retention]")
+    families: Dict[str, str] = {}
+    for name in value:
+        if name not in METRICS:
+            raise ClipbenchError(f"{source}: headline: {unknown_name_error('metric', name, METRICS.names())}")
+        family = METRICS.get(name).family
+        if family in families:
+            raise ClipbenchError(f"{source}: headline lists {families[family]} and {name}, which rank alike "
+                                 f"(family '{family}'); keep one")
+        families[family] = name
+    return tuple(value)
+
+
 def load_protocol_file(path: Path) -> ProtocolDef:
     doc = _require(load_yaml(path), ["name", "version", "kind", "builder"], path)
     if doc["kind"] not in KINDS:
@@ -121,7 +144,7 @@ def load_protocol_file(path: Path) -> ProtocolDef:
     return ProtocolDef(
         name=doc["name"], version=int(doc["version"]), kind=doc["kind"], builder=doc["builder"],
         params=dict(doc.get("params") or {}), description=doc.get("description", ""),
-        train=dict(doc.get("train") or {}),
+        train=dict(doc.get("train") or {}), headline=_headline(doc.get("headline"), path),
     )
 
 

@@ -1,0 +1,93 @@
+"""Metrics: pure functions of a run record's raw results, one registered function per metric.
+
+Each metric lives in its own module here and registers itself with `@metric`, beside its
+declarations: its direction (is higher or lower better), its version (bump it whenever its formula
+changes), whether it is a headline metric (shown and ranked in the main table of a protocol that
+names no headline metrics of its own) and its family (metrics that measure one thing and so rank
+alike, such as `i2t_r1` and its `_drop` twin: a mean rank counts a family once). Modules are
+discovered on first use, like methods; a separate package adds metrics through the entry point
+group `clipbench.metrics`.
+
+Metrics read only `record["raw"]`, never run inside training, and so are recomputed from files (the
+leaderboard recomputes them with the current code). Notation: R is the accuracy matrix with T+1 rows
+and T columns; R[0][j] is the accuracy on experience j's test set before any training and R[i][j]
+after training experiences 0..i-1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional
+
+from clipbench.errors import ClipbenchError
+from clipbench.registry import Registry
+
+Raw = Dict[str, Any]
+DIRECTIONS = ("higher", "lower")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A registered metric. `compute(raw)` returns {id: value}: its own id and optional per-set ids
+    (`zs_retention.emoji`); an empty dict when the record lacks what the formula needs."""
+
+    name: str
+    direction: str  # "higher" or "lower" is better
+    version: int
+    compute: Callable[[Raw], Dict[str, float]]
+    doc: str
+    headline: bool = False
+    family: str = ""  # metrics of one family rank alike; default: the metric's own name
+    one_session_family: str = ""  # its family when every run has one experience (e.g. `avg` equals `last` there)
+
+    @property
+    def lower_is_better(self) -> bool:
+        return self.direction == "lower"
+
+    def family_in(self, one_session: bool) -> str:
+        """The family this metric counts in, in a protocol with one experience or more."""
+        return (self.one_session_family if one_session else "") or self.family or self.name
+
+
+METRICS: Registry[Metric] = Registry("metric", "clipbench.protocols.metrics", entry_point_group="clipbench.metrics")
+
+
+def metric(name: str, direction: str = "higher", version: int = 1, headline: bool = False,
+           family: Optional[str] = None, one_session_family: Optional[str] = None):
+    """Register `fn(raw) -> float | dict | None` as a metric; its docstring is the formula."""
+    if direction not in DIRECTIONS:
+        raise ClipbenchError(f"metric '{name}': direction must be one of {', '.join(DIRECTIONS)}, got '{direction}'")
+
+    def decorate(fn: Callable[[Raw], Any]) -> Callable[[Raw], Any]:
+        def compute(raw: Raw) -> Dict[str, float]:
+            value = fn(raw)
+            if value is None:
+                return {}
+            return value if isinstance(value, dict) else {name: float(value)}
+
+        METRICS.register(name, Metric(name, direction, version, compute, (fn.__doc__ or "").strip(), headline,
+                                      family or name, one_session_family or ""))
+        return fn
+
+    return decorate
+
+
+def metric_of(metric_id: str) -> Metric:
+    """The registered metric behind an id, per-set ids included (`zs_retention.emoji` -> zs_retention)."""
+    return METRICS.get(metric_id.split(".")[0])
+
+
+def headline_metrics() -> List[str]:
+    """The metrics declared headline, for protocols that name none of their own."""
+    return [n for n in METRICS.names() if METRICS.get(n).headline]
+
+
+def compute_metrics(raw: Raw) -> Dict[str, Dict[str, float]]:
+    """Every registered metric on `raw`: {"values": {id: value}, "versions": {metric name: version}}."""
+    values: Dict[str, float] = {}
+    versions: Dict[str, int] = {}
+    for name in METRICS.names():
+        m = METRICS.get(name)
+        values.update(m.compute(raw))
+        versions[name] = m.version
+    return {"values": values, "versions": versions}
