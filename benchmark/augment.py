@@ -18,7 +18,8 @@ image, so no crop reaches beyond it along the longer side; the image is resample
 pixels (the references resample the original once), so a little sharper detail is lost; bicubic is
 torch's (a = -0.75) where PIL's is a = -0.5. Not reproduced: ZSCL's CIL code evaluates with its
 train transform (`cil/main.py` passes `model.transforms`, the train transform, to the test set);
-clipbench evaluates on the stored images, never augmented.
+clipbench evaluates on the stored images, never augmented. On `clipbench-mini`, whose frozen towers
+cache features by pixel content, augmented training images miss that cache (and grow it).
 
 Determinism: each experience's augmenter owns a generator, seeded by one draw from torch's global
 generator (which the runner seeds per run and experience) when the experience starts; each batch
