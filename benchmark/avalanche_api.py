@@ -21,6 +21,9 @@ with warnings.catch_warnings():
     from avalanche.training.plugins import EvaluationPlugin
     from avalanche.training.templates import SupervisedTemplate
 
+import itertools
+from typing import Callable, Optional
+
 import torch
 from torch.utils.data import Dataset
 
@@ -43,31 +46,53 @@ class TensorBatches:
     """Shuffled mini-batches `[images, labels, task labels]` sliced from whole tensors.
 
     Replaces Avalanche's task-balanced loader, which indexes and collates one sample at a time.
-    One `torch.randperm` per epoch from torch's global generator, so the order is fixed by the
-    run's seed.
+    One `torch.randperm` per pass over the data from torch's global generator, so the order is fixed
+    by the run's seed. One iteration is one pass, or exactly `batches` batches when given (passes
+    follow each other, each freshly shuffled, the last cut short: ZSCL's iteration-counted loop).
+    `transform` (train-time augmentation) is applied to each batch of images.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool = True):
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool = True,
+                 batches: Optional[int] = None, transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None):
         self.images, self.labels, self.batch_size, self.shuffle = images, labels, batch_size, shuffle
+        self.batches, self.transform = batches, transform
 
     def __len__(self) -> int:
-        return -(-len(self.labels) // self.batch_size)
+        return self.batches if self.batches is not None else -(-len(self.labels) // self.batch_size)
 
-    def __iter__(self):
+    def _one_pass(self):
         n = len(self.labels)
         order = torch.randperm(n) if self.shuffle else torch.arange(n)
         for start in range(0, n, self.batch_size):
-            index = order[start:start + self.batch_size]
-            yield [self.images[index], self.labels[index], torch.zeros(len(index), dtype=torch.long)]
+            yield order[start:start + self.batch_size]
+
+    def __iter__(self):
+        if not len(self.labels):
+            return
+        # with `batches`, pass after pass (each shuffled when reached) until that many batches
+        passes = itertools.chain.from_iterable(iter(self._one_pass, None)) if self.batches is not None else self._one_pass()
+        for index in itertools.islice(passes, len(self)):
+            images = self.images[index]
+            if self.transform is not None:
+                images = self.transform(images)
+            yield [images, self.labels[index], torch.zeros(len(index), dtype=torch.long)]
 
 
 class Template(SupervisedTemplate):
     """Avalanche's supervised template, fed by `TensorBatches` over the experience's tensors, and
-    keeping the optimizer it is given (both hooks Avalanche documents for overriding)."""
+    keeping the optimizer it is given (both hooks Avalanche documents for overriding).
+
+    `batches`: exactly this many training iterations per epoch (None: one pass over the data);
+    `transform`: train-time augmentation of each batch of images."""
+
+    def __init__(self, *, batches: Optional[int] = None,
+                 transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None, **kwargs):
+        self.batches, self.transform = batches, transform
+        super().__init__(**kwargs)
 
     def make_train_dataloader(self, shuffle: bool = True, **kwargs):
         images, labels = self.experience.tensors
-        self.dataloader = TensorBatches(images, labels, self.train_mb_size, shuffle)
+        self.dataloader = TensorBatches(images, labels, self.train_mb_size, shuffle, self.batches, self.transform)
 
     def make_optimizer(self, **kwargs):
         # The engine builds a fresh optimizer over the trainable parameters for every experience.

@@ -3,7 +3,9 @@
 Logits are the image features against the text embeddings of the class prompts (training uses
 the protocol's training template) over the classes active in the current experience. Methods are
 Avalanche plugins; the engine's own plugin adds their extra loss terms (methods never write the
-strategy's loss), keeps frozen modules in eval mode, and drives the progress bar.
+strategy's loss), keeps frozen modules in eval mode, sets the learning rate of each step
+(`clipbench.schedules`), clips the gradient, and drives the progress bar. The training settings
+(`train.*`, README "Training settings") are read here; `clipbench.spec.validate_train` checks them.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -20,8 +22,11 @@ from tqdm import tqdm
 
 from clipbench.protocols.data import LabelledImages
 
+from .augment import make_augmenter
 from .avalanche_api import EvaluationPlugin, SupervisedPlugin, Template, make_experience
 from .models import LoadedModel
+from .schedules import is_constant, learning_rate
+from .spec import DEFAULTS
 
 if TYPE_CHECKING:
     from clipbench.methods.base import Method
@@ -109,11 +114,18 @@ class CLIPClassifier(nn.Module):
 
 
 class EnginePlugin(SupervisedPlugin):
-    """Adds the methods' loss terms, keeps frozen modules in eval mode, shows training progress."""
+    """Adds the methods' loss terms, keeps frozen modules in eval mode, sets each step's learning
+    rate (`lr_at(step)`, None: left as the optimizer was built), clips the gradient norm of
+    `clipped` at `grad_clip` (0: off) after the methods' own gradient changes and before the
+    optimizer step (as CL-CLIP clips between backward and step), shows training progress."""
 
-    def __init__(self, methods: List["Method"], total_iterations: int, progress: bool, desc: str):
+    def __init__(self, methods: List["Method"], total_iterations: int, progress: bool, desc: str,
+                 lr_at: Optional[Callable[[int], float]] = None, grad_clip: float = 0.0,
+                 clipped: Sequence[nn.Parameter] = ()):
         super().__init__()
         self.methods = methods
+        self.lr_at, self.grad_clip, self.clipped = lr_at, grad_clip, list(clipped)
+        self.step = 0
         self.bar = tqdm(total=total_iterations, desc=desc, disable=not progress, leave=False)
 
     def before_training_epoch(self, strategy, **kwargs):
@@ -123,13 +135,25 @@ class EnginePlugin(SupervisedPlugin):
             if not any(p.requires_grad for p in module.parameters()):
                 module.training = False
 
+    def before_training_iteration(self, strategy, **kwargs):
+        if self.lr_at is not None:
+            lr = self.lr_at(self.step)
+            for group in strategy.optimizer.param_groups:
+                group["lr"] = lr
+
     def before_backward(self, strategy, **kwargs):
         for method in self.methods:
             extra = method.loss(strategy)
             if extra is not None:
                 strategy.loss = strategy.loss + extra
 
+    def before_update(self, strategy, **kwargs):
+        # plugins run in list order: the methods' before_update (gradient projections) came first
+        if self.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.clipped, self.grad_clip)
+
     def after_training_iteration(self, strategy, **kwargs):
+        self.step += 1
         if self.bar.disable:
             return  # reading the loss would wait for the device at every step
         self.bar.update(1)
@@ -140,13 +164,16 @@ class EnginePlugin(SupervisedPlugin):
 
 
 def make_optimizer(params: List[nn.Parameter], train: dict) -> torch.optim.Optimizer:
-    """AdamW or SGD over `params`, with torch's fused kernels where they exist (float tensors on the
-    CPU or a CUDA device): one kernel per step instead of a Python loop over the tensors, 9x
-    faster on the CPU for the tiny model's 62 tensors."""
+    """AdamW, Adam (CL-CLIP's optimizer; weight decay as an L2 gradient term) or SGD over `params`,
+    with torch's fused kernels where they exist (float tensors on the CPU or a CUDA device): one
+    kernel per step instead of a Python loop over the tensors, 9x faster on the CPU for the tiny
+    model's 62 tensors."""
     name = train.get("optimizer", "adamw")
     fused = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
     if name == "adamw":
         return torch.optim.AdamW(params, lr=train["lr"], weight_decay=train.get("weight_decay", 0.0), fused=fused)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=train["lr"], weight_decay=train.get("weight_decay", 0.0), fused=fused)
     if name == "sgd":
         return torch.optim.SGD(params, lr=train["lr"], momentum=train.get("momentum", 0.9),
                                weight_decay=train.get("weight_decay", 0.0), fused=fused)
@@ -163,41 +190,67 @@ def set_trainable(model: CLIPClassifier, method: "Method") -> int:
     return sum(p.numel() for p in {id(p): p for p in params}.values())
 
 
-def make_criterion(first_class: int, ce_classes: str):
-    """Cross-entropy over every active class ("seen"), or only the current experience's ("current",
-    as the founding paper's code masks the other sessions' classes with -1e4)."""
+def make_criterion(ce_classes: str, label_smoothing: float = 0.0,
+                   class_ranges: Optional[Sequence[Tuple[int, int]]] = None):
+    """The cross-entropy of a training step, with `label_smoothing` (ZSCL: 0.2).
+
+    "seen": over every active class. "current": each sample over its own experience's classes
+    (`class_ranges`: the [lo, hi) class-id range of every experience, in class order; None: one
+    range, every active class). Without replay every sample is the current experience's, as the founding paper's
+    code scores it (CL-CLIP masks the other sessions' logits with -1e4, which leaves exactly this
+    softmax) and as ZSCL trains each MTIL task and CIL step over its own classes; a replayed sample
+    is scored over its own experience's classes instead of falling outside the current range (a loss
+    of about 5,000 per sample under the mask). The mean is over the batch.
+    """
     if ce_classes == "seen":
-        return nn.CrossEntropyLoss()
+        return nn.CrossEntropyLoss(label_smoothing=label_smoothing)
     if ce_classes != "current":
         raise ValueError(f"train.ce_classes must be 'seen' or 'current', got {ce_classes!r}")
 
-    def current_only(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        masked = logits.clone()
-        masked[:, :first_class] = -1e4
-        return F.cross_entropy(masked, labels)
+    def own_experience(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        ranges = list(class_ranges) if class_ranges else [(0, logits.shape[1])]
+        starts = torch.tensor([lo for lo, _ in ranges], device=labels.device)
+        owner = torch.bucketize(labels, starts, right=True) - 1  # the experience each label belongs to
+        total = logits.new_zeros(())
+        for k in owner.unique().tolist():
+            lo, hi = ranges[k]
+            rows = owner == k
+            total = total + F.cross_entropy(logits[rows, lo:hi], labels[rows] - lo,
+                                            label_smoothing=label_smoothing, reduction="sum")
+        return total / len(labels)
 
-    return current_only
+    return own_experience
 
 
 def train_experience(model: CLIPClassifier, method: "Method", data: LabelledImages, index: int, num_active: int,
-                     train: dict, device: str, progress: bool, first_class: int = 0) -> float:
+                     train: dict, device: str, progress: bool,
+                     experience_classes: Optional[Sequence[Sequence[int]]] = None) -> float:
     """Train on one experience with a fresh optimizer (as the paper's and ZSCL's code do per session).
 
-    A fresh optimizer per experience also means a checkpoint needs no optimizer state. Returns seconds.
+    `train`: the run's train settings (missing keys take clipbench's defaults); `experience_classes`:
+    the class ids of every experience (for `ce_classes: current`). A fresh optimizer per experience
+    also means a checkpoint needs no optimizer or schedule state. Returns seconds.
     """
     start = time.perf_counter()
+    train = {**DEFAULTS["train"], **train}
     model.num_active = num_active
     model.invalidate_text_cache()
     set_trainable(model, method)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    iterations = train["epochs"] * math.ceil(len(data) / train["batch_size"])
-    engine = EnginePlugin([method], iterations, progress, desc=f"train exp {index}")
+    steps_per_epoch = math.ceil(len(data) / train["batch_size"])
+    iterations = train["iterations"] or train["epochs"] * steps_per_epoch
+    lr_at = None if is_constant(train) else (lambda step: learning_rate(step, iterations, steps_per_epoch, train))
+    engine = EnginePlugin([method], iterations, progress, desc=f"train exp {index}", lr_at=lr_at,
+                          grad_clip=train["grad_clip"], clipped=trainable)
+    ranges = [(c[0], c[-1] + 1) for c in experience_classes if c] if experience_classes else None
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="No loggers specified")  # metrics come from records, not loggers
         strategy = Template(
             model=model, optimizer=make_optimizer(trainable, train),
-            criterion=make_criterion(first_class, train.get("ce_classes", "seen")),
-            train_mb_size=train["batch_size"], train_epochs=train["epochs"], eval_mb_size=train["batch_size"],
+            criterion=make_criterion(train["ce_classes"], train["label_smoothing"], ranges),
+            train_mb_size=train["batch_size"], eval_mb_size=train["batch_size"],
+            train_epochs=1 if train["iterations"] else train["epochs"],
+            batches=train["iterations"] or None, transform=make_augmenter(train["augment"], device),
             device=device, plugins=[method, engine], evaluator=EvaluationPlugin(),
         )
     strategy.train(make_experience(data.images, data.labels, index), num_workers=0)

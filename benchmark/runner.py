@@ -374,7 +374,7 @@ def _run_experiences(spec: RunSpec, store: ResultStore, device: str, progress: b
             classes = streams.experience_classes[exp]
             active = max(classes[-1] + 1, int(data.labels.max()) + 1)  # a joint learner sees every class at once
             seconds = train_experience(model, method, data, exp, active, spec.train, device, progress,
-                                       first_class=classes[0])
+                                       experience_classes=streams.experience_classes)
         raw["train_seconds"].append(seconds)
         state["extra_bytes"] = max(state["extra_bytes"], state_bytes(method))
         t = time.perf_counter()

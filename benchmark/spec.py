@@ -11,25 +11,90 @@ import copy
 import difflib
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from clipbench.protocols.catalog import ProtocolDef, SuiteDef
 
+from .augment import RECIPES
 from .errors import ClipbenchError
+from .schedules import SCHEDULES
 from .models import weights_fingerprint
 from .yamlio import load_yaml, parse_scalar
 
 DEFAULTS: Dict[str, Any] = {
     "model": {"arch": None, "pretrained": None},
-    "train": {"epochs": 1, "batch_size": 32, "lr": 1e-5, "weight_decay": 0.0, "optimizer": "adamw", "momentum": 0.9,
-              "ce_classes": "seen"},  # ce_classes: seen (all classes so far) or current (this experience's)
+    # Training settings (README, "Training settings"); every one is checked by `validate_train`.
+    "train": {
+        "epochs": 1, "batch_size": 32, "lr": 1e-5, "weight_decay": 0.0,
+        "optimizer": "adamw", "momentum": 0.9,  # adamw | adam | sgd (momentum: SGD only)
+        "ce_classes": "seen",  # seen (every class so far) or current (each sample over its own experience's classes)
+        "schedule": "constant",  # constant | step (StepLR, as CL-CLIP) | cosine (as ZSCL's cosine_lr)
+        "warmup_steps": 0,  # linear warm-up over the first steps of each experience (ZSCL: 100)
+        "step_size": 10, "step_gamma": 0.1,  # schedule step: lr x gamma every step_size epochs
+        "label_smoothing": 0.0,  # of the cross-entropy (ZSCL: 0.2)
+        "grad_clip": 0.0,  # max norm of the trainable parameters' gradient; 0 = off
+        "augment": "none",  # train-time augmentation recipe: none | clclip | zscl (clipbench.augment)
+        "iterations": 0,  # 0 = train `epochs` epochs; > 0 = exactly this many steps per experience
+    },
     "eval": {"batch_size": 256},
     "precision": "fp32",  # fp32 everywhere; amp_bf16 autocasts evaluation and training on a GPU
     "data_root": None,
     "methods": {},  # per method: overrides of its Config fields
     "protocols": {},  # per protocol: overrides of its builder params
 }
+
+
+OPTIMIZERS = ("adamw", "adam", "sgd")
+CE_CLASSES = ("seen", "current")
+
+
+def _integer(low: int) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def _number(ok: Callable[[float], bool]) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and ok(v)
+
+
+def _one_of(names: Sequence[str]) -> Tuple[Callable[[Any], bool], str]:
+    return (lambda v: v in names), "one of " + ", ".join(names)
+
+
+# key -> (check, what is allowed): every train setting, checked before anything runs
+TRAIN_RULES: Dict[str, Tuple[Callable[[Any], bool], str]] = {
+    "epochs": (_integer(1), "an integer >= 1"),
+    "batch_size": (_integer(1), "an integer >= 1"),
+    "iterations": (_integer(0), "an integer >= 0 (0: train `epochs` epochs)"),
+    "lr": (_number(lambda x: x > 0), "a number > 0"),
+    "weight_decay": (_number(lambda x: x >= 0), "a number >= 0"),
+    "optimizer": _one_of(OPTIMIZERS),
+    "momentum": (_number(lambda x: 0 <= x < 1), "a number in [0, 1)"),
+    "ce_classes": _one_of(CE_CLASSES),
+    "schedule": _one_of(SCHEDULES),
+    "warmup_steps": (_integer(0), "an integer >= 0"),
+    "step_size": (_integer(1), "an integer >= 1 (epochs)"),
+    "step_gamma": (_number(lambda x: 0 < x <= 1), "a number in (0, 1]"),
+    "label_smoothing": (_number(lambda x: 0 <= x < 1), "a number in [0, 1)"),
+    "grad_clip": (_number(lambda x: x >= 0), "a number >= 0 (0: off)"),
+    "augment": _one_of(tuple(RECIPES)),
+}
+
+
+def validate_train(train: Dict[str, Any], eval_settings: Dict[str, Any]) -> None:
+    """Check every resolved train setting (and the evaluation batch size): one ClipbenchError line
+    naming the key, the value and what is allowed. Keys outside `TRAIN_RULES` (a typo in a suite
+    file or a method's `train_defaults`) fail too."""
+    unknown = sorted(set(train) - set(TRAIN_RULES))
+    if unknown:
+        raise ClipbenchError(f"unknown setting 'train.{unknown[0]}' (in a suite, protocol or method's train defaults); "
+                             f"known: {', '.join(sorted(TRAIN_RULES))}")
+    checks = [(f"train.{k}", train[k], *TRAIN_RULES[k]) for k in TRAIN_RULES]
+    checks.append(("eval.batch_size", eval_settings.get("batch_size"), _integer(1), "an integer >= 1"))
+    for key, value, ok, allowed in checks:
+        if not ok(value):
+            raise ClipbenchError(f"{key}={value!r} is not allowed: expected {allowed}")
 
 
 @dataclass(frozen=True)
@@ -154,6 +219,7 @@ def resolve_specs(suite: SuiteDef, method_cls: Any, protocol: ProtocolDef, seeds
     settings = deep_merge(settings, {"model": suite.model, "train": suite.train, "eval": suite.eval,
                                      "data_root": suite.data_root})
     settings = deep_merge(settings, overrides)
+    validate_train(settings["train"], settings["eval"])
     model = settings["model"]
     if not model.get("arch"):
         raise ClipbenchError(f"suite '{suite.name}' names no model.arch")

@@ -95,6 +95,17 @@ def test_bad_input_one_line_exit_2_no_record(argv, message, results, capsys):
     assert not records(results)
 
 
+@pytest.mark.parametrize("setting, message", [
+    ("train.lr=abc", "train.lr='abc' is not allowed: expected a number > 0"),
+    ("train.epochs=-1", "train.epochs=-1 is not allowed: expected an integer >= 1"),
+])
+def test_bad_train_value_stops_before_anything_is_written(setting, message, results, capsys):
+    assert run_cli("run", "--all", "--suite", "tiny", "--results", results, "--set", setting) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not results.exists() or not any(results.rglob("*"))
+
+
 def test_malformed_config_yaml(results, tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("train: {lr: 1e-3\n")

@@ -1,4 +1,5 @@
-"""The engine on the tiny suite: what trains, how method losses are added, and evaluation agreement."""
+"""The engine on the tiny suite: what trains, how method losses are added, evaluation agreement, and
+how the training settings are applied (schedule, iterations, clipping, replay's cross-entropy, augmentation)."""
 
 import pytest
 import torch
@@ -6,10 +7,13 @@ import torch.nn.functional as F
 
 from clipbench.engine import CLIPClassifier, train_experience
 from clipbench.methods.base import Method
+from clipbench.methods.er import ER
 from clipbench.methods.finetune import Finetune
 from clipbench.models import load_model
 from clipbench.protocols.catalog import get_protocol
 from clipbench.runner import Evaluator, plan, seed_everything
+from clipbench.schedules import learning_rate
+from clipbench.spec import DEFAULTS
 
 TRAIN = {"epochs": 1, "batch_size": 8, "lr": 1e-3, "weight_decay": 0.0, "optimizer": "adamw"}
 
@@ -104,3 +108,102 @@ def test_zero_shot_accuracy_equals_independent_computation(streams):
         pred = (img @ torch.stack(weights).T).argmax(1)
     expected = (pred == zs.data.labels).double().mean().item()
     assert row.zeroshot["shapes"] == pytest.approx(expected, abs=1e-12)
+
+
+# ---------------------------------------------------------------- training settings in the engine
+
+
+def _settings(**over):
+    return {**DEFAULTS["train"], **TRAIN, **over}
+
+
+class Recorder(Method):
+    """Records, per step: the learning rate used, the batch labels, and the gradient norm before (its
+    own before_update runs before the engine's) and after clipping."""
+
+    name = "recorder"
+
+    def __init__(self, config=None):
+        super().__init__(Method.Config(part="image"))
+        self.lrs, self.labels, self.raw_norm, self.clipped_norm = [], [], [], []
+
+    def _norm(self, strategy):
+        grads = [p.grad for p in strategy.model.parameters() if p.requires_grad and p.grad is not None]
+        return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+
+    def loss(self, strategy):
+        self.labels.append(strategy.mb_y.clone())
+
+    def before_update(self, strategy, **kwargs):
+        self.lrs.append(strategy.optimizer.param_groups[0]["lr"])
+        self.raw_norm.append(self._norm(strategy))
+
+    def after_update(self, strategy, **kwargs):
+        self.clipped_norm.append(self._norm(strategy))
+
+
+def test_engine_applies_the_schedule_for_exactly_the_iterations_asked(streams):
+    data = streams.train[0]  # 16 images, batch 8: 2 batches per pass
+    rec = Recorder()
+    train = _settings(iterations=5, schedule="cosine", warmup_steps=2)
+    train_experience(_model(streams)[1], rec, data, 0, 2, train, "cpu", progress=False)
+    assert len(rec.lrs) == 5
+    assert rec.lrs == [learning_rate(s, 5, 2, train) for s in range(5)]  # pinned to ZSCL's in test_train_settings
+    # passes follow each other: the first two batches are the whole data once, then a fresh pass
+    first_pass = torch.cat(rec.labels[:2]).sort().values
+    assert torch.equal(first_pass, data.labels.sort().values)
+    assert [len(y) for y in rec.labels] == [8, 8, 8, 8, 8]
+
+
+def test_constant_schedule_leaves_the_rate_alone(streams):
+    rec = Recorder()
+    train_experience(_model(streams)[1], rec, streams.train[0], 0, 2, _settings(epochs=2), "cpu", progress=False)
+    assert rec.lrs == [1e-3] * 4
+
+
+def test_gradient_clipping_caps_the_norm_the_optimizer_sees(streams):
+    clipped, free = Recorder(), Recorder()
+    train_experience(_model(streams)[1], clipped, streams.train[0], 0, 2, _settings(grad_clip=1e-3), "cpu", progress=False)
+    train_experience(_model(streams)[1], free, streams.train[0], 0, 2, _settings(grad_clip=0.0), "cpu", progress=False)
+    assert min(clipped.raw_norm) > 1e-3  # clipping had work to do
+    assert clipped.clipped_norm == pytest.approx([1e-3] * len(clipped.raw_norm), rel=1e-4)
+    assert free.clipped_norm == free.raw_norm
+
+
+class RecordingER(ER):
+    """ER that records the cross-entropy of every step (the engine computed it before method losses)."""
+
+    def setup(self, model, streams):
+        super().setup(model, streams)
+        self.ce = []
+
+    def loss(self, strategy):
+        self.ce.append(float(strategy.loss))
+
+
+def test_replay_under_current_task_cross_entropy_keeps_a_small_loss(streams):
+    _, model = _model(streams)
+    er = RecordingER(ER.Config(part="image", buffer_size=8))
+    er.setup(model, streams)
+    train = _settings(ce_classes="current")
+    for exp in range(2):
+        data = er.training_data(streams, exp)
+        active = streams.experience_classes[exp][-1] + 1
+        train_experience(model, er, data, exp, active, train, "cpu", progress=False,
+                         experience_classes=streams.experience_classes)
+    replay_steps = er.ce[2:]  # experience 1: its own data plus the buffer of experience 0
+    assert replay_steps and max(replay_steps) < 20  # under the old -1e4 mask: thousands
+
+
+def test_augmented_training_is_reproducible(streams):
+    def train_once(recipe):
+        _, model = _model(streams)
+        seed_everything(0, 0)
+        train_experience(model, Recorder(), streams.train[0], 0, 2, _settings(augment=recipe), "cpu", progress=False)
+        return [p.detach().clone() for p in model.image_parameters()]
+
+    a, b, plain = train_once("zscl"), train_once("zscl"), train_once("none")
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert any(not torch.equal(x, y) for x, y in zip(a, plain))
+
+

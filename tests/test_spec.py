@@ -4,7 +4,7 @@ import pytest
 
 from clipbench.errors import ClipbenchError
 from clipbench.runner import plan
-from clipbench.spec import RunSpec
+from clipbench.spec import DEFAULTS, RunSpec
 
 
 def _spec(**over):
@@ -69,3 +69,43 @@ def test_malformed_config_names_file_and_line(tmp_path):
     with pytest.raises(ClipbenchError) as err:
         plan("tiny", ["finetune"], ["tiny_shapes"], config_file=str(cfg))
     assert f"{cfg}:" in str(err.value) and "malformed YAML" in str(err.value)
+
+
+@pytest.mark.parametrize("setting, allowed", [
+    ("train.lr=abc", "train.lr='abc' is not allowed: expected a number > 0"),
+    ("train.lr=0", "train.lr=0 is not allowed: expected a number > 0"),
+    ("train.lr=true", "train.lr=True is not allowed"),
+    ("train.epochs=-1", "train.epochs=-1 is not allowed: expected an integer >= 1"),
+    ("train.epochs=1.5", "train.epochs=1.5 is not allowed"),
+    ("train.batch_size=0", "train.batch_size=0 is not allowed"),
+    ("train.iterations=-5", "train.iterations=-5 is not allowed: expected an integer >= 0"),
+    ("train.warmup_steps=2.5", "train.warmup_steps=2.5 is not allowed"),
+    ("train.label_smoothing=1", "train.label_smoothing=1 is not allowed: expected a number in [0, 1)"),
+    ("train.label_smoothing=-0.1", "train.label_smoothing=-0.1 is not allowed"),
+    ("train.grad_clip=-1", "train.grad_clip=-1 is not allowed"),
+    ("train.weight_decay=.nan", "train.weight_decay=nan is not allowed"),
+    ("train.step_gamma=0", "train.step_gamma=0 is not allowed: expected a number in (0, 1]"),
+    ("train.schedule=linear", "train.schedule='linear' is not allowed: expected one of constant, step, cosine"),
+    ("train.optimizer=lamb", "train.optimizer='lamb' is not allowed: expected one of adamw, adam, sgd"),
+    ("train.augment=randaugment", "train.augment='randaugment' is not allowed: expected one of none, clclip, zscl"),
+    ("train.ce_classes=all", "train.ce_classes='all' is not allowed: expected one of seen, current"),
+    ("eval.batch_size=0", "eval.batch_size=0 is not allowed: expected an integer >= 1"),
+])
+def test_every_train_setting_is_type_and_range_checked(setting, allowed):
+    with pytest.raises(ClipbenchError) as err:
+        plan("tiny", ["finetune"], ["tiny_shapes"], sets=[setting])
+    assert allowed in str(err.value) and "\n" not in str(err.value)
+
+
+def test_valid_train_settings_pass():
+    [s] = plan("tiny", ["finetune"], ["tiny_shapes"], sets=[
+        "train.optimizer=adam", "train.schedule=cosine", "train.warmup_steps=3", "train.label_smoothing=0.2",
+        "train.grad_clip=1", "train.augment=zscl", "train.iterations=7", "train.lr=1", "train.step_gamma=1"])
+    assert (s.train["optimizer"], s.train["iterations"], s.train["lr"]) == ("adam", 7, 1)
+
+
+def test_unknown_train_key_from_a_method_or_suite_fails():
+    from clipbench.spec import validate_train
+
+    with pytest.raises(ClipbenchError, match="unknown setting 'train.warmup'"):
+        validate_train({**DEFAULTS["train"], "warmup": 100}, {"batch_size": 8})
