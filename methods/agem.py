@@ -6,9 +6,8 @@ from typing import Any, Dict, List, Tuple
 import torch
 import torch.nn.functional as F
 
-from clipbench.errors import ClipbenchError
 
-from .base import Method, MethodConfig, register_method
+from .base import Method, MethodConfig, register_method, require_choice
 from .toolkit import require_reference
 
 
@@ -38,8 +37,7 @@ class AGEMConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.reference not in REFERENCES:
-            raise ClipbenchError(f"agem reference must be one of {', '.join(REFERENCES)}, got '{self.reference}'")
+        require_choice("agem reference", self.reference, REFERENCES)
 
 
 @register_method

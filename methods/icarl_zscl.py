@@ -5,10 +5,9 @@ from typing import Any, Dict, List
 
 import torch
 
-from clipbench.errors import ClipbenchError
 from clipbench.protocols.data import LabelledImages
 
-from .base import MethodConfig, WithTeacher, register_method
+from .base import MethodConfig, WithTeacher, register_method, require_choice
 from .icarl import herding
 from .toolkit import Cycle, encode_in_batches, snapshot, zscl_distillation
 
@@ -26,8 +25,7 @@ class ICaRLZSCLConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.variant not in VARIANTS:
-            raise ClipbenchError(f"icarl_zscl variant must be one of {', '.join(VARIANTS)}, got '{self.variant}'")
+        require_choice("icarl_zscl variant", self.variant, VARIANTS)
 
 
 @register_method

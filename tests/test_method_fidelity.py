@@ -302,16 +302,22 @@ def test_pinned_geodl(streams):
     assert (basis.T @ null).abs().max() < 1e-10
 
 
+def assert_merged(model, method, strategy, base, alpha: float) -> None:
+    """Move the model ("training"), end the experience: every trained weight is alpha new + (1 - alpha) base."""
+    move(model, method, seed=2)
+    new = snapshot(model, method.trainable_parameters(model))
+    method.after_training_exp(strategy)
+    params = dict(model.named_parameters())
+    assert base and all(torch.allclose(params[k], alpha * new[k] + (1 - alpha) * base[k], atol=1e-7) for k in base)
+
+
 def test_pinned_imm(streams):
+    """theta <- alpha theta_new + (1 - alpha) theta_old, old the model before the experience (CL-CLIP imm.py)."""
     model = tiny_model(streams)
     method = IMM(IMM.Config(alpha=0.3))
     set_trainable(model, method)
-    method.teacher = old = snapshot(model, method.trainable_parameters(model))
-    move(model, method)
-    new = snapshot(model, method.trainable_parameters(model))
-    method.after_training_exp(SimpleNamespace(model=model))
-    params = dict(model.named_parameters())
-    assert all(torch.allclose(params[k], 0.3 * new[k] + 0.7 * old[k], atol=1e-7) for k in old)
+    method.teacher = snapshot(model, method.trainable_parameters(model))
+    assert_merged(model, method, SimpleNamespace(model=model), method.teacher, 0.3)
 
 
 def test_pinned_wise_ft(streams):
@@ -320,12 +326,7 @@ def test_pinned_wise_ft(streams):
     model = tiny_model(streams)
     method = WiSEFT(WiSEFT.Config(alpha=0.3))
     method.setup(model, streams)
-    zeroshot = snapshot(model, method.trainable_parameters(model))
-    move(model, method)
-    finetuned = snapshot(model, method.trainable_parameters(model))
-    method.after_training_exp(SimpleNamespace(model=model))
-    params = dict(model.named_parameters())
-    assert all(torch.allclose(params[k], 0.3 * finetuned[k] + 0.7 * zeroshot[k], atol=1e-7) for k in zeroshot)
+    assert_merged(model, method, SimpleNamespace(model=model), snapshot(model, method.trainable_parameters(model)), 0.3)
 
 
 def test_pinned_wise_ft_zscl(streams):
@@ -337,12 +338,7 @@ def test_pinned_wise_ft_zscl(streams):
     strategy = strategy_on(model, streams, 1)
     set_trainable(model, method)
     method.before_training_exp(strategy)
-    previous = snapshot(model, method.trainable_parameters(model))
-    move(model, method, seed=2)
-    finetuned = snapshot(model, method.trainable_parameters(model))
-    method.after_training_exp(strategy)
-    params = dict(model.named_parameters())
-    assert all(torch.allclose(params[k], 0.8 * finetuned[k] + 0.2 * previous[k], atol=1e-7) for k in previous)
+    assert_merged(model, method, strategy, snapshot(model, method.trainable_parameters(model)), 0.8)
 
 
 def test_pinned_wc_zscl(streams):
