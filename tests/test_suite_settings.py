@@ -31,8 +31,15 @@ def test_cil_cifar100_sets_zscl_cil_values():
     assert (zscl["image_weight"], zscl["text_weight"], zscl["we_every"], zscl["l2"]) == (5, 5, 10, 0)
     for name in ("lwf_vr", "lwf_zscl"):
         assert (specs[name].method_config["image_weight"], specs[name].method_config["text_weight"]) == (5, 5)
-    [mtil_zscl] = plan("mtil", ["zscl"], ["mtil_order1"], strict_weights=False)
-    assert (mtil_zscl.method_config["image_weight"], mtil_zscl.method_config["l2"]) == (1.0, 1.0)  # untouched elsewhere
+    [cil_icarl] = plan("cil_cifar100", ["icarl_zscl"], ["cifar100_10steps"], strict_weights=False)
+    assert cil_icarl.method_config["variant"] == "cil" and cil_icarl.method_config["distill_weight"] == 5.0
+
+
+def test_mtil_sets_zscl_mtil_values_only():
+    specs = {s.method: s.method_config for s in plan("mtil", ["zscl", "icarl_zscl"], ["mtil_order1"], strict_weights=False)}
+    assert (specs["zscl"]["image_weight"], specs["zscl"]["we_every"], specs["zscl"]["l2"]) == (1.0, 0, 1.0)
+    icarl = specs["icarl_zscl"]
+    assert (icarl["variant"], icarl["memory_size"], icarl["distill_weight"]) == ("mtil", 10000, 1)
 
 
 def test_settings_layer_after_train_and_before_set(tmp_path, monkeypatch):
