@@ -32,7 +32,7 @@ from .errors import ClipbenchError
 from .evaluate import (accuracy, class_embeddings, encode_images, encode_texts, per_class_accuracy,
                        retrieval_recall_folds)
 from .models import LoadedModel, load_model
-from .spec import RunSpec, known_settings, resolve_specs, user_overrides
+from .spec import RunSpec, dotted_tree, known_settings, resolve_specs, user_overrides
 from .store import SCHEMA_VERSION, ResultStore, atomic_write_json
 
 
@@ -70,6 +70,10 @@ def plan(suite_name: str, methods: Optional[Sequence[str]] = None, protocols: Op
     protocol_defs: List[ProtocolDef] = [get_protocol(p) for p in (protocols or suite.protocols)]
     known = known_settings({m.name: m.config_fields() for m in method_classes},
                            {p.name: p for p in protocol_defs})
+    # the suite's `settings:` may name any registered method and any of its protocols, run now or not
+    suite_known = known_settings({m: registry.get(m).config_fields() for m in registry.names()},
+                                 {p.name: p for p in protocol_defs + [get_protocol(n) for n in suite.protocols]})
+    dotted_tree(suite.settings, suite_known, f"the `settings:` of suite '{suite.name}'")
     overrides = user_overrides(config_file, sets, known)
     seeds = list(seeds) if seeds else suite.seeds
     specs: List[RunSpec] = []

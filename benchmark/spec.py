@@ -1,8 +1,8 @@
 """Run specs: frozen, fully resolved descriptions of one run, identified by a hash of their JSON.
 
 Settings are layered, later wins: clipbench defaults < method and protocol defaults < suite file
-< `--config` file < `--set key=value`. Every key a user sets must already exist in that tree (a
-typo fails with a did-you-mean instead of being silently ignored).
+(its train/eval, then its `settings:`) < `--config` file < `--set key=value`. Every key a user sets
+must already exist in that tree (a typo fails with a did-you-mean instead of being silently ignored).
 """
 
 from __future__ import annotations
@@ -177,6 +177,16 @@ def known_settings(method_fields: Dict[str, Dict[str, Any]], protocols: Dict[str
     return keys
 
 
+def dotted_tree(items: Dict[str, Any], known: Optional[Sequence[str]], source: str) -> Dict[str, Any]:
+    """A settings tree from `{dotted key: value}`, each key checked against `known` (None: unchecked)."""
+    tree: Dict[str, Any] = {}
+    for key, value in items.items():
+        if known is not None:
+            _check_known(key, known, source)
+        _set_dotted(tree, key, value)
+    return tree
+
+
 def user_overrides(config_file: Optional[str], sets: Sequence[str], known: Sequence[str]) -> Dict[str, Any]:
     """The `--config` file merged with `--set key=value` pairs, every key checked against `known`."""
     tree: Dict[str, Any] = {}
@@ -218,6 +228,7 @@ def resolve_specs(suite: SuiteDef, method_cls: Any, protocol: ProtocolDef, seeds
     settings = deep_merge(settings, {"train": protocol.train})
     settings = deep_merge(settings, {"model": suite.model, "train": suite.train, "eval": suite.eval,
                                      "data_root": suite.data_root})
+    settings = deep_merge(settings, dotted_tree(suite.settings, None, ""))  # checked by the planner
     settings = deep_merge(settings, overrides)
     validate_train(settings["train"], settings["eval"])
     model = settings["model"]

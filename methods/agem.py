@@ -6,7 +6,8 @@ from typing import Any, Dict, List, Tuple
 import torch
 import torch.nn.functional as F
 
-from .base import Method, MethodConfig, register_method
+
+from .base import Method, MethodConfig, register_method, require_choice
 from .toolkit import require_reference
 
 
@@ -25,30 +26,42 @@ def contrastive_loss(image_features: torch.Tensor, text_features: torch.Tensor, 
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
 
+REFERENCES = ("memory", "current_batch")
+
+
 @dataclass
 class AGEMConfig(MethodConfig):
     reference_batch_size: int = 0  # pairs per reference gradient; 0: the training batch size
-    episodic_per_experience: int = 100  # samples of each finished experience added to the memory
+    episodic_per_experience: int = 250  # samples of each finished experience added (CL-CLIP: Replayed_MST, 250)
+    reference: str = "memory"  # memory: A-GEM's; current_batch: what CL-CLIP's released code computes
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require_choice("agem reference", self.reference, REFERENCES)
 
 
 @register_method
 class AGEM(Method):
-    """A-GEM for CLIP (Ding et al., 2022; code: yxding95/CL-CLIP methods/agem.py).
+    """A-GEM for CLIP (Ding et al., 2022; code: yxding95/CL-CLIP at 877a69f, methods/agem.py `AGEM.train`,
+    data.py `Replayed`, `Replayed_MST`; the rule of Chaudhry et al., ICLR 2019).
 
     The episodic memory holds image-text pairs: the suite's declared reference set (the paper used
-    a LAION subset; the offline suite uses its alignment corpus's training split) plus, after each
-    experience, `episodic_per_experience` of its images captioned with their class prompt (as the
-    paper's code adds earlier sessions' data). At every step the reference gradient g_ref is the
-    gradient of CLIP's contrastive loss on a memory batch; the task gradient g is projected when
-    it conflicts: g <- g - (g . g_ref / g_ref . g_ref) g_ref if g . g_ref < 0.
+    a LAION subset, `Replayed`; the offline suite uses its alignment corpus's training split) plus,
+    after each experience, `episodic_per_experience` = 250 of its images captioned with their class
+    prompt (`Replayed_MST` samples 250 per COCO session; the EuroSAT script 250 per class). At every
+    step the reference gradient g_ref is the gradient of CLIP's contrastive loss on a memory batch;
+    the task gradient g is projected when it conflicts: g <- g - (g . g_ref / g_ref . g_ref) g_ref if
+    g . g_ref < 0.
 
-    Departure: the paper's released code computes the reference loss on the current batch's images
-    with the memory captions (`RI = data['image']`); here the memory's own images are used, as
-    A-GEM and the paper's text describe.
+    Departure, the default: CL-CLIP's released code draws a memory batch but never uses it; its
+    reference loss is the contrastive loss of the current training batch's own images and own captions
+    ("this is a photo of <class> in the scene .": `RI = data['image']`, `RC = data['caption']`), so its
+    memory has no effect. `reference: memory` (default) follows A-GEM and the paper's text;
+    `reference: current_batch` reproduces the released code (each image with its class prompt).
     """
 
     name = "agem"
-    version = 1
+    version = 2
     Config = AGEMConfig
 
     def setup(self, model, streams) -> None:
@@ -74,9 +87,16 @@ class AGEM(Method):
                 captions += [bank_captions[i] for i in local.tolist()]
         return images, captions
 
+    def reference_batch(self, strategy) -> Tuple[List[torch.Tensor], List[str]]:
+        """The pairs of this step's reference loss: a memory batch, or the training batch with its prompts."""
+        if self.config.reference == "current_batch":
+            names, template = self.streams.class_names, self.streams.train_template
+            return [strategy.mb_x], [template.format(c=names[int(y)]) for y in strategy.mb_y]
+        return self.memory_batch(self.config.reference_batch_size or strategy.train_mb_size)
+
     def before_training_iteration(self, strategy, **kwargs):
         model = strategy.model
-        images, captions = self.memory_batch(self.config.reference_batch_size or strategy.train_mb_size)
+        images, captions = self.reference_batch(strategy)
         tokens = model.tokenizer(captions).to(strategy.device)
         image_features = torch.cat([model.encode_images(part) for part in images])
         loss = contrastive_loss(image_features, model.encode_tokens(tokens), model.clip.logit_scale.exp().detach())

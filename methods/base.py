@@ -33,6 +33,12 @@ if TYPE_CHECKING:
 PARTS = ("whole", "image", "text")
 
 
+def require_choice(what: str, value: str, choices: Tuple[str, ...]) -> None:
+    """One clear line when a string setting is not one of its choices."""
+    if value not in choices:
+        raise ClipbenchError(f"{what} must be one of {', '.join(choices)}, got '{value}'")
+
+
 @dataclass
 class MethodConfig:
     """Hyperparameters shared by every method."""
@@ -40,8 +46,7 @@ class MethodConfig:
     part: str = "whole"  # which encoders train: whole, image or text (as in the founding paper)
 
     def __post_init__(self) -> None:
-        if self.part not in PARTS:
-            raise ClipbenchError(f"part must be one of {', '.join(PARTS)}, got '{self.part}'")
+        require_choice("part", self.part, PARTS)
 
 
 class Method(SupervisedPlugin):

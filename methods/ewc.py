@@ -4,7 +4,6 @@ from dataclasses import dataclass
 from typing import Any, Dict, List
 
 import torch
-import torch.nn.functional as F
 
 from .base import Method, MethodConfig, register_method
 from .toolkit import State, snapshot
@@ -22,22 +21,32 @@ def ewc_penalty(params: Dict[str, torch.Tensor], anchors: List[State], fishers: 
 @dataclass
 class EWCConfig(MethodConfig):
     ewc_lambda: float = 1000.0  # strength of the penalty
-    fisher_batch_size: int = 32
+    fisher_batch_size: int = 0  # mini-batch of the Fisher estimate; 0: the training batch size (Avalanche's)
 
 
 @register_method
 class EWC(Method):
-    """EWC (Kirkpatrick et al., 2017) with a diagonal empirical Fisher per experience:
+    """EWC (Kirkpatrick et al., PNAS 2017) with a diagonal Fisher per experience, estimated as
+    Avalanche's EWCPlugin does (avalanche-lib 0.6.0, avalanche/training/plugins/ewc.py
+    `EWCPlugin.compute_importances`, mode "separate"):
 
         loss = CE + (lambda / 2) * sum_k sum_i F_k,i (theta_i - theta*_k,i)^2
 
-    After experience k, F_k is the mean over its training samples of the squared gradient of the
-    cross-entropy (classes active in k), and theta*_k the weights then. One penalty per past
-    experience (Avalanche's "separate" mode). Only trained parameters are anchored.
+    After experience k, with the model in eval mode, F_k is the mean over the experience's mini-batches
+    (training batch size, in order) of the squared gradient of the mini-batch's mean training loss (the
+    run's criterion), and theta*_k the weights then. One penalty per past experience. Only trained
+    parameters are anchored.
+
+    Departures, chosen: the Fisher is per mini-batch, not per sample as in the paper (the square of a
+    mini-batch's mean gradient, not the mean of per-sample squares: smaller by up to the batch size,
+    which lambda absorbs). A per-sample Fisher costs one backward pass per training image, e.g. 5,000
+    per CIFAR-100 step on ViT-B/16 against 79 for the step's training; no CLIP continual-learning
+    reference runs EWC, so the harness's own library's estimate is the reference. The penalty keeps
+    the paper's lambda / 2 (Avalanche adds lambda times the sum).
     """
 
     name = "ewc"
-    version = 1
+    version = 2
     Config = EWCConfig
 
     def setup(self, model, streams) -> None:
@@ -56,17 +65,21 @@ class EWC(Method):
         names = snapshot(model, self.trainable_parameters(model))
         params = dict(model.named_parameters())
         fisher = {n: torch.zeros_like(v) for n, v in names.items()}
-        data = self.streams.train[strategy.experience.current_experience]
-        bs = self.config.fisher_batch_size
-        for s in range(0, len(data), bs):
-            x, y = data.images[s:s + bs].to(strategy.device), data.labels[s:s + bs].to(strategy.device)
+        images, labels = strategy.experience.tensors
+        bs = self.config.fisher_batch_size or strategy.train_mb_size
+        batches = range(0, len(labels), bs)
+        was_training = model.training
+        model.eval()
+        for s in batches:
+            x, y = images[s:s + bs].to(strategy.device), labels[s:s + bs].to(strategy.device)
             model.zero_grad()
-            F.cross_entropy(model(x), y).backward()
+            strategy._criterion(model(x), y).backward()  # the run's criterion, as EWCPlugin reads it
             for n in fisher:
                 if params[n].grad is not None:
-                    fisher[n] += params[n].grad.detach() ** 2 * len(y)
+                    fisher[n] += params[n].grad.detach() ** 2
         model.zero_grad()
-        self.fishers.append({n: f / len(data) for n, f in fisher.items()})
+        model.train(was_training)
+        self.fishers.append({n: f / len(batches) for n, f in fisher.items()})
         self.anchors.append(names)
 
     def state_dict(self) -> Dict[str, Any]:

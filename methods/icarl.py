@@ -1,4 +1,4 @@
-"""iCaRL (Rebuffi et al., CVPR 2017): herding exemplars plus distillation, as ZSCL's tables run it."""
+"""iCaRL (Rebuffi et al., CVPR 2017): herding exemplars joined to the training data, plus distillation."""
 
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from clipbench.protocols.data import LabelledImages
 
 from .base import MethodConfig, WithTeacher, register_method
-from .toolkit import soft_cross_entropy
+from .toolkit import encode_in_batches, soft_cross_entropy
 
 
 def herding(features: torch.Tensor, m: int) -> torch.Tensor:
@@ -39,19 +39,20 @@ class ICaRLConfig(MethodConfig):
 
 @register_method
 class ICaRL(WithTeacher):
-    """iCaRL for CLIP, as ZSCL's tables run it (Rebuffi et al., 2017; Zheng et al., 2023):
+    """iCaRL for CLIP, after Rebuffi et al. (CVPR 2017):
 
     - each experience trains on its data joined with the exemplar memory;
     - loss = CE + distill_weight * KD(teacher, student) over the classes learned before this
-      experience, KD the soft cross-entropy with T = 2 (ZSCL's `distillation`), teacher the model
-      before this experience;
+      experience, on the training batch, KD the soft cross-entropy with T = 2 (ZSCL's
+      `distillation` form), teacher the model before this experience;
     - after each experience, exemplars of the new classes are chosen by herding on the image
       features, and every class keeps memory_size // K of them (its herding order kept);
     - with `nme`, the target stream is classified by the nearest mean of each class's exemplar
       features (iCaRL's classifier) instead of the class prompts.
 
-    Departure: iCaRL's sigmoid/binary cross-entropy losses are replaced by the CLIP classifier's
-    softmax cross-entropy and a softmax distillation, as CLIP adaptations of iCaRL do.
+    Departures: iCaRL's sigmoid/binary cross-entropy losses are replaced by the CLIP classifier's
+    softmax cross-entropy and a softmax distillation, as CLIP adaptations of iCaRL do. This is not how ZSCL's tables run iCaRL (there
+    the exemplars are distillation images only, never trained on with labels): that is `icarl_zscl`.
     """
 
     name = "icarl"
@@ -84,10 +85,6 @@ class ICaRL(WithTeacher):
         n = self.n_old
         return self.config.distill_weight * soft_cross_entropy(teacher[:, :n], strategy.mb_output[:, :n], self.config.temperature)
 
-    @torch.no_grad()
-    def _features(self, model, images: torch.Tensor, device) -> torch.Tensor:
-        return torch.cat([model.encode_images(images[s:s + 128].to(device)).cpu() for s in range(0, len(images), 128)])
-
     def after_training_exp(self, strategy, **kwargs):
         model = strategy.model
         exp = strategy.experience.current_experience
@@ -98,7 +95,7 @@ class ICaRL(WithTeacher):
         model.eval()
         for c in self.streams.experience_classes[exp]:
             images = data.images[data.labels == c]
-            self.exemplars[c] = images[herding(self._features(model, images, strategy.device), per_class)]
+            self.exemplars[c] = images[herding(encode_in_batches(model, images, strategy.device), per_class)]
         model.train(was_training)
         self.exemplars = {c: imgs[:per_class] for c, imgs in self.exemplars.items()}
 
@@ -109,7 +106,7 @@ class ICaRL(WithTeacher):
         model = self.model
         device = next(model.parameters()).device
         for c, imgs in self.exemplars.items():
-            out[c] = F.normalize(self._features(model, imgs, device).mean(0), dim=-1)
+            out[c] = F.normalize(encode_in_batches(model, imgs, device).mean(0), dim=-1)
         return out
 
     def state_dict(self) -> Dict[str, Any]:

@@ -44,16 +44,19 @@ class RectifiedLinear(nn.Module):
 @dataclass
 class RKRConfig(MethodConfig):
     rank: int = 4  # rank of each rectification (the paper's code: r = 4)
-    dropout: float = 0.1
+    dropout: float = 0.0  # on the rectification's output (inject_trainable_rkr: dropout_p=0.0)
 
 
 @register_method
 class RKR(Method):
-    """RKR for CLIP (Ding et al., 2022; code: yxding95/CL-CLIP models/clip_rkr.py).
+    """RKR for CLIP (Ding et al., 2022; code: yxding95/CL-CLIP at 877a69f, models/clip_rkr.py
+    `CLIP_RKR.inject_trainable_rkr` and `LoraInjectedLinear`).
 
     Every linear layer of the encoders named by `part` is wrapped with a rank-r weight
-    rectification and a per-output scaling factor; only these added parameters train, so the
-    pretrained weights never change.
+    rectification and a per-output scaling factor, y = (W x + b + U D x) * s, with D zero-initialised,
+    U as nn.Linear initialises it, s = 1, r = 4 and dropout 0 on U D x (the injection's defaults:
+    `r=4`, `dropout_p=0.0`; `LoraInjectedLinear`'s own default of 0.1 is overridden there); only these
+    added parameters train, so the pretrained weights never change.
 
     Departures: RKR proper keeps a rectification and scaling set per task and picks it by task
     identity; like the paper's CLIP adaptation, one set is shared across experiences. Linear layers
@@ -63,7 +66,7 @@ class RKR(Method):
     """
 
     name = "rkr"
-    version = 1
+    version = 1  # dropout 0.1 -> 0.0 left the numbers unchanged: the engine keeps parameterless modules in eval mode
     Config = RKRConfig
 
     def setup(self, model, streams) -> None:

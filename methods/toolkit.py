@@ -1,4 +1,5 @@
-"""Pieces several methods share: teacher snapshots, distillation losses, pseudo-vocabulary sampling.
+"""Pieces several methods share: teacher snapshots, distillation losses, pseudo-vocabulary sampling,
+batch cycling over image sets, batched feature extraction, the L2 pull to a weight snapshot.
 
 A teacher is a snapshot of the trainable parameters only (frozen ones are equal in both models),
 evaluated by swapping them into the live model with `torch.func.functional_call`: no deep copy of
@@ -7,7 +8,7 @@ the model, which for a ViT-B/32 would cost 600 MB per teacher.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterable
+from typing import Any, Callable, Dict, Iterable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -59,6 +60,64 @@ def soft_cross_entropy(teacher_logits: torch.Tensor, student_logits: torch.Tenso
     """ZSCL's distillation: T^2 * mean_i CE(softmax(t_i/T), s_i/T)."""
     target = F.softmax(teacher_logits / temperature, dim=1)
     return F.cross_entropy(student_logits / temperature, target) * temperature**2
+
+
+def zscl_distillation(teacher_images: torch.Tensor, student_images: torch.Tensor, text: torch.Tensor,
+                      scale: torch.Tensor, temperature: float = 2.0, image_weight: float = 1.0,
+                      text_weight: float = 1.0) -> torch.Tensor:
+    """ZSCL's feature-space distillation in both directions (Thunderbeee/ZSCL at b96e714,
+    mtil/src/models/finetune.py `finetune` and cil/continual_clip/models.py `ClassIncremental.train`):
+
+        L_t = scale * t_img @ text^T,   L_s = scale * s_img @ text^T   (features L2-normalised)
+        loss = image_weight * D(L_t, L_s) + text_weight * D(L_t^T, L_s^T)
+
+    D is ZSCL's `distillation` (`soft_cross_entropy` here); the text embeddings come from the teacher.
+    ZSCL, its LwF, its LwF-VR and its iCaRL differ only in the teacher, the images and the texts.
+    """
+    teacher = scale * teacher_images @ text.T
+    student = scale * student_images @ text.T
+    return (image_weight * soft_cross_entropy(teacher, student, temperature)
+            + text_weight * soft_cross_entropy(teacher.T, student.T, temperature))
+
+
+def l2_to(model: nn.Module, state: State) -> torch.Tensor:
+    """sum over the parameters in `state` of ||theta - theta_state||^2 (ZSCL's `l2_loss`: summed MSE)."""
+    params = dict(model.named_parameters())
+    return sum(((params[n] - v) ** 2).sum() for n, v in state.items())
+
+
+def session_steps(strategy) -> int:
+    """Optimizer steps of the experience being trained (epochs x mini-batches); Avalanche has built the
+    experience's dataloader before the plugins' `before_training_exp`."""
+    return strategy.train_epochs * len(strategy.dataloader)
+
+
+class Cycle:
+    """Index batches over `n` items, pass after pass, as ZSCL draws its reference batches: `next()` on a
+    loader, and a fresh pass when it is exhausted (the last batch of a pass may be short). `shuffle`:
+    a new permutation per pass (a shuffled DataLoader); otherwise the stored order (ZSCL's iCaRL
+    `batch(memory)`). Permutations come from torch's global generator, which the runner seeds per
+    experience, so a resumed run draws the same batches."""
+
+    def __init__(self, n: int, batch_size: int, shuffle: bool):
+        self.n, self.batch_size, self.shuffle = n, batch_size, shuffle
+        self.order: Optional[torch.Tensor] = None
+        self.position = n
+
+    def next(self) -> torch.Tensor:
+        if self.position >= self.n:
+            self.order = torch.randperm(self.n) if self.shuffle else torch.arange(self.n)
+            self.position = 0
+        index = self.order[self.position:self.position + self.batch_size]
+        self.position += self.batch_size
+        return index
+
+
+@torch.no_grad()
+def encode_in_batches(model: nn.Module, images: torch.Tensor, device, batch_size: int = 128) -> torch.Tensor:
+    """Normalised image features of uint8 `images`, on the CPU, computed in batches without grad."""
+    return torch.cat([model.encode_images(images[s:s + batch_size].to(device)).cpu()
+                      for s in range(0, len(images), batch_size)])
 
 
 def token_space(tokenizer) -> Dict[str, Any]:

@@ -2,7 +2,9 @@
 
 A protocol file (`defs/<name>.yaml`) names a builder and its parameters; a builder is a function
 `build(params, data_root, seed) -> Streams` registered with `@register_builder`. A suite file
-(`suites/<name>.yaml`) names a model, protocols, methods, seeds and train/eval settings.
+(`suites/<name>.yaml`) names a model, protocols, methods (a list, or `all`), seeds, train/eval
+settings, and `settings:`, dotted keys like `--set`'s (`methods.zscl.l2: 0`), the one place for a
+suite's method hyperparameters.
 """
 
 from __future__ import annotations
@@ -105,6 +107,7 @@ class SuiteDef:
     eval: Dict[str, Any]
     data_root: Optional[str] = None
     resources: Dict[str, Any] = field(default_factory=dict)  # per run on a cluster: cpus, gpus, mem_gb, time_min, partition
+    settings: Dict[str, Any] = field(default_factory=dict)  # dotted key -> value, layered before --config and --set
 
 
 def _require(doc: Any, keys: List[str], source: Path) -> Dict[str, Any]:
@@ -150,11 +153,19 @@ def load_protocol_file(path: Path) -> ProtocolDef:
 
 def load_suite_file(path: Path) -> SuiteDef:
     doc = _require(load_yaml(path), ["name", "model", "protocols"], path)
+    methods = doc.get("methods", "all")
+    if methods != "all" and not (isinstance(methods, list) and all(isinstance(m, str) for m in methods)):
+        raise ClipbenchError(f"{path}: `methods:` is `all` or a list of method names; put hyperparameters under "
+                             "`settings:` as `methods.<name>.<field>: value`")
+    settings = doc.get("settings") or {}
+    if not isinstance(settings, dict) or any(isinstance(v, dict) for v in settings.values()):
+        raise ClipbenchError(f"{path}: `settings:` maps dotted keys to values, e.g. `methods.zscl.l2: 0`")
     return SuiteDef(
         name=doc["name"], description=doc.get("description", ""), model=dict(doc["model"]),
-        protocols=list(doc["protocols"]), methods=doc.get("methods", "all"),
+        protocols=list(doc["protocols"]), methods=methods,
         seeds=[int(s) for s in doc.get("seeds", [0])], train=dict(doc.get("train") or {}),
         eval=dict(doc.get("eval") or {}), data_root=doc.get("data_root"), resources=dict(doc.get("resources") or {}),
+        settings={str(k): v for k, v in settings.items()},
     )
 
 

@@ -89,7 +89,7 @@ def test_zscl_running_average_is_mean_of_snapshots(streams):
     method = ZSCL(ZSCL.Config(we_every=2))
     method.setup(model, streams)
     set_trainable(model, method)
-    strategy = SimpleNamespace(model=model, device="cpu")
+    strategy = SimpleNamespace(model=model, device="cpu", train_epochs=1, dataloader=range(7))
     method.before_training_exp(strategy)
     params = dict(model.named_parameters())
     snapshots = [snapshot(model, method.trainable_parameters(model))]  # the start counts as one
@@ -111,7 +111,7 @@ def test_zscl_distillation_is_zero_for_the_untouched_model(streams):
     method = ZSCL(ZSCL.Config(l2=0.0))
     method.setup(model, streams)
     set_trainable(model, method)
-    strategy = SimpleNamespace(model=model, device="cpu", train_mb_size=8)
+    strategy = SimpleNamespace(model=model, device="cpu", train_mb_size=8, train_epochs=1, dataloader=range(7))
     method.before_training_exp(strategy)
     torch.manual_seed(0)
     untouched = method.loss(strategy).item()
