@@ -29,7 +29,7 @@ from .yamlio import load_yaml
 MAIN_METRICS = ["last", "avg", "bwt", "zs_retention", "zs_drop", "i2t_r1", "i2t_r1_drop", "t2i_r1", "t2i_r1_drop"]
 COST_COLUMNS = [("trainable_params", "trainable params"), ("extra_memory_mb", "extra mem (MB)"),
                 ("peak_mb", "peak mem (MB)"), ("hours", "wall (h)")]
-LOWER_IS_BETTER = re.compile(r"(^forgetting$|_drop(\.|$))")
+LOWER_IS_BETTER = re.compile(r"(^forgetting(@|$)|_drop(\.|@|$))")  # @: a batch-size suffix (`zs_drop@bs1`)
 
 
 def lower_is_better(metric: str) -> bool:
@@ -401,7 +401,7 @@ def protocol_page(frame: pd.DataFrame, groups: Dict[Tuple[str, str], List[Dict[s
             line.append(cell_text(part[(part.method == e[0]) & (part.model == e[1]) & (part.metric == metric)], notes))
         table.append(line)
     headers = ["metric"] + [escape(m) if len({mo for _, mo in entries}) == 1 else f"{escape(m)} ({escape(mo)})" for m, mo in entries]
-    parts = [f"# {escape(suite)} / {escape(protocol)}: every metric\n",
+    parts = [f"# {escape(suite)} / {escape(protocol)}: every metric\n", *batch_size_note(part),
              tabulate(table, headers=headers, tablefmt="github", disable_numparse=True), "",
              "## Accuracy matrices\n",
              "Row 0 is before any training, row i after experience i; column j is experience j's test set "
@@ -420,6 +420,18 @@ def protocol_page(frame: pd.DataFrame, groups: Dict[Tuple[str, str], List[Dict[s
     if notes.texts:
         parts.append(notes.render())
     return "\n".join(parts) + "\n"
+
+
+def batch_size_note(part: pd.DataFrame) -> List[str]:
+    """A line saying which figures were measured at batch size 1, where some were (methods that infer the
+    task from a whole test batch are measured at the protocol's evaluation batch and at batch size 1)."""
+    from .runner import BATCH1_SUFFIX
+
+    if not part.metric.str.endswith(BATCH1_SUFFIX).any():
+        return []
+    return [f"Metrics ending in `{BATCH1_SUFFIX}` were measured with test batches of one image; the others, and the "
+            "accuracy matrices below, with test batches of the protocol's evaluation batch size (`eval.batch_size`, "
+            "each batch within one test set). Only methods that infer the task from a whole test batch have both.\n"]
 
 
 def check(results: Path, out: Path, suite: Optional[str] = None) -> List[str]:

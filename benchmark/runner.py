@@ -27,7 +27,8 @@ from clipbench.protocols.metrics import compute_metrics
 
 from . import claims, provenance
 from .errors import ClipbenchError
-from .evaluate import accuracy, class_embeddings, encode_images, encode_texts, retrieval_recall_folds
+from .evaluate import (accuracy, class_embeddings, encode_images, encode_texts, retrieval_recall_folds,
+                       similarity_recall_folds, top1_accuracy)
 from .models import LoadedModel, load_model
 from .spec import RunSpec, known_settings, resolve_specs, user_overrides
 from .store import SCHEMA_VERSION, ResultStore, atomic_write_json
@@ -147,6 +148,15 @@ class Row:
     acc: List[float]
     zeroshot: Dict[str, float]
     retrieval: Dict[str, Dict[str, float]]
+    # the same row at evaluation batch size 1 (methods that infer the task from a whole test batch)
+    batch1: Optional["Row"] = None
+
+    def copy(self) -> "Row":
+        return Row(list(self.acc), dict(self.zeroshot), {k: dict(v) for k, v in self.retrieval.items()})
+
+
+# Metrics measured at evaluation batch size 1 carry this suffix (`last@bs1`), beside those at the protocol's batch.
+BATCH1_SUFFIX = "@bs1"
 
 
 class Evaluator:
@@ -189,7 +199,16 @@ class Evaluator:
         return self.method.class_features(self.loaded, text_classes) if self.method is not None else text_classes
 
     def evaluate(self, row: int, version: int) -> Row:
-        """Row `row` of the accuracy matrix and the held-out figures for model state `version`."""
+        """Row `row` of the accuracy matrix and the held-out figures for model state `version`.
+
+        A method that infers the task from a whole test batch is measured twice after training, at the
+        evaluation batch size and at batch size 1 (`Row.batch1`); before training (version 0) every such
+        method is the pretrained model, measured as any other.
+        """
+        if version != 0 and self.method is not None and self.method.infers_task_per_batch:
+            row_b = self._routed_row(row, self.batch)
+            row_b.batch1 = self._routed_row(row, 1)
+            return row_b
         if version != self._version:
             self._cached, self._version = self._features(), version
         f, acc = self._cached, []
@@ -198,6 +217,46 @@ class Evaluator:
             a, b = self.bounds[j], self.bounds[j + 1]
             acc.append(accuracy(f["image"][a:b], self.test_labels[a:b], f["classes"], lo, hi))
         return Row(acc, dict(f["zeroshot"]), {k: dict(v) for k, v in f["retrieval"].items()})
+
+
+    def _routed_row(self, row: int, batch: int) -> Row:
+        """Row `row` under batch-wise task inference: each image set in batches of `batch` within the set
+        (never straddling two sets); each batch's images, and the texts scored against them, encoded
+        under the route the method infers from that batch (texts once per route key)."""
+        s, kw = self.streams, dict(device=self.device, precision=self.precision)
+        texts: Dict[Any, torch.Tensor] = {}
+
+        def scores(images: torch.Tensor, what: Any, encode: Any) -> torch.Tensor:
+            routes: List[Any] = []
+
+            def per_batch(chunk: torch.Tensor):
+                routes.append(self.method.route_batch(self.loaded, chunk))
+                return routes[-1]
+
+            features = encode_images(self.loaded, images, batch, per_batch=per_batch, **kw)
+            out = []
+            for i, route in enumerate(routes):
+                key = (what, route.key)
+                if key not in texts:
+                    with route:
+                        texts[key] = encode()
+                out.append(features[i * batch:(i + 1) * batch] @ texts[key].T)
+            return torch.cat(out) if out else torch.empty(0, 0)
+
+        acc = []
+        for j, test in enumerate(s.test):
+            lo, hi = s.scored_classes(row, j)
+            names = s.class_names[lo:hi]
+            acc.append(top1_accuracy(scores(test.images, ("classes", lo, hi),
+                                            lambda: class_embeddings(self.loaded, names, s.templates, self.batch, **kw)),
+                                     test.labels, lo))
+        zeroshot = {name: top1_accuracy(scores(zs.data.images, ("zeroshot", name), lambda: class_embeddings(
+            self.loaded, zs.class_names, zs.templates, self.batch, **kw)), zs.data.labels)
+            for name, zs in s.zeroshot_sets.items()}
+        retrieval = {name: similarity_recall_folds(scores(cap.images, ("retrieval", name), lambda: encode_texts(
+            self.loaded, cap.captions, self.batch, **kw)), cap.caption_image, cap.folds)
+            for name, cap in s.retrieval_sets.items()}
+        return Row(acc, zeroshot, retrieval)
 
 
 def row_zero_key(spec: RunSpec, device: str) -> str:
@@ -238,13 +297,30 @@ def _empty_raw(streams: Streams) -> Dict[str, Any]:
 
 
 def _append_row(raw: Dict[str, Any], row: Row, seconds: float) -> None:
+    _append_measures(raw, row)
+    if row.batch1 is not None:
+        _append_measures(raw["batch1"], row.batch1)
+    raw["eval_seconds"].append(seconds)
+
+
+def _append_measures(raw: Dict[str, Any], row: Row) -> None:
     raw["acc_matrix"].append(row.acc)
     for k, v in row.zeroshot.items():
         raw["zeroshot"][k].append(v)
     for k, recalls in row.retrieval.items():
         for key, v in recalls.items():
             raw["retrieval"][k].setdefault(key, []).append(v)
-    raw["eval_seconds"].append(seconds)
+
+
+def record_metrics(raw: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
+    """Every metric of `raw`; where `raw` also holds the rows measured at batch size 1 (`raw["batch1"]`:
+    its own accuracy matrix and held-out figures), each metric again from those, suffixed `@bs1`."""
+    metrics = compute_metrics(raw)
+    if raw.get("batch1"):
+        at1 = compute_metrics({**raw, **raw["batch1"]})
+        for part in ("values", "versions"):
+            metrics[part].update({f"{k}{BATCH1_SUFFIX}": v for k, v in at1[part].items()})
+    return metrics
 
 
 def _log(msg: str, quiet: bool) -> None:
@@ -274,7 +350,7 @@ def execute_run(spec: RunSpec, store: ResultStore, device: str, progress: bool, 
         status = "failed"
         error = {"type": type(err).__name__, "message": str(err), "traceback": traceback.format_exc()}
     raw = state["raw"] or {}
-    metrics = compute_metrics(raw) if status == "complete" else {"values": {}, "versions": {}}
+    metrics = record_metrics(raw) if status == "complete" else {"values": {}, "versions": {}}
     record = {
         "schema_version": SCHEMA_VERSION,
         "status": status,
@@ -330,8 +406,13 @@ def _run_experiences(spec: RunSpec, store: ResultStore, device: str, progress: b
         method.load_state_dict(checkpoint["method"])
         _log(f"  resuming from experience {start}/{streams.n_experiences}", quiet)
     else:
+        if method_cls.infers_task_per_batch:  # the same measures at batch size 1
+            raw["batch1"] = {k: _empty_raw(streams)[k] for k in ("acc_matrix", "zeroshot", "retrieval")}
         t = time.perf_counter()
-        _append_row(raw, _row_zero(spec, store, evaluator, device), time.perf_counter() - t)
+        row = _row_zero(spec, store, evaluator, device)
+        if method_cls.infers_task_per_batch:  # before training every route is the pretrained model
+            row.batch1 = row.copy()
+        _append_row(raw, row, time.perf_counter() - t)
 
     for exp in range(start, streams.n_experiences):
         seed_everything(spec.seed, exp)
