@@ -51,26 +51,32 @@ def encode_images(loaded: LoadedModel, images: torch.Tensor, batch_size: int, de
 
 @torch.inference_mode()
 def encode_texts(loaded: LoadedModel, texts: Sequence[str], batch_size: int, device: str = "cpu",
-                 precision: str = "fp32") -> torch.Tensor:
-    """Texts -> normalised text features [M, D], in batches."""
+                 precision: str = "fp32", tokens: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Texts -> normalised text features [M, D], in batches. `tokens`: the texts already tokenized
+    (`loaded.tokenizer(texts)`), for callers that encode the same texts many times."""
     clip = loaded.clip
     was_training = clip.training
     clip.eval()
     out = []
     for s in range(0, len(texts), batch_size):
-        tokens = loaded.tokenizer(list(texts[s:s + batch_size])).to(device)
+        chunk = loaded.tokenizer(list(texts[s:s + batch_size])) if tokens is None else tokens[s:s + batch_size]
         with _autocast(device, precision):
-            f = clip.encode_text(tokens)
+            f = clip.encode_text(chunk.to(device))
         out.append(torch.nn.functional.normalize(f.float(), dim=-1).cpu())
     clip.train(was_training)
     return torch.cat(out) if out else torch.empty(0)
 
 
+def class_prompts(class_names: List[str], templates: List[str]) -> List[str]:
+    """Every template filled with every class name, class by class."""
+    return [t.format(c=c) for c in class_names for t in templates]
+
+
 def class_embeddings(loaded: LoadedModel, class_names: List[str], templates: List[str], batch_size: int,
-                     device: str = "cpu", precision: str = "fp32") -> torch.Tensor:
-    """CLIP's prompt ensemble: per class, the renormalised mean of its normalised template embeddings."""
-    prompts = [t.format(c=c) for c in class_names for t in templates]
-    feats = encode_texts(loaded, prompts, batch_size, device, precision)
+                     device: str = "cpu", precision: str = "fp32", tokens: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """CLIP's prompt ensemble: per class, the renormalised mean of its normalised template embeddings.
+    `tokens`: the prompts already tokenized (see `encode_texts`)."""
+    feats = encode_texts(loaded, class_prompts(class_names, templates), batch_size, device, precision, tokens)
     feats = feats.view(len(class_names), len(templates), -1).mean(dim=1)
     return torch.nn.functional.normalize(feats, dim=-1)
 

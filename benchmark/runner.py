@@ -16,7 +16,7 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -27,7 +27,7 @@ from clipbench.protocols.metrics import compute_metrics
 
 from . import claims, provenance
 from .errors import ClipbenchError
-from .evaluate import (accuracy, class_embeddings, encode_images, encode_texts, retrieval_recall_folds,
+from .evaluate import (accuracy, class_embeddings, class_prompts, encode_images, encode_texts, retrieval_recall_folds,
                        similarity_recall_folds, top1_accuracy)
 from .models import LoadedModel, load_model
 from .spec import RunSpec, known_settings, resolve_specs, user_overrides
@@ -218,7 +218,6 @@ class Evaluator:
             acc.append(accuracy(f["image"][a:b], self.test_labels[a:b], f["classes"], lo, hi))
         return Row(acc, dict(f["zeroshot"]), {k: dict(v) for k, v in f["retrieval"].items()})
 
-
     def _routed_row(self, row: int, batch: int) -> Row:
         """Row `row` under batch-wise task inference: each image set in batches of `batch` within the set
         (never straddling two sets); each batch's images, and the texts scored against them, encoded
@@ -226,7 +225,7 @@ class Evaluator:
         s, kw = self.streams, dict(device=self.device, precision=self.precision)
         texts: Dict[Any, torch.Tensor] = {}
 
-        def scores(images: torch.Tensor, what: Any, encode: Any) -> torch.Tensor:
+        def scores(images: torch.Tensor, what: Any, encode: Callable[[], torch.Tensor]) -> torch.Tensor:
             routes: List[Any] = []
 
             def per_batch(chunk: torch.Tensor):
@@ -243,19 +242,23 @@ class Evaluator:
                 out.append(features[i * batch:(i + 1) * batch] @ texts[key].T)
             return torch.cat(out) if out else torch.empty(0, 0)
 
+        def classes(names: List[str], templates: List[str]) -> Callable[[], torch.Tensor]:
+            tokens = self.loaded.tokenizer(class_prompts(names, templates))  # once, whatever the routes
+            return lambda: class_embeddings(self.loaded, names, templates, self.batch, tokens=tokens, **kw)
+
         acc = []
         for j, test in enumerate(s.test):
             lo, hi = s.scored_classes(row, j)
-            names = s.class_names[lo:hi]
-            acc.append(top1_accuracy(scores(test.images, ("classes", lo, hi),
-                                            lambda: class_embeddings(self.loaded, names, s.templates, self.batch, **kw)),
+            acc.append(top1_accuracy(scores(test.images, ("classes", lo, hi), classes(s.class_names[lo:hi], s.templates)),
                                      test.labels, lo))
-        zeroshot = {name: top1_accuracy(scores(zs.data.images, ("zeroshot", name), lambda: class_embeddings(
-            self.loaded, zs.class_names, zs.templates, self.batch, **kw)), zs.data.labels)
-            for name, zs in s.zeroshot_sets.items()}
-        retrieval = {name: similarity_recall_folds(scores(cap.images, ("retrieval", name), lambda: encode_texts(
-            self.loaded, cap.captions, self.batch, **kw)), cap.caption_image, cap.folds)
-            for name, cap in s.retrieval_sets.items()}
+        zeroshot = {name: top1_accuracy(scores(zs.data.images, ("zeroshot", name), classes(zs.class_names, zs.templates)),
+                                        zs.data.labels) for name, zs in s.zeroshot_sets.items()}
+        retrieval = {}
+        for name, cap in s.retrieval_sets.items():
+            tokens = self.loaded.tokenizer(list(cap.captions))
+            sim = scores(cap.images, ("retrieval", name),
+                         lambda: encode_texts(self.loaded, cap.captions, self.batch, tokens=tokens, **kw))
+            retrieval[name] = similarity_recall_folds(sim, cap.caption_image, cap.folds)
         return Row(acc, zeroshot, retrieval)
 
 

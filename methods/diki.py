@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
@@ -60,23 +61,28 @@ class PrefixAttention(nn.Module):
 
 
 def gaussian(features: torch.Tensor) -> Dict[str, torch.Tensor]:
-    """Mean and unbiased covariance (+ 1e-7 I) of features [N, D], in float64 (the code: float32)."""
+    """Mean, unbiased covariance (+ 1e-7 I) and its Cholesky factor of features [N, D], in float64 (the
+    code: float32)."""
     if len(features) < 2:
         raise ValueError(f"a Gaussian needs at least 2 images, got {len(features)}")
     f = features.double()
     mean = f.mean(dim=0)
     delta = f - mean
     cov = delta.T @ delta / (len(f) - 1) + torch.eye(f.shape[1], dtype=f.dtype, device=f.device) * COVARIANCE_JITTER
-    return {"mean": mean, "cov": cov}
+    return {"mean": mean, "cov": cov, "tril": torch.linalg.cholesky(cov)}
 
 
 def log_likelihoods(features: torch.Tensor, gaussians: List[Dict[str, torch.Tensor]]) -> torch.Tensor:
-    """log N(f; mu_t, Sigma_t) for every feature and task: [N, T]."""
-    from torch.distributions import MultivariateNormal
-
+    """log N(f; mu_t, Sigma_t) for every feature and task [N, T] (torch's MultivariateNormal.log_prob, with
+    each Cholesky factor computed once at fitting rather than at every test batch)."""
     f = features.double()
-    return torch.stack([MultivariateNormal(g["mean"].to(f.device), covariance_matrix=g["cov"].to(f.device)).log_prob(f)
-                        for g in gaussians], dim=1)
+    out = []
+    for g in gaussians:
+        tril = g["tril"].to(f.device)
+        z = torch.linalg.solve_triangular(tril, (f - g["mean"].to(f.device)).T, upper=False)  # L^-1 (f - mu)
+        half_logdet = tril.diagonal().log().sum()
+        out.append(-0.5 * (f.shape[1] * math.log(2 * math.pi) + (z * z).sum(dim=0)) - half_logdet)
+    return torch.stack(out, dim=1)
 
 
 def choose(logp: torch.Tensor):

@@ -230,6 +230,9 @@ def test_gaussian_likelihood_picks_the_task_and_weights_as_the_code():
     d = f.double() - mean
     explicit = -0.5 * (6 * math.log(2 * math.pi) + torch.logdet(cov) + (d @ torch.linalg.inv(cov) * d).sum(1))
     assert torch.allclose(logp[:, 1], explicit)
+    from torch.distributions import MultivariateNormal  # the code's MultivariateNormal(mean, covar).log_prob
+
+    assert torch.allclose(logp[:, 2], MultivariateNormal(gaussians[2]["mean"], gaussians[2]["cov"]).log_prob(f.double()))
     index, weight, task = choose(logp)
     assert index.tolist() == [1] * 5 + [2] * 2 and task == 1  # the batch's majority
     assert torch.allclose(weight.double(), torch.sigmoid(logp.max(dim=1).values / 512 - 1))
