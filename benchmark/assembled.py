@@ -95,9 +95,14 @@ def register_config(open_clip) -> None:
 
 def load_image_tower(clip: nn.Module) -> None:
     """Copy the package's EfficientNet-Lite0 weights into open_clip's timm trunk (same layout, by position)."""
+    fill_efficientnet_lite0(clip.visual.trunk)
+
+
+def fill_efficientnet_lite0(trunk: nn.Module) -> None:
+    """Copy the package's EfficientNet-Lite0 ImageNet weights into a timm `tf_efficientnet_lite0` without
+    classifier (same layout, by position): the mini image tower, and MoE-Adapters' DDAS feature extractor."""
     state = torch.load(efficientnet_weights_path(), map_location="cpu", weights_only=True)
     source = [v for k, v in state.items() if "num_batches" not in k and not k.startswith("_fc.")]
-    trunk = clip.visual.trunk
     own = trunk.state_dict()
     target = [k for k in own if "num_batches" not in k]
     if len(source) != len(target):
@@ -130,10 +135,10 @@ def _row_keys(x: torch.Tensor) -> List[bytes]:
     return [tag + hashlib.sha256(row).digest() for row in rows]
 
 
-FIXED_BATCH = 16  # tower misses are computed in batches of exactly this many rows (see _fixed_batches)
+FIXED_BATCH = 16  # tower misses are computed in batches of exactly this many rows (see fixed_batches)
 
 
-def _fixed_batches(compute, x: torch.Tensor) -> torch.Tensor:
+def fixed_batches(compute, x: torch.Tensor) -> torch.Tensor:
     """`compute(x)` in batches of exactly FIXED_BATCH rows, the last one padded by repeating its first row.
 
     Kernels differ with the batch size (a batch of 1 gives other last bits than a batch of 16), and which
@@ -151,7 +156,10 @@ def _fixed_batches(compute, x: torch.Tensor) -> torch.Tensor:
     return torch.cat(outs)
 
 
-def _cached(store: Dict[bytes, torch.Tensor], x: torch.Tensor, compute, tower: nn.Module) -> torch.Tensor:
+def cached_rows(store: Dict[bytes, torch.Tensor], x: torch.Tensor, compute, tower: nn.Module,
+            max_rows: int = MAX_CACHED_ROWS) -> torch.Tensor:
+    """`compute(x)` row by row from `store` (keyed by each row's content), computing only the misses;
+    at most `max_rows` rows are kept."""
     keys = _row_keys(x)
     todo = [i for i, k in enumerate(keys) if k not in store]
     if not todo:
@@ -164,7 +172,7 @@ def _cached(store: Dict[bytes, torch.Tensor], x: torch.Tensor, compute, tower: n
     if was_training:
         tower.train()
     fresh = dict(zip(todo, out))
-    if len(store) < MAX_CACHED_ROWS:  # bounded: random inputs (VR-LwF's pseudo-sentences) never recur
+    if len(store) < max_rows:  # bounded: random inputs (VR-LwF's pseudo-sentences) never recur
         store.update((keys[i], row) for i, row in fresh.items())
     return torch.stack([fresh[i] if i in fresh else store[k] for i, k in enumerate(keys)]).to(x.device)
 
@@ -201,15 +209,15 @@ def install_caches(clip: nn.Module, fingerprint: str) -> None:
         out = None
         for length in lengths.unique().tolist():
             rows = (lengths == length).nonzero().squeeze(1)
-            pooled = _fixed_batches(run_text, tokens[rows, :length])
+            pooled = fixed_batches(run_text, tokens[rows, :length])
             if out is None:
                 out = pooled.new_empty((len(tokens), pooled.shape[1]))
             out[rows] = pooled
         return out
 
     # `pooled(x)`: the frozen tower's output below the projection, computed once per input
-    visual.pooled = lambda x: _cached(image_store, x, lambda misses: _fixed_batches(trunk, misses), visual.trunk)
-    text.pooled = lambda tokens: _cached(text_store, tokens, text_pooled, text.transformer)
+    visual.pooled = lambda x: cached_rows(image_store, x, lambda misses: fixed_batches(trunk, misses), visual.trunk)
+    text.pooled = lambda tokens: cached_rows(text_store, tokens, text_pooled, text.transformer)
     visual.forward = lambda x: visual.head(visual.pooled(x))
     text.forward = lambda tokens: text.proj(text.pooled(tokens))
 

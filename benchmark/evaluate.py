@@ -7,7 +7,7 @@ later from the stored numbers (see `clipbench.protocols.metrics`).
 from __future__ import annotations
 
 import contextlib
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Callable, ContextManager, Dict, List, Optional, Sequence
 
 import torch
 from tqdm import tqdm
@@ -28,8 +28,13 @@ def _autocast(device: str, precision: str):
 
 @torch.inference_mode()
 def encode_images(loaded: LoadedModel, images: torch.Tensor, batch_size: int, device: str = "cpu",
-                  precision: str = "fp32", desc: str = "", progress: bool = False) -> torch.Tensor:
-    """uint8 [N, 3, H, W] -> normalised image features [N, D], in batches."""
+                  precision: str = "fp32", desc: str = "", progress: bool = False,
+                  per_batch: Optional[Callable[[torch.Tensor], ContextManager]] = None) -> torch.Tensor:
+    """uint8 [N, 3, H, W] -> normalised image features [N, D], in batches.
+
+    `per_batch(uint8 batch)`, when given, returns a context under which that batch is encoded (a
+    method's route inferred from the whole batch, see `Method.route_batch`).
+    """
     clip = loaded.clip
     was_training = clip.training
     clip.eval()
@@ -40,7 +45,7 @@ def encode_images(loaded: LoadedModel, images: torch.Tensor, batch_size: int, de
     for s in tqdm(starts, desc=desc or "encode images", disable=not progress, leave=False):
         chunk = images[s:s + batch_size].to(device, non_blocking=True)
         x = loaded.model_input(chunk, out=None if buffer is None else buffer[:len(chunk)])
-        with _autocast(device, precision):
+        with _autocast(device, precision), (per_batch(chunk) if per_batch else contextlib.nullcontext()):
             f = clip.encode_image(x)
         out.append(torch.nn.functional.normalize(f.float(), dim=-1).cpu())
     clip.train(was_training)
@@ -49,30 +54,45 @@ def encode_images(loaded: LoadedModel, images: torch.Tensor, batch_size: int, de
 
 @torch.inference_mode()
 def encode_texts(loaded: LoadedModel, texts: Sequence[str], batch_size: int, device: str = "cpu",
-                 precision: str = "fp32") -> torch.Tensor:
-    """Texts -> normalised text features [M, D], in batches."""
+                 precision: str = "fp32", tokens: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Texts -> normalised text features [M, D], in batches. `tokens`: the texts already tokenized
+    (`loaded.tokenizer(texts)`), for callers that encode the same texts many times."""
     clip = loaded.clip
     was_training = clip.training
     clip.eval()
     out = []
     for s in range(0, len(texts), batch_size):
-        tokens = loaded.tokenizer(list(texts[s:s + batch_size])).to(device)
+        chunk = loaded.tokenizer(list(texts[s:s + batch_size])) if tokens is None else tokens[s:s + batch_size]
         with _autocast(device, precision):
-            f = clip.encode_text(tokens)
+            f = clip.encode_text(chunk.to(device))
         out.append(torch.nn.functional.normalize(f.float(), dim=-1).cpu())
     clip.train(was_training)
     return torch.cat(out) if out else torch.empty(0)
 
 
-def class_embeddings(loaded: LoadedModel, class_names: List[str], templates: Sequence[str] | Sequence[Sequence[str]],
-                     batch_size: int, device: str = "cpu", precision: str = "fp32") -> torch.Tensor:
+Templates = Sequence[str] | Sequence[Sequence[str]]
+
+
+def per_class_templates(n_classes: int, templates: Templates) -> List[List[str]]:
+    """`templates` as one list per class: one list shared by every class, or already one per class."""
+    if templates and isinstance(templates[0], str):
+        return [list(templates)] * n_classes  # type: ignore[list-item]
+    return [list(t) for t in templates]
+
+
+def class_prompts(class_names: List[str], templates: Templates) -> List[str]:
+    """Every template of each class filled with its name, class by class."""
+    return [t.format(c=c) for c, ts in zip(class_names, per_class_templates(len(class_names), templates)) for t in ts]
+
+
+def class_embeddings(loaded: LoadedModel, class_names: List[str], templates: Templates, batch_size: int,
+                     device: str = "cpu", precision: str = "fp32", tokens: Optional[torch.Tensor] = None) -> torch.Tensor:
     """CLIP's prompt ensemble: per class, the renormalised mean of its normalised template embeddings.
 
     `templates`: one list for every class, or one list per class (MTIL: each dataset its own).
-    """
-    per_class = [list(templates)] * len(class_names) if templates and isinstance(templates[0], str) else templates
-    prompts = [t.format(c=c) for c, ts in zip(class_names, per_class) for t in ts]
-    feats = encode_texts(loaded, prompts, batch_size, device, precision)
+    `tokens`: the prompts already tokenized (see `encode_texts`)."""
+    per_class = per_class_templates(len(class_names), templates)
+    feats = encode_texts(loaded, class_prompts(class_names, per_class), batch_size, device, precision, tokens)
     if len({len(ts) for ts in per_class}) == 1:
         feats = feats.view(len(class_names), len(per_class[0]), -1).mean(dim=1)
     else:
@@ -84,7 +104,12 @@ def accuracy(image_features: torch.Tensor, labels: torch.Tensor, class_features:
              lo: int = 0, hi: int | None = None) -> float:
     """Top-1 accuracy scoring only classes [lo, hi); labels are global class ids."""
     hi = len(class_features) if hi is None else hi
-    pred = (image_features @ class_features[lo:hi].T).argmax(dim=1) + lo
+    return top1_accuracy(image_features @ class_features[lo:hi].T, labels, lo)
+
+
+def top1_accuracy(scores: torch.Tensor, labels: torch.Tensor, first_class: int = 0) -> float:
+    """Top-1 accuracy of class scores [N, C] whose column c is class `first_class + c`."""
+    pred = scores.argmax(dim=1) + first_class
     return float((pred == labels).double().mean()) if len(labels) else 0.0
 
 
@@ -107,17 +132,30 @@ def retrieval_recall(image_features: torch.Tensor, text_features: torch.Tensor, 
     high as its best caption. Text-to-image: a caption is retrieved at K when fewer than K wrong
     images score at least as high as its image. Ties count against the model.
     """
-    n_img = len(image_features)
+    return _recall(lambda a, b: image_features[a:b] @ text_features.T, lambda a, b: image_features @ text_features[a:b].T,
+                   len(image_features), len(text_features), caption_image, ks, chunk)
+
+
+def similarity_recall(similarity: torch.Tensor, caption_image: torch.Tensor, ks: Sequence[int] = RECALL_KS,
+                      chunk: int = 1024) -> Dict[str, float]:
+    """`retrieval_recall` from a ready image x caption similarity matrix [N, M] (batch-wise methods score
+    each image batch against captions encoded under that batch's route)."""
+    return _recall(lambda a, b: similarity[a:b], lambda a, b: similarity[:, a:b], similarity.shape[0],
+                   similarity.shape[1], caption_image, ks, chunk)
+
+
+def _recall(rows: Callable[[int, int], torch.Tensor], cols: Callable[[int, int], torch.Tensor], n_img: int, n_txt: int,
+            caption_image: torch.Tensor, ks: Sequence[int], chunk: int) -> Dict[str, float]:
+    """Recall@K from similarity rows [a:b] (images a..b-1 against every caption) and columns."""
     i2t_rank = torch.empty(n_img, dtype=torch.long)
     for s in range(0, n_img, chunk):
-        sim = image_features[s:s + chunk] @ text_features.T  # [c, M]
+        sim = rows(s, min(s + chunk, n_img))  # [c, M]
         correct = caption_image[None, :] == torch.arange(s, s + len(sim))[:, None]
         best = sim.masked_fill(~correct, float("-inf")).max(dim=1).values
         i2t_rank[s:s + chunk] = ((sim >= best[:, None]) & ~correct).sum(dim=1)
-    n_txt = len(text_features)
     t2i_rank = torch.empty(n_txt, dtype=torch.long)
     for s in range(0, n_txt, chunk):
-        sim = image_features @ text_features[s:s + chunk].T  # [N, c]
+        sim = cols(s, min(s + chunk, n_txt))  # [N, c]
         owner = caption_image[s:s + chunk]
         correct = torch.arange(n_img)[:, None] == owner[None, :]
         own = sim.gather(0, owner[None, :]).squeeze(0)
@@ -133,14 +171,27 @@ def retrieval_recall_folds(image_features: torch.Tensor, text_features: torch.Te
                            folds: int = 1, ks: Sequence[int] = RECALL_KS) -> Dict[str, float]:
     """Recall averaged over `folds` equal, contiguous folds of the images, each scored against only its
     own images' captions (how COCO's 5k test set is scored as five folds of 1k)."""
+    return _folds(len(image_features), caption_image, folds, lambda lo, hi, mine, owners: retrieval_recall(
+        image_features[lo:hi], text_features[mine], owners, ks))
+
+
+def similarity_recall_folds(similarity: torch.Tensor, caption_image: torch.Tensor, folds: int = 1,
+                            ks: Sequence[int] = RECALL_KS) -> Dict[str, float]:
+    """`retrieval_recall_folds` from a ready similarity matrix [N, M]."""
+    return _folds(len(similarity), caption_image, folds, lambda lo, hi, mine, owners: similarity_recall(
+        similarity[lo:hi][:, mine], owners, ks))
+
+
+def _folds(n: int, caption_image: torch.Tensor, folds: int,
+           score: Callable[[int, int, Any, torch.Tensor], Dict[str, float]]) -> Dict[str, float]:
+    """`score(lo, hi, captions of images lo..hi-1 (mask or slice), their image indices from lo)` per fold, averaged."""
     if folds <= 1:
-        return retrieval_recall(image_features, text_features, caption_image, ks)
-    n = len(image_features)
+        return score(0, n, slice(None), caption_image)  # every caption
     if n % folds:
         raise ValueError(f"{n} images do not split into {folds} equal folds")
     step, results = n // folds, []
     for f in range(folds):
         lo, hi = f * step, (f + 1) * step
         mine = (caption_image >= lo) & (caption_image < hi)
-        results.append(retrieval_recall(image_features[lo:hi], text_features[mine], caption_image[mine] - lo, ks))
+        results.append(score(lo, hi, mine, caption_image[mine] - lo))
     return {k: sum(r[k] for r in results) / folds for k in results[0]}

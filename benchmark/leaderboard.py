@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
-from clipbench.protocols.metrics import METRICS, Metric, compute_metrics, headline_metrics, metric_of
+from clipbench.protocols.metrics import BATCH1_SUFFIX, METRICS, Metric, compute_metrics, headline_metrics, metric_of
 
 from .errors import ClipbenchError, unknown_name_error
 from .store import ResultStore
@@ -667,12 +667,12 @@ def write(results: Path, out: Path, suite: Optional[str] = None) -> List[Path]:
 
 def protocol_page(entries: Sequence[Entry], out: Path) -> str:
     suite, protocol = entries[0].suite, entries[0].protocol
-    table = []
-    for metric in sorted({m for e in entries for r in e.runs for m in r["metrics"]}):
-        table.append([escape(metric)] + [cell_text(e.values(metric)) for e in entries])
+    metrics = sorted({m for e in entries for r in e.runs for m in r["metrics"]})
+    table = [[escape(metric)] + [cell_text(e.values(metric)) for e in entries] for metric in metrics]
     headers = ["metric"] + [escape(_entry_name(e, entries)) for e in entries]
     parts = [f"# {escape(suite)} / {escape(protocol)}: every metric\n",
              "Recomputed from the records' raw results with the current code; mean ± standard deviation over seeds.\n",
+             *batch_size_note(metrics),
              tabulate(table, headers=headers, tablefmt="github", disable_numparse=True), "",
              "## Accuracy matrices\n",
              "Row 0 is before any training, row i after experience i; column j is experience j's test set "
@@ -688,6 +688,16 @@ def protocol_page(entries: Sequence[Entry], out: Path) -> str:
                                 tablefmt="github", disable_numparse=True)
                      + f"\n\n![accuracy matrix of {escape(e.name)}]({rel})\n")
     return "\n".join(parts) + "\n"
+
+
+def batch_size_note(metrics: Sequence[str]) -> List[str]:
+    """A line saying which figures were measured at batch size 1, where some were (methods that infer the
+    task from a whole test batch are measured at the protocol's evaluation batch and at batch size 1)."""
+    if not any(str(m).endswith(BATCH1_SUFFIX) for m in metrics):
+        return []
+    return [f"Metrics ending in `{BATCH1_SUFFIX}` were measured with test batches of one image; the others, and the "
+            "accuracy matrices below, with test batches of the protocol's evaluation batch size (`eval.batch_size`, "
+            "each batch within one test set). Only methods that infer the task from a whole test batch have both.\n"]
 
 
 def check(results: Path, out: Path, suite: Optional[str] = None) -> List[str]:

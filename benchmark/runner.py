@@ -17,7 +17,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -29,8 +29,8 @@ from clipbench.protocols.metrics import compute_metrics
 from . import claims, provenance
 from .decode import decode_streams
 from .errors import ClipbenchError
-from .evaluate import (accuracy, class_embeddings, encode_images, encode_texts, per_class_accuracy,
-                       retrieval_recall_folds)
+from .evaluate import (accuracy, class_embeddings, class_prompts, encode_images, encode_texts, per_class_accuracy,
+                       retrieval_recall_folds, similarity_recall_folds, top1_accuracy)
 from .models import LoadedModel, load_model
 from .spec import RunSpec, dotted_tree, known_settings, resolve_specs, user_overrides
 from .store import SCHEMA_VERSION, ResultStore, atomic_write_json
@@ -156,6 +156,12 @@ class Row:
     zeroshot: Dict[str, float]
     retrieval: Dict[str, Dict[str, float]]
     class_acc_all: Optional[List[Optional[float]]] = None  # per class, every class scored (founding paper's metrics)
+    # the same row at evaluation batch size 1 (methods that infer the task from a whole test batch)
+    batch1: Optional["Row"] = None
+
+    def copy(self) -> "Row":
+        return Row(list(self.acc), dict(self.zeroshot), {k: dict(v) for k, v in self.retrieval.items()},
+                   self.class_acc_all)
 
 
 class Evaluator:
@@ -198,7 +204,16 @@ class Evaluator:
         return self.method.class_features(self.loaded, text_classes) if self.method is not None else text_classes
 
     def evaluate(self, row: int, version: int) -> Row:
-        """Row `row` of the accuracy matrix and the held-out figures for model state `version`."""
+        """Row `row` of the accuracy matrix and the held-out figures for model state `version`.
+
+        A method that infers the task from a whole test batch is measured twice after training, at the
+        evaluation batch size and at batch size 1 (`Row.batch1`); before training (version 0) every such
+        method is the pretrained model, measured as any other.
+        """
+        if version != 0 and self.method is not None and self.method.infers_task_per_batch:
+            row_b = self._routed_row(row, self.batch)
+            row_b.batch1 = self._routed_row(row, 1)
+            return row_b
         if version != self._version:
             self._cached, self._version = self._features(), version
         f, acc = self._cached, []
@@ -208,6 +223,49 @@ class Evaluator:
             acc.append(accuracy(f["image"][a:b], self.test_labels[a:b], f["classes"], lo, hi))
         return Row(acc, dict(f["zeroshot"]), {k: dict(v) for k, v in f["retrieval"].items()},
                    per_class_accuracy(f["image"], self.test_labels, f["classes"]))
+
+    def _routed_row(self, row: int, batch: int) -> Row:
+        """Row `row` under batch-wise task inference: each image set in batches of `batch` within the set
+        (never straddling two sets); each batch's images, and the texts scored against them, encoded
+        under the route the method infers from that batch (texts once per route key)."""
+        s, kw = self.streams, dict(device=self.device, precision=self.precision)
+        texts: Dict[Any, torch.Tensor] = {}
+
+        def scores(images: torch.Tensor, what: Any, encode: Callable[[], torch.Tensor]) -> torch.Tensor:
+            routes: List[Any] = []
+
+            def per_batch(chunk: torch.Tensor):
+                routes.append(self.method.route_batch(self.loaded, chunk))
+                return routes[-1]
+
+            features = encode_images(self.loaded, images, batch, per_batch=per_batch, **kw)
+            out = []
+            for i, route in enumerate(routes):
+                key = (what, route.key)
+                if key not in texts:
+                    with route:
+                        texts[key] = encode()
+                out.append(features[i * batch:(i + 1) * batch] @ texts[key].T)
+            return torch.cat(out) if out else torch.empty(0, 0)
+
+        def classes(names: List[str], templates: Any) -> Callable[[], torch.Tensor]:
+            tokens = self.loaded.tokenizer(class_prompts(names, templates))  # once, whatever the routes
+            return lambda: class_embeddings(self.loaded, names, templates, self.batch, tokens=tokens, **kw)
+
+        acc = []
+        for j, test in enumerate(s.test):
+            lo, hi = s.scored_classes(row, j)
+            acc.append(top1_accuracy(scores(test.images, ("classes", lo, hi), classes(s.class_names[lo:hi], s.class_templates[lo:hi])),
+                                     test.labels, lo))
+        zeroshot = {name: top1_accuracy(scores(zs.data.images, ("zeroshot", name), classes(zs.class_names, zs.templates)),
+                                        zs.data.labels) for name, zs in s.zeroshot_sets.items()}
+        retrieval = {}
+        for name, cap in s.retrieval_sets.items():
+            tokens = self.loaded.tokenizer(list(cap.captions))
+            sim = scores(cap.images, ("retrieval", name),
+                         lambda: encode_texts(self.loaded, cap.captions, self.batch, tokens=tokens, **kw))
+            retrieval[name] = similarity_recall_folds(sim, cap.caption_image, cap.folds)
+        return Row(acc, zeroshot, retrieval)
 
 
 def row_zero_key(spec: RunSpec, device: str) -> str:
@@ -270,15 +328,21 @@ def _empty_raw(streams: Streams) -> Dict[str, Any]:
 
 
 def _append_row(raw: Dict[str, Any], row: Row, seconds: float) -> None:
+    _append_measures(raw, row)
+    if row.batch1 is not None:
+        _append_measures(raw["batch1"], row.batch1)
+    raw["eval_seconds"].append(seconds)
+    # per row; a run resumed from a checkpoint of older code has none for its earlier rows
+    raw.setdefault("class_acc_all", [None] * (len(raw["acc_matrix"]) - 1)).append(row.class_acc_all)
+
+
+def _append_measures(raw: Dict[str, Any], row: Row) -> None:
     raw["acc_matrix"].append(row.acc)
     for k, v in row.zeroshot.items():
         raw["zeroshot"][k].append(v)
     for k, recalls in row.retrieval.items():
         for key, v in recalls.items():
             raw["retrieval"][k].setdefault(key, []).append(v)
-    raw["eval_seconds"].append(seconds)
-    # per row; a run resumed from a checkpoint of older code has none for its earlier rows
-    raw.setdefault("class_acc_all", [None] * (len(raw["acc_matrix"]) - 1)).append(row.class_acc_all)
 
 
 def _log(msg: str, quiet: bool) -> None:
@@ -367,8 +431,13 @@ def _run_experiences(spec: RunSpec, store: ResultStore, device: str, progress: b
         method.load_state_dict(checkpoint["method"])
         _log(f"  resuming from experience {start}/{streams.n_experiences}", quiet)
     else:
+        if method_cls.infers_task_per_batch:  # the same measures at batch size 1
+            raw["batch1"] = {k: _empty_raw(streams)[k] for k in ("acc_matrix", "zeroshot", "retrieval")}
         t = time.perf_counter()
-        _append_row(raw, _row_zero(spec, store, evaluator, device), time.perf_counter() - t)
+        row = _row_zero(spec, store, evaluator, device)
+        if method_cls.infers_task_per_batch:  # before training every route is the pretrained model
+            row.batch1 = row.copy()
+        _append_row(raw, row, time.perf_counter() - t)
 
     for exp in range(start, streams.n_experiences):
         seed_everything(spec.seed, exp)

@@ -9,6 +9,8 @@ and optional hooks:
   writes `strategy.loss` itself, so two plugins cannot interfere;
 - `state_dict()` / `load_state_dict()`: whatever it keeps between experiences, for exact resume;
 - `inference_extras()`: what inference needs beyond the model (a cost column of the leaderboard);
+- `route_batch(loaded, images)` with `infers_task_per_batch = True`: for methods that infer the task
+  from a whole test batch (MoE-Adapters' DDAS, DIKI's vote); see `Route`;
 - any Avalanche callback (`before_training_exp`, `after_training_exp`, ...).
 
 Register with `@register_method`; third-party packages do the same from a module named in the
@@ -18,7 +20,7 @@ entry point group `clipbench.methods`.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any, ClassVar, Dict, Iterable, Optional, Tuple, Type
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Dict, Hashable, Iterable, Optional, Tuple, Type
 
 import torch
 
@@ -49,6 +51,27 @@ class MethodConfig:
         require_choice("part", self.part, PARTS)
 
 
+@dataclass
+class Route:
+    """What a batch-wise method inferred from one test batch: `with route:` the model computes that
+    batch's images, and the texts scored against them, accordingly.
+
+    `key` names what the texts depend on: texts encoded under routes with equal keys are equal, so the
+    evaluator encodes them once per key (a task id; DIKI's key also holds its continuous text weight).
+    """
+
+    key: Hashable
+    enter: Callable[[], None]  # make the model compute this route
+    exit: Callable[[], None]  # back to the model's state outside this batch
+
+    def __enter__(self) -> "Route":
+        self.enter()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.exit()
+
+
 class Method(SupervisedPlugin):
     """Base class of every method. Subclasses set `name` and may override the hooks below."""
 
@@ -57,6 +80,9 @@ class Method(SupervisedPlugin):
     Config: ClassVar[Type[MethodConfig]] = MethodConfig
     supports: ClassVar[Tuple[str, ...]] = ("class_incremental", "task_incremental")
     trains: ClassVar[bool] = True  # False: the runner never trains (the zero-shot reference row)
+    # True: the method infers the task from a whole test batch (`route_batch`); the evaluator then encodes
+    # each image set in batches within that set, once at the evaluation batch size and once at batch size 1
+    infers_task_per_batch: ClassVar[bool] = False
 
     def __init__(self, config: Optional[MethodConfig] = None):
         super().__init__()
@@ -95,6 +121,12 @@ class Method(SupervisedPlugin):
     def loss(self, strategy) -> Optional[torch.Tensor]:
         """An extra loss term for the current mini-batch (`strategy.mb_x`, `mb_y`, `mb_output`)."""
         return None
+
+    def route_batch(self, loaded: Any, images: torch.Tensor) -> Route:
+        """The route for one test batch (uint8 images, all from one image set) of a method with
+        `infers_task_per_batch`. On that path the texts are the class prompts' (or captions')
+        embeddings under the route; `class_features` is not used."""
+        raise NotImplementedError(f"{self.name} does not infer the task from a test batch")
 
     def state_dict(self) -> Dict[str, Any]:
         """What the method keeps between experiences (teachers, buffers); saved in checkpoints."""

@@ -74,7 +74,7 @@ def metric(name: str, direction: str = "higher", version: int = 1, headline: boo
 
 def metric_of(metric_id: str) -> Metric:
     """The registered metric behind an id, per-set ids included (`zs_retention.emoji` -> zs_retention)."""
-    return METRICS.get(metric_id.split(".")[0])
+    return METRICS.get(metric_id.split(BATCH1_SUFFIX)[0].split(".")[0])
 
 
 def headline_metrics() -> List[str]:
@@ -82,12 +82,23 @@ def headline_metrics() -> List[str]:
     return [n for n in METRICS.names() if METRICS.get(n).headline]
 
 
+# Metrics measured at evaluation batch size 1 carry this suffix (`last@bs1`), beside those at the protocol's batch.
+BATCH1_SUFFIX = "@bs1"
+
+
 def compute_metrics(raw: Raw) -> Dict[str, Dict[str, float]]:
-    """Every registered metric on `raw`: {"values": {id: value}, "versions": {metric name: version}}."""
+    """Every registered metric on `raw`: {"values": {id: value}, "versions": {metric name: version}}.
+
+    Where `raw` also holds rows measured at evaluation batch size 1 (`raw["batch1"]`: its own accuracy
+    matrix and held-out figures, for methods that infer the task from a whole test batch), every metric
+    again from those, suffixed `@bs1` (per-class figures were measured at the protocol's batch only)."""
     values: Dict[str, float] = {}
     versions: Dict[str, int] = {}
     for name in METRICS.names():
         m = METRICS.get(name)
         values.update(m.compute(raw))
         versions[name] = m.version
+    if raw.get("batch1"):
+        at1 = compute_metrics({**raw, **raw["batch1"], "batch1": None, "class_acc_all": None})
+        values.update({f"{k}{BATCH1_SUFFIX}": v for k, v in at1["values"].items()})
     return {"values": values, "versions": versions}
