@@ -74,7 +74,12 @@ def accuracy(image_features: torch.Tensor, labels: torch.Tensor, class_features:
              lo: int = 0, hi: int | None = None) -> float:
     """Top-1 accuracy scoring only classes [lo, hi); labels are global class ids."""
     hi = len(class_features) if hi is None else hi
-    pred = (image_features @ class_features[lo:hi].T).argmax(dim=1) + lo
+    return range_accuracy(image_features @ class_features[lo:hi].T, labels, lo)
+
+
+def range_accuracy(range_scores: torch.Tensor, labels: torch.Tensor, lo: int = 0) -> float:
+    """Top-1 accuracy of scores [N, k] over the classes [lo, lo + k); labels are global class ids."""
+    pred = range_scores.argmax(dim=1) + lo
     return float((pred == labels).double().mean()) if len(labels) else 0.0
 
 
