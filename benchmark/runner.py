@@ -180,6 +180,10 @@ class Evaluator:
         self.test_images = torch.cat([t.images for t in streams.test])
         self.test_labels = torch.cat([t.labels for t in streams.test])
         self.bounds = np.cumsum([0] + [len(t) for t in streams.test]).tolist()
+        # the target classifier's templates: the protocol's unless the method prompts its own way
+        own = method.prompt_templates(streams.templates) if method is not None else streams.templates
+        # per class; a method's own templates replace every class's (CLIP's zero-shot prompt per class otherwise)
+        self.templates = streams.class_templates if own == streams.templates else [list(own)] * len(streams.class_names)
         self._version: Optional[int] = None
         self._cached: Dict[str, Any] = {}
 
@@ -196,12 +200,16 @@ class Evaluator:
                                                      cap.caption_image, cap.folds)
         return {
             "image": encode_images(self.loaded, self.test_images, self.batch, desc="eval test sets", **bar),
-            "classes": self._target_classifier(class_embeddings(self.loaded, s.class_names, s.class_templates, self.batch, **kw)),
+            "classes": self._target_classifier(class_embeddings(self.loaded, s.class_names, self.templates, self.batch, **kw)),
             "zeroshot": zeroshot, "retrieval": retrieval,
         }
 
     def _target_classifier(self, text_classes: torch.Tensor) -> torch.Tensor:
         return self.method.class_features(self.loaded, text_classes) if self.method is not None else text_classes
+
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised image features of uint8 `images`, computed as evaluation computes them."""
+        return encode_images(self.loaded, images, self.batch, device=self.device, precision=self.precision)
 
     def evaluate(self, row: int, version: int) -> Row:
         """Row `row` of the accuracy matrix and the held-out figures for model state `version`.
@@ -220,7 +228,9 @@ class Evaluator:
         for j in range(self.streams.n_experiences):
             lo, hi = self.streams.scored_classes(row, j)
             a, b = self.bounds[j], self.bounds[j + 1]
-            acc.append(accuracy(f["image"][a:b], self.test_labels[a:b], f["classes"], lo, hi))
+            scores = self.method.scores(f["image"][a:b], f["classes"]) if self.method is not None else None
+            acc.append(accuracy(f["image"][a:b], self.test_labels[a:b], f["classes"], lo, hi) if scores is None
+                       else top1_accuracy(scores[:, lo:hi], self.test_labels[a:b], lo))
         return Row(acc, dict(f["zeroshot"]), {k: dict(v) for k, v in f["retrieval"].items()},
                    per_class_accuracy(f["image"], self.test_labels, f["classes"]))
 
@@ -268,15 +278,18 @@ class Evaluator:
         return Row(acc, zeroshot, retrieval)
 
 
-def row_zero_key(spec: RunSpec, device: str) -> str:
+def row_zero_key(spec: RunSpec, device: str, templates: Optional[List[List[str]]] = None) -> str:
     """What row 0 depends on: the model and its weights, the protocol, the fingerprint of its data, the code
-    that turns data into numbers, the evaluation settings.
+    that turns data into numbers, the evaluation settings, and the target classifier's templates when a
+    method chooses its own (`templates`).
 
-    Not the method: before any training every method holds the same pretrained model.
+    Not the method otherwise: before any training every method holds the same pretrained model.
     """
     what = {"model": spec.model, "protocol": spec.protocol, "protocol_version": spec.protocol_version,
             "params": spec.protocol_params, "data": spec.data, "code": spec.code, "seed": spec.seed,
             "eval": spec.eval, "precision": spec.precision, "device": device.split(":")[0]}
+    if templates is not None:
+        what["templates"] = [list(t) for t in templates]
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -306,7 +319,8 @@ def _row_zero(spec: RunSpec, store: ResultStore, evaluator: "Evaluator", device:
     set names and sizes); otherwise it is measured again and the cache rewritten."""
     if not SHARE_EVALUATION:
         return evaluator.evaluate(0, version=0)
-    path = store.root / "cache" / f"row0-{row_zero_key(spec, device)}.json"
+    own = evaluator.templates if evaluator.templates != evaluator.streams.class_templates else None
+    path = store.root / "cache" / f"row0-{row_zero_key(spec, device, own)}.json"
     shape = stream_shape(evaluator.streams)
     row = _cached_row(path, shape) if path.is_file() else None
     if row is None:
@@ -442,12 +456,16 @@ def _run_experiences(spec: RunSpec, store: ResultStore, device: str, progress: b
     for exp in range(start, streams.n_experiences):
         seed_everything(spec.seed, exp)
         seconds = 0.0
-        data = method.training_data(streams, exp) if method_cls.trains else None
-        if data is not None:
+        data = method.training_data(streams, exp)
+        if data is not None and method_cls.trains:
             classes = streams.experience_classes[exp]
             active = max(classes[-1] + 1, int(data.labels.max()) + 1)  # a joint learner sees every class at once
             seconds = train_experience(model, method, data, exp, active, spec.train, device, progress,
                                        experience_classes=streams.experience_classes)
+        elif data is not None:  # learning without gradients (analytic methods; nothing for zero-shot)
+            t = time.perf_counter()
+            method.fit_experience(data, exp, evaluator.image_features)
+            seconds = time.perf_counter() - t
         raw["train_seconds"].append(seconds)
         state["extra_bytes"] = max(state["extra_bytes"], state_bytes(method))
         t = time.perf_counter()

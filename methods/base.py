@@ -11,6 +11,9 @@ and optional hooks:
 - `inference_extras()`: what inference needs beyond the model (a cost column of the leaderboard);
 - `route_batch(loaded, images)` with `infers_task_per_batch = True`: for methods that infer the task
   from a whole test batch (MoE-Adapters' DDAS, DIKI's vote); see `Route`;
+- `fit_experience(data, exp, encode)`: learning without gradients (analytic methods, `trains = False`);
+- `prompt_templates(templates)` and `scores(image_features, class_features)`: how the target stream is
+  scored (defaults: the protocol's templates, CLIP's cosine similarity);
 - any Avalanche callback (`before_training_exp`, `after_training_exp`, ...).
 
 Register with `@register_method`; third-party packages do the same from a module named in the
@@ -20,7 +23,7 @@ entry point group `clipbench.methods`.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Dict, Hashable, Iterable, Optional, Tuple, Type
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Dict, Hashable, Iterable, List, Optional, Tuple, Type
 
 import torch
 
@@ -79,7 +82,8 @@ class Method(SupervisedPlugin):
     version: ClassVar[int] = 1
     Config: ClassVar[Type[MethodConfig]] = MethodConfig
     supports: ClassVar[Tuple[str, ...]] = ("class_incremental", "task_incremental")
-    trains: ClassVar[bool] = True  # False: the runner never trains (the zero-shot reference row)
+    # False: no gradient training (the zero-shot reference row; analytic methods learn in `fit_experience`)
+    trains: ClassVar[bool] = True
     # True: the method infers the task from a whole test batch (`route_batch`); the evaluator then encodes
     # each image set in batches within that set, once at the evaluation batch size and once at batch size 1
     infers_task_per_batch: ClassVar[bool] = False
@@ -112,6 +116,22 @@ class Method(SupervisedPlugin):
     def class_features(self, loaded: Any, class_features: torch.Tensor) -> torch.Tensor:
         """The target stream's classifier at evaluation (default: the class prompts' text embeddings)."""
         return class_features
+
+    def fit_experience(self, data: "LabelledImages", exp: int, encode: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Learn experience `exp` without gradient training (called instead of training when `trains` is
+        False). `encode(uint8 images)` gives the model's normalised image features, as evaluation computes
+        them. The model must stay as it is: evaluation keeps its features. Default: nothing."""
+
+    def prompt_templates(self, templates: List[str]) -> List[str]:
+        """The prompt templates of the target stream's classifier (default: the protocol's, and then each
+        class keeps its own where a protocol gives classes different templates). Before any learning, a
+        method's scores are CLIP's with these templates (the row-0 cache keys on them)."""
+        return templates
+
+    def scores(self, image_features: torch.Tensor, class_features: torch.Tensor) -> Optional[torch.Tensor]:
+        """The target stream's scores [N, C] over every class of the stream, or None for CLIP's cosine
+        similarity (the default); each experience's accuracy is the top-1 over its scored class range."""
+        return None
 
     def inference_extras(self) -> str:
         """What inference needs beyond the model being trained, in a few words (e.g. "zero-shot CLIP",

@@ -157,3 +157,11 @@ def load_into(model: nn.Module, state: State) -> None:
     with torch.no_grad():
         for k, v in state.items():
             params[k].copy_(v)
+
+
+def check_template(template: str) -> None:
+    """A method's prompt template must say where the class name goes (clipbench formats `{c}`)."""
+    from clipbench.errors import ClipbenchError
+
+    if "{c}" not in template:
+        raise ClipbenchError(f"template must hold '{{c}}' where the class name goes, got '{template}'")
