@@ -318,6 +318,11 @@ class KeepLoRA(Method):
     with fewer samples than one batch uses them all as one batch (the code would have no batch). Its
     last MTIL task (SUN397) runs 5 epochs instead of 10; here every experience runs `train.epochs`.
     Weights change only by merging: a model with A B = 0 outside training is the plain model.
+
+    As in the code, when a matrix's residual gradient has fewer than r directions (few distinct inputs:
+    a task's handful of class prompts in the text encoder; the mini text projection, whose input is one
+    vector per prompt), the randomized SVD fills A's remaining columns with arbitrary unit vectors, not
+    orthogonal to the protected subspace; their rows of B start at zero but train.
     """
 
     name = "keeplora"
