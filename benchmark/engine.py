@@ -130,10 +130,7 @@ class EnginePlugin(SupervisedPlugin):
 
     def before_training_epoch(self, strategy, **kwargs):
         # strategy.train() called model.train(); frozen towers (BatchNorm statistics) must stay put.
-        # Every module is visited, so each flag is set directly (module.eval() would recurse again).
-        for module in strategy.model.modules():
-            if not any(p.requires_grad for p in module.parameters()):
-                module.training = False
+        keep_frozen_in_eval(strategy.model)
 
     def before_training_iteration(self, strategy, **kwargs):
         if self.lr_at is not None:
@@ -161,6 +158,23 @@ class EnginePlugin(SupervisedPlugin):
 
     def after_training_exp(self, strategy, **kwargs):
         self.bar.close()
+
+
+def keep_frozen_in_eval(model: nn.Module) -> None:
+    """Put every module that does not train in eval mode: a module with parameters when none of them
+    trains, and a module without parameters (dropout, activations) when its nearest ancestor with
+    parameters does not train. So a frozen tower's BatchNorm and dropout stay as they were, while the
+    dropout inside a trained part (an adapter's) works. Each flag is set directly (module.eval() would
+    recurse again)."""
+    frozen: Dict[str, bool] = {}
+    for name, module in model.named_modules():  # a parent comes before its children
+        params = list(module.parameters(recurse=True))
+        if params:
+            frozen[name] = not any(p.requires_grad for p in params)
+        else:
+            frozen[name] = frozen.get(name.rpartition(".")[0], False)
+        if frozen[name]:
+            module.training = False
 
 
 def make_optimizer(params: List[nn.Parameter], train: dict) -> torch.optim.Optimizer:

@@ -1,8 +1,10 @@
 """Run specs: frozen, fully resolved descriptions of one run, identified by a hash of their JSON.
 
 Settings are layered, later wins: clipbench defaults < method and protocol defaults < suite file
-(its train/eval, then its `settings:`) < `--config` file < `--set key=value`. Every key a user sets
-must already exist in that tree (a typo fails with a did-you-mean instead of being silently ignored).
+(its train/eval, then its `settings:`) < `--config` file < `--set key=value`; last, a method's own
+training settings (`methods.<name>.train.<key>`, from any layer) replace the general ones for that
+method. Every key a user sets must already exist in that tree (a typo fails with a did-you-mean
+instead of being silently ignored).
 """
 
 from __future__ import annotations
@@ -173,6 +175,8 @@ def known_settings(method_fields: Dict[str, Dict[str, Any]], protocols: Dict[str
     """Every key `--set` and `--config` accept."""
     keys = [k for k in _leaf_keys(DEFAULTS) if not k.startswith(("methods", "protocols"))]
     keys += [f"methods.{m}.{f}" for m, fs in method_fields.items() for f in fs]
+    # a method's own training settings, over the general ones (a suite giving one method its reference's recipe)
+    keys += [f"methods.{m}.train.{k}" for m in method_fields for k in DEFAULTS["train"]]
     keys += [f"protocols.{p}.{k}" for p, d in protocols.items() for k in d.params]
     return keys
 
@@ -230,6 +234,8 @@ def resolve_specs(suite: SuiteDef, method_cls: Any, protocol: ProtocolDef, seeds
                                      "data_root": suite.data_root})
     settings = deep_merge(settings, dotted_tree(suite.settings, None, ""))  # checked by the planner
     settings = deep_merge(settings, overrides)
+    own = dict(settings["methods"].get(method_cls.name, {}))
+    settings["train"] = deep_merge(settings["train"], own.pop("train", {}))  # `methods.<name>.train.<key>`
     validate_train(settings["train"], settings["eval"])
     model = settings["model"]
     if not model.get("arch"):
@@ -240,7 +246,7 @@ def resolve_specs(suite: SuiteDef, method_cls: Any, protocol: ProtocolDef, seeds
         if strict_weights:
             raise
         fingerprint = f"unavailable: {err}"
-    config_values = deep_merge(method_cls.config_fields(), settings["methods"].get(method_cls.name, {}))
+    config_values = deep_merge(method_cls.config_fields(), own)
     config = method_cls.Config(**config_values)  # validates (e.g. `part`)
     params = deep_merge(protocol.params, settings["protocols"].get(protocol.name, {}))
     data = protocol.data_fingerprint(settings["data_root"], params, fingerprints)

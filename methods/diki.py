@@ -147,10 +147,7 @@ class DIKI(Method):
     Config = DIKIConfig
     infers_task_per_batch = True
     train_defaults = {"optimizer": "sgd", "lr": 5.0, "momentum": 0.0, "weight_decay": 0.0, "batch_size": 128,
-                      "epochs": 10, "ce_classes": "current"}
-    # Reference settings whose keys arrive with the training-settings change (not on this branch yet):
-    # merge them into `train_defaults` then.
-    PENDING_TRAIN_DEFAULTS = {"schedule": "cosine", "warmup_steps": 0, "label_smoothing": 0.0, "iterations": 0}
+                      "epochs": 10, "ce_classes": "current", "schedule": "cosine"}
 
     def setup(self, model, streams) -> None:
         self.streams = streams

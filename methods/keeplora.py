@@ -274,14 +274,6 @@ class KeepLoRAConfig(MethodConfig):
                 raise ClipbenchError(f"methods.keeplora.{name} must be within [0, 1], got {getattr(self, name)}")
 
 
-# Settings of the reference that need keys this branch does not have yet (train.schedule,
-# train.warmup_steps, train.iterations come with the training-settings change): fold them into
-# `train_defaults` once those keys exist. The code's schedule is torch's OneCycleLR (30 % warm-up from
-# lr/25, cosine down to lr/25e4, beta1 cycled 0.95 -> 0.85 -> 0.95), which none of constant|step|cosine
-# expresses; cosine without warm-up is the nearest.
-PENDING_TRAIN_DEFAULTS: Dict[str, Any] = {"schedule": "cosine", "warmup_steps": 0, "iterations": 0}
-
-
 @register_method
 class KeepLoRA(Method):
     """KeepLoRA (Luo et al., ICLR 2026; code: MaolinLuo/KeepLoRA at a17f9c2, `MTIL/`: `trainer/trainer.py`,
@@ -313,7 +305,8 @@ class KeepLoRA(Method):
     Departures: the code's pretrained subspace is the left singular vectors of W as stored (out x in),
     used as input-space directions (possible because attention projections are square); for the mini
     model's non-square projections the input space is taken, W^T. The code's OneCycleLR schedule is
-    not available (see `PENDING_TRAIN_DEFAULTS`); the gradient and feature passes run in eval mode (no
+    not available (OneCycleLR: 30 % warm-up from lr/25, cosine down to lr/25e4, beta1 cycled 0.95 -> 0.85
+    -> 0.95; none of constant|step|cosine expresses it, cosine without warm-up is the nearest); the gradient and feature passes run in eval mode (no
     difference for open_clip ViTs; it keeps the mini model's frozen BatchNorm statistics), and a task
     with fewer samples than one batch uses them all as one batch (the code would have no batch). Its
     last MTIL task (SUN397) runs 5 epochs instead of 10; here every experience runs `train.epochs`.
@@ -331,7 +324,7 @@ class KeepLoRA(Method):
     # configs/keeplora_order1.yaml: AdamW, lr 1e-3, wd 0.01, batch 64, 10 epochs; the model's logits cover
     # the current task's class prompts, hence cross-entropy over the current experience's classes.
     train_defaults = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.01, "batch_size": 64, "epochs": 10,
-                      "ce_classes": "current"}
+                      "ce_classes": "current", "schedule": "cosine"}
 
     def setup(self, model, streams) -> None:
         allowed = {id(p) for p in super().trainable_parameters(model)}

@@ -37,14 +37,6 @@ class MagMaxConfig(MethodConfig):
     scaling: float = 0.5  # lambda of theta_0 + lambda * merged (merge_splitted.py: merge_max_abs at 0.5)
 
 
-# Settings of the reference that need keys this branch does not have yet (train.schedule,
-# train.warmup_steps, train.iterations and gradient clipping come with the training-settings change):
-# fold them into `train_defaults` once those keys exist. The code: `cosine_lr(optimizer, lr,
-# warmup_length=500, epochs * batches)` per task, fresh per task, and `clip_grad_norm_(params, 1.0)`.
-PENDING_TRAIN_DEFAULTS: Dict[str, Any] = {"schedule": "cosine", "warmup_steps": 500, "iterations": 0,
-                                          "clip_grad_norm": 1.0}
-
-
 @register_method
 class MagMax(Method):
     """MagMax (Marczak et al., ECCV 2024; code: danielm1405/magmax at 4f49f18, `finetune_splitted.py`,
@@ -75,8 +67,10 @@ class MagMax(Method):
     Config = MagMaxConfig
     # finetune_splitted.py / src/args.py: AdamW, lr 1e-5, wd 0.1, batch 128, 10 epochs (CIL scripts);
     # each split's head covers its own classes, hence cross-entropy over the current experience's classes.
+    # The code's `cosine_lr(optimizer, lr, warmup_length=500, epochs * batches)`, fresh per task, and
+    # `clip_grad_norm_(params, 1.0)`.
     train_defaults = {"optimizer": "adamw", "lr": 1e-5, "weight_decay": 0.1, "batch_size": 128, "epochs": 10,
-                      "ce_classes": "current"}
+                      "ce_classes": "current", "schedule": "cosine", "warmup_steps": 500, "grad_clip": 1.0}
 
     def setup(self, model, streams) -> None:
         self.pretrained = snapshot(model, self.trainable_parameters(model))

@@ -147,10 +147,7 @@ class MoEAdaptersCIL(Method):
     Config = MoEAdaptersCILConfig
     # Reference settings (cil/configs/class/cifar100_*.yaml, models.py).
     train_defaults = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.0, "batch_size": 128, "epochs": 1,
-                      "ce_classes": "current"}
-    # Reference settings whose keys arrive with the training-settings change (not on this branch yet):
-    # merge them into `train_defaults` then.
-    PENDING_TRAIN_DEFAULTS = {"schedule": "cosine", "warmup_steps": 30, "label_smoothing": 0.0, "iterations": 0}
+                      "ce_classes": "current", "schedule": "cosine", "warmup_steps": 30, "label_smoothing": 0.0}
     per_task_routers = False
 
     def setup(self, model, streams) -> None:
@@ -236,10 +233,8 @@ class MoEAdapters(MoEAdaptersCIL):
     version = 1
     Config = MoEAdaptersConfig
     infers_task_per_batch = True
-    train_defaults = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.0, "batch_size": 64, "ce_classes": "current"}
-    # Reference settings whose keys arrive with the training-settings change (not on this branch yet):
-    # merge them into `train_defaults` then.
-    PENDING_TRAIN_DEFAULTS = {"schedule": "cosine", "warmup_steps": 100, "label_smoothing": 0.2, "iterations": 1000}
+    train_defaults = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.0, "batch_size": 64, "ce_classes": "current",
+                      "schedule": "cosine", "warmup_steps": 100, "label_smoothing": 0.2, "iterations": 1000}
     per_task_routers = True
 
     def setup(self, model, streams) -> None:

@@ -85,7 +85,7 @@ def test_subspace_threshold_counts_and_edge_cases():
     assert full.shape == (6, 6)
 
 
-def test_down_projection_matches_the_code_and_is_orthogonal_to_the_protected_subspace():
+def test_pinned_keeplora():
     d, r = 48, 8
     grad = torch.randn(3 * d, d, generator=torch.Generator().manual_seed(0))
     basis = _orthonormal(d, 10, 1)

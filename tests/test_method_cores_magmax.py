@@ -9,7 +9,7 @@ from clipbench.methods.toolkit import load_into, snapshot
 from test_method_cores import streams, tiny_model  # noqa: F401  (fixture and helper)
 
 
-def test_merge_keeps_sign_and_largest_magnitude_per_element_later_task_on_ties():
+def test_pinned_magmax():
     tvs = [{"w": torch.tensor([1.0, -3.0, 2.0, 0.5, -1.0])},
            {"w": torch.tensor([-2.0, 1.0, -2.0, 0.0, 1.0])},
            {"w": torch.tensor([0.5, 0.5, 1.0, -0.5, 0.0])}]

@@ -100,5 +100,6 @@ def compute_metrics(raw: Raw) -> Dict[str, Dict[str, float]]:
         versions[name] = m.version
     if raw.get("batch1"):
         at1 = compute_metrics({**raw, **raw["batch1"], "batch1": None, "class_acc_all": None})
-        values.update({f"{k}{BATCH1_SUFFIX}": v for k, v in at1["values"].items()})
+        for part, found in (("values", values), ("versions", versions)):
+            found.update({f"{k}{BATCH1_SUFFIX}": v for k, v in at1[part].items()})
     return {"values": values, "versions": versions}

@@ -54,25 +54,38 @@ def test_noisy_top_2_gating_matches_the_code(noisy):
         assert torch.allclose(ours.gather(1, top.indices), torch.softmax(top.values, dim=1))
 
 
-def test_mixture_is_the_gated_sum_of_its_adapters():
+def _check_gated_sum(experts: int, routers: int) -> None:
+    """A mixture's output is sum over the top-2 gates of gate x scale x up(relu(down(x))) (mtil/clip/model.py)."""
     torch.manual_seed(0)
-    mixture = MixtureOfAdapters(width=8, experts=5, routers=2, bottleneck=4, scale=0.1, dropout=0.1, top_k=2).eval()
+    mixture = MixtureOfAdapters(width=8, experts=experts, routers=routers, bottleneck=4, scale=0.1, dropout=0.1,
+                                top_k=2).eval()
     x = torch.randn(6, 3, 8)
     assert mixture(x) is None  # no task: the block as it was
-    mixture.task = 1
+    mixture.task = routers - 1
     assert torch.equal(mixture(x), torch.zeros_like(x))  # zero-initialised up-projections
     with torch.no_grad():
         for up in mixture.up:
             up.weight.normal_()
-        mixture.routers[1].normal_()
-    gates = (x[:, 0] @ mixture.routers[1]).topk(2, dim=1)
+        mixture.routers[routers - 1].normal_()
+    gates = (x[:, 0] @ mixture.routers[routers - 1]).topk(2, dim=1)
     expected = torch.zeros_like(x)
     for n in range(6):
         for gate, e in zip(torch.softmax(gates.values[n], 0), gates.indices[n]):
             expected[n] += gate * 0.1 * mixture.up[e](F.relu(mixture.down[e](x[n])))
     assert torch.allclose(mixture(x), expected, atol=1e-6)
-    mixture.task = 0  # another task's router (zero): a different mixture
-    assert not torch.allclose(mixture(x), expected)
+    if routers > 1:
+        mixture.task = 0  # another task's router (zero): a different mixture
+        assert not torch.allclose(mixture(x), expected)
+
+
+def test_pinned_moe_adapters():
+    """The MTIL variant's mixture: many experts, one router per task."""
+    _check_gated_sum(experts=5, routers=2)
+
+
+def test_pinned_moe_adapters_cil():
+    """The class-incremental variant's mixture: 2 experts, one router for every task."""
+    _check_gated_sum(experts=2, routers=1)
 
 
 def test_zero_adapters_leave_the_tiny_clip_unchanged_and_trained_ones_do_not(streams):
@@ -115,7 +128,7 @@ def test_most_used_experts_are_frozen_after_each_task_and_stay_put(streams):
         for mixture in method.mixtures:
             for up in mixture.up:
                 up.weight.normal_(std=0.1)  # gradients reach the down-projections
-    train_experience(model, method, streams.train[1], 1, 4, TRAIN, "cpu", False, first_class=2)
+    train_experience(model, method, streams.train[1], 1, 4, TRAIN, "cpu", False, experience_classes=streams.experience_classes)
     assert torch.equal(method.mixtures[0].down[7].weight, frozen_before)
     assert any(not torch.equal(m.weight, b) for m, b in zip(method.mixtures[0].down, open_before))
     assert len(method.ddas.tasks) == 2 and method.mixtures[0].task is None  # DDAS routes the tests
@@ -187,7 +200,7 @@ def reference_prefix_attention(y, attn, prefix, weight):
     return F.linear(out, attn.out_proj.weight, attn.out_proj.bias)
 
 
-def test_prefix_attention_is_the_codes_separate_softmax_added_before_the_out_projection():
+def test_pinned_diki():
     torch.manual_seed(0)
     attn = nn.MultiheadAttention(8, 2, batch_first=True)
     module = PrefixAttention(width=8, heads=2, tasks=3, length=4)
@@ -257,6 +270,9 @@ class _Recording:
 
     def class_features(self, loaded, text_classes):
         return text_classes
+
+    def prompt_templates(self, templates):
+        return templates
 
 
 def test_batch_wise_evaluation_stays_within_each_set_and_matches_the_plain_path(streams):

@@ -27,7 +27,7 @@ def _closed_form_ridge(X: torch.Tensor, Y: torch.Tensor, lam: float):
     return R, R @ X.T.double() @ Y.double()
 
 
-def test_recursive_ridge_equals_the_batch_solution_as_classes_arrive():
+def test_pinned_rail_primal():
     g = torch.Generator().manual_seed(0)
     H, lam = 40, 0.1
     R = torch.eye(H, dtype=torch.float64) / lam
@@ -78,7 +78,7 @@ def _code_kernel(x: np.ndarray, X: np.ndarray, gamma: float) -> np.ndarray:
     return np.exp(-gamma * ((X[None, :, :] - x[:, None, :]) ** 2).sum(-1))
 
 
-def test_krr_prediction_equals_a_direct_solve(monkeypatch):
+def test_pinned_rail_dual(monkeypatch):
     g = torch.Generator().manual_seed(2)
     X = F.normalize(torch.randn(60, 6, generator=g, dtype=torch.float64), dim=-1)
     Y = F.one_hot(torch.randint(0, 5, (60,), generator=g), 5)
@@ -149,7 +149,7 @@ def test_rail_state_round_trips(tmp_path):
         assert "regressor" in a.inference_extras()
 
 
-def test_continual_clip_prompts_with_its_one_template():
+def test_pinned_continual_clip():
     assert ContinualCLIP().prompt_templates(["a photo of a {c}.", "art of a {c}."]) == ["a bad photo of a {c}."]
     good = ContinualCLIP(ContinualCLIPConfig(template="a good photo of a {c}."))
     assert good.prompt_templates(["x {c}"]) == ["a good photo of a {c}."]
