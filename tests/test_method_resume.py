@@ -1,5 +1,6 @@
-"""Methods that keep state between experiences (exemplar memories, per-experience draws, teachers)
-resume from a checkpoint with exactly the weights and numbers of an uninterrupted run."""
+"""Methods that keep state between experiences (exemplar memories, per-experience draws, teachers, merged
+and sequential weights, protected subspaces) resume from a checkpoint with exactly the weights and numbers
+of an uninterrupted run."""
 
 import json
 
@@ -17,7 +18,7 @@ class Crash(RuntimeError):
     pass
 
 
-@pytest.mark.parametrize("name", ["icarl_zscl", "lwf_vr", "lwf_zscl", "zscl", "agem", "ewc"])
+@pytest.mark.parametrize("name", ["icarl_zscl", "lwf_vr", "lwf_zscl", "zscl", "agem", "ewc", "magmax", "keeplora"])
 def test_crash_at_third_experience_then_resume_equals_uninterrupted(name, tmp_path, monkeypatch):
     cls = METHODS.get(name)
     original = cls.before_training_exp
