@@ -1,7 +1,7 @@
 """Train-time augmentation recipes (`train.augment`), applied to each training batch of uint8 images.
 
 Images reach training pre-decoded: each was resized (shorter side) to the protocol's size and
-centre-cropped once, when the dataset was read (`protocols/datasets.py`). The references augment the
+centre-cropped once, when the dataset was read (`clipbench.decode`). The references augment the
 decoded PIL image instead. Each recipe here is the reference's train transform re-expressed on the
 stored square image (same relative geometry), with torchvision's tensor transforms (`transforms.v2`),
 one random draw per image, as the references' per-sample datasets do:

@@ -32,11 +32,11 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from . import runner
 from .engine import CLIPClassifier, make_optimizer, train_experience
 from .evaluate import encode_images
-from .models import load_model
-from .runner import execute, plan, seed_everything
+from .models import LoadedModel, load_model
+from .plan import plan
+from .runner import RunOptions, execute, seed_everything
 from .spec import DEFAULTS
 from .store import ResultStore
 
@@ -169,29 +169,21 @@ def train_ratio(arch: str, streams, method_streams, repeats: int) -> Dict[str, A
 
 def grid_forward_ratio(suite: str, methods: List[str], protocol: str, sets: List[str]) -> Dict[str, Any]:
     """Images asked of the vision tower in a grid with evaluation sharing over the same grid without it."""
-    counts = {}
-    original_load = runner.load_model
+    counts = {"n": 0}
 
-    def counting_load(*args, **kwargs):
-        loaded = original_load(*args, **kwargs)
+    def count_images(loaded: LoadedModel) -> None:
         # images asked of the image tower (its own content cache, in the mini model, is not counted as saving)
         loaded.clip.visual.register_forward_pre_hook(
-            lambda mod, inp: counts.__setitem__("n", counts.get("n", 0) + len(inp[0])))
-        return loaded
+            lambda mod, inp: counts.__setitem__("n", counts["n"] + len(inp[0])))
 
-    runner.load_model = counting_load
-    try:
-        results = {}
-        for share in (True, False):
-            counts["n"] = 0
-            runner.SHARE_EVALUATION = share
-            with tempfile.TemporaryDirectory() as tmp:
-                specs = plan(suite, methods, [protocol], sets=sets)
-                execute(specs, ResultStore(tmp), "cpu", progress=False, argv=["bench"], quiet=True)
-            results[share] = counts["n"]
-    finally:
-        runner.load_model = original_load
-        runner.SHARE_EVALUATION = True
+    results = {}
+    for share in (True, False):
+        counts["n"] = 0
+        with tempfile.TemporaryDirectory() as tmp:
+            specs = plan(suite, methods, [protocol], sets=sets)
+            execute(specs, ResultStore(tmp), "cpu", progress=False, argv=["bench"], quiet=True,
+                    options=RunOptions(share_evaluation=share, on_model_loaded=count_images))
+        results[share] = counts["n"]
     return {"grid_forward_ratio": round(results[True] / results[False], 3),
             "grid_forward_passes": {"shared": results[True], "unshared": results[False],
                                     "grid": f"{suite}/{protocol}: {', '.join(methods)}"}}

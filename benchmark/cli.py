@@ -123,7 +123,8 @@ def _cmd_list(args) -> int:
 def _cmd_run(args, argv: Sequence[str]) -> int:
     from clipbench.protocols.catalog import get_suite
 
-    from .runner import default_device, execute, plan, shard
+    from .plan import plan, shard
+    from .runner import default_device, execute
     from .store import ResultStore
 
     specs = plan(args.suite, args.method, args.protocol, args.seeds, args.config, args.set, strict_weights=not args.dry_run)
@@ -180,7 +181,7 @@ def _print_plan(suite: str, specs, store) -> int:
     """The runs that would execute, then each protocol's assets: found, or where and how to get them."""
     from clipbench.protocols.catalog import get_protocol
 
-    from .runner import run_state
+    from .plan import run_state
 
     print(f"plan: {len(specs)} run(s) of suite '{suite}' into {store.root}")
     for spec in specs:
@@ -210,7 +211,7 @@ def _print_plan(suite: str, specs, store) -> int:
 
 
 def _cmd_status(args) -> int:
-    from .runner import plan, run_state
+    from .plan import plan, run_state
     from .store import ResultStore
 
     store = ResultStore(args.results)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from clipbench.protocols.data import CaptionedImages, ImageSources, LabelledImages, Streams
+from clipbench.streams import CaptionedImages, ImageSources, LabelledImages, Streams
 
 from .errors import ClipbenchError
 from .preprocess import Preprocess

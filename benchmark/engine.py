@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from clipbench.protocols.data import LabelledImages
+from clipbench.streams import LabelledImages
 
 from .augment import make_augmenter
 from .avalanche_api import EvaluationPlugin, SupervisedPlugin, Template, make_experience

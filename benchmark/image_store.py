@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from clipbench.protocols.data import ImageSources
+from clipbench.streams import ImageSources
 
 from .decode import Failure, UndecodableImages, decode_into
 from .preprocess import Preprocess

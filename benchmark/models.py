@@ -11,16 +11,16 @@ import hashlib
 import os
 import socket
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Optional, Tuple
 
 import torch
 
-from clipbench.protocols.data import to_model_input
 
-from . import assembled
+from . import mini_model
+from .checksums import file_sha256
 from .errors import ClipbenchError, unknown_name_error
+from .model_input import to_model_input
 from .preprocess import Preprocess, from_open_clip_cfg
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
@@ -28,8 +28,8 @@ LOCAL_DIR = "local-dir:"
 HUB_HOST = "huggingface.co"
 
 
-BUNDLED = "bundled:"  # a file shipped inside clipbench (protocols/assets/...), e.g. the mini projections
-BUNDLED_DIR = Path(__file__).resolve().parent.parent / "protocols" / "assets"
+BUNDLED = "bundled:"  # a file shipped inside clipbench (benchmark/assets/...), e.g. the mini projections
+BUNDLED_DIR = Path(__file__).resolve().parent / "assets"
 
 
 @dataclass
@@ -68,9 +68,7 @@ class LoadedModel:
 def resolve_bundled(pretrained: Optional[str]) -> Optional[str]:
     """`bundled:mini/x.pt` -> the file's path inside the installed clipbench."""
     if pretrained and str(pretrained).startswith(BUNDLED):
-        import clipbench.protocols
-
-        return str(Path(clipbench.protocols.__file__).parent / "assets" / str(pretrained)[len(BUNDLED):])
+        return str(BUNDLED_DIR / str(pretrained)[len(BUNDLED):])
     return pretrained
 
 
@@ -81,25 +79,10 @@ def _open_clip():
         open_clip.add_model_config(CONFIG_DIR)  # clipbench's own configs (the tiny test model)
         _open_clip._configs_added = True
     try:
-        assembled.register_config(open_clip)
+        mini_model.register_config(open_clip)
     except ClipbenchError:
         pass  # the mini model's packages are not installed; only that model is unavailable
     return open_clip
-
-
-@lru_cache(maxsize=64)
-def _file_sha256(path: str, mtime: float, size: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file, memoised on (path, mtime, size) so big checkpoints are hashed once."""
-    st = os.stat(path)
-    return _file_sha256(str(path), st.st_mtime, st.st_size)
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -147,9 +130,9 @@ def weights_fingerprint(arch: str, pretrained: Optional[str]) -> str:
     """
     open_clip = _open_clip()
     pretrained = resolve_bundled(pretrained)
-    if arch == assembled.ARCH:
+    if arch == mini_model.ARCH:
         proj = "none" if pretrained is None else _readable_file(Path(pretrained)) and file_sha256(pretrained)
-        return hashlib.sha256(f"{assembled.tower_fingerprint()}:{proj}".encode()).hexdigest()
+        return hashlib.sha256(f"{mini_model.tower_fingerprint()}:{proj}".encode()).hexdigest()
     if pretrained is None:
         if arch not in open_clip.list_models():
             raise unknown_name_error("model architecture", arch, open_clip.list_models())
@@ -190,11 +173,11 @@ def load_model(arch: str, pretrained: Optional[str], device: str = "cpu") -> Loa
     open_clip = _open_clip()
     weights_fingerprint(arch, pretrained)  # validates, fails fast with a clear message
     pretrained = resolve_bundled(pretrained)
-    if arch == assembled.ARCH:
-        clip = assembled.build(open_clip, Path(pretrained) if pretrained else None, device)
-        return LoadedModel(clip, open_clip.get_tokenizer(arch), (assembled.IMAGE_SIZE,) * 2, assembled.MEAN,
-                           assembled.STD, assembled.FROZEN_PREFIXES, takes_uint8=True,
-                           preprocess=Preprocess("square_white", (assembled.IMAGE_SIZE,) * 2))
+    if arch == mini_model.ARCH:
+        clip = mini_model.build(open_clip, Path(pretrained) if pretrained else None, device)
+        return LoadedModel(clip, open_clip.get_tokenizer(arch), (mini_model.IMAGE_SIZE,) * 2, mini_model.MEAN,
+                           mini_model.STD, mini_model.FROZEN_PREFIXES, takes_uint8=True,
+                           preprocess=Preprocess("square_white", (mini_model.IMAGE_SIZE,) * 2))
     name, weights = arch, pretrained
     if pretrained and str(pretrained).startswith(LOCAL_DIR):
         name, weights = str(pretrained), None

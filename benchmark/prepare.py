@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import assembled
+from . import mini_model
 from .evaluate import accuracy, class_embeddings, encode_images, encode_texts, retrieval_recall
 from .models import BUNDLED_DIR, load_model
 from clipbench.protocols import mini as mini_module_  # noqa: E402  (the data split is shared)
@@ -41,7 +41,7 @@ def prepare_mini(out: Path = DEFAULT_OUT, epochs: int = 10, batch_size: int = 25
     mini = mini_module_
     started = time.perf_counter()
     torch.manual_seed(seed)
-    loaded = load_model(assembled.ARCH, None)
+    loaded = load_model(mini_model.ARCH, None)
     clip = loaded.clip
     split = mini.alignment_split()
     train = mini.captioned(split["train"])

@@ -7,7 +7,7 @@ that order and on the image's own PIL mode). Those two stages are a per-pixel af
 `to_model_input` applies to uint8 batches later, so decoding once to uint8 gives, bit for bit, the
 images open_clip's own transform would produce (tested on every PIL mode of the Debian packages).
 
-The mini model keeps its own documented preprocessing (`clipbench.assembled.to_square_rgb`).
+The mini model keeps its own documented preprocessing (`clipbench.mini_model.to_square_rgb`).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ class Preprocess:
 
     def __call__(self, img) -> np.ndarray:
         if self.kind == "square_white":
-            from .assembled import to_square_rgb
+            from .mini_model import to_square_rgb
 
             return to_square_rgb(img, self.size[0])
         with warnings.catch_warnings():

@@ -33,7 +33,7 @@ from clipbench.registry import Registry
 
 if TYPE_CHECKING:
     from clipbench.engine import CLIPClassifier
-    from clipbench.protocols.data import LabelledImages
+    from clipbench.streams import LabelledImages
 
 PARTS = ("whole", "image", "text")
 

@@ -65,10 +65,10 @@ def build_extractor(name: str) -> nn.Module:
     if name == "efficientnet_lite0":
         import timm
 
-        from clipbench import assembled
+        from clipbench import mini_model
 
         net = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0)
-        assembled.fill_efficientnet_lite0(net)
+        mini_model.fill_efficientnet_lite0(net)
         net.bn2.act = nn.Identity()  # the final feature map before its ReLU6
         return _PooledFeatures(net).eval()
     if name == "alexnet":
@@ -166,8 +166,8 @@ class DDAS:
     @torch.no_grad()
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """sigmoid of the extractor's features of uint8 images [N, 3, H, W], cached by image content."""
-        from clipbench import assembled
-        from clipbench.protocols.data import to_model_input
+        from clipbench import mini_model
+        from clipbench.model_input import to_model_input
 
         def compute(x: torch.Tensor) -> torch.Tensor:
             prepared = to_model_input(x.to(self.device), self.image_size, IMAGENET_MEAN, IMAGENET_STD)
@@ -175,7 +175,7 @@ class DDAS:
             return torch.sigmoid(self.extractor(prepared.contiguous(memory_format=torch.channels_last)).float())
 
         store = _FEATURES.setdefault(f"{self.extractor_name}:{self.image_size}", {})
-        out = assembled.cached_rows(store, images, lambda misses: assembled.fixed_batches(compute, misses),
+        out = mini_model.cached_rows(store, images, lambda misses: mini_model.fixed_batches(compute, misses),
                                     self.extractor, max_rows=CACHE_BYTES // (4 * self.dims))
         return out.to(self.device)
 

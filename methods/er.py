@@ -5,7 +5,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from clipbench.protocols.data import LabelledImages
+from clipbench.streams import LabelledImages
 
 from .base import Method, MethodConfig, register_method
 

@@ -6,7 +6,7 @@ from typing import Any, Dict, List, Optional
 import torch
 import torch.nn.functional as F
 
-from clipbench.protocols.data import LabelledImages
+from clipbench.streams import LabelledImages
 
 from .base import MethodConfig, WithTeacher, register_method
 from .toolkit import encode_in_batches, soft_cross_entropy

@@ -5,7 +5,7 @@ from typing import Any, Dict, List
 
 import torch
 
-from clipbench.protocols.data import LabelledImages
+from clipbench.streams import LabelledImages
 
 from .base import MethodConfig, WithTeacher, register_method, require_choice
 from .icarl import herding

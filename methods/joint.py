@@ -1,7 +1,7 @@
 """Joint training: the upper bound, every experience's data at once."""
 
 from .base import Method, register_method
-from clipbench.protocols.data import LabelledImages
+from clipbench.streams import LabelledImages
 
 
 @register_method

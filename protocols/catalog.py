@@ -16,16 +16,15 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from clipbench.errors import ClipbenchError, unknown_name_error
 from clipbench.registry import Registry
+from clipbench.streams import KINDS, Streams
 from clipbench.yamlio import load_yaml
-
-from .data import KINDS, Streams
 
 HERE = Path(__file__).parent
 PROTOCOL_DIR = HERE / "defs"
 SUITE_DIR = HERE / "suites"
 
 Builder = Callable[[Dict[str, Any], Optional[str], int], Streams]
-BUILDERS: Registry[Builder] = Registry("dataset builder", "clipbench.protocols")
+BUILDERS: Registry[Builder] = Registry("dataset builder", "clipbench.protocols.builders")
 
 
 def register_builder(name: str, version: int = 1) -> Callable[[Builder], Builder]:
@@ -40,7 +39,7 @@ def register_builder(name: str, version: int = 1) -> Callable[[Builder], Builder
 
 
 AssetReporter = Callable[[Dict[str, Any], Optional[str]], List[Dict[str, Any]]]
-ASSET_REPORTERS: Registry[AssetReporter] = Registry("asset report", "clipbench.protocols")
+ASSET_REPORTERS: Registry[AssetReporter] = Registry("asset report", "clipbench.protocols.builders")
 
 
 def register_assets(builder: str) -> Callable[[AssetReporter], AssetReporter]:

@@ -27,7 +27,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 import torch
 
-from clipbench.assembled import to_square_rgb
+from clipbench.mini_model import to_square_rgb
 from clipbench.errors import ClipbenchError
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")

@@ -11,7 +11,7 @@ import pytest
 
 from clipbench import claims
 from clipbench.errors import ClipbenchError
-from clipbench.runner import plan, shard
+from clipbench.plan import plan, shard
 from helpers import SMALL, records, run_cli
 
 

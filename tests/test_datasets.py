@@ -154,7 +154,7 @@ def test_missing_dataset_folder_stops_the_run_with_one_line(data_root, tmp_path,
 def test_download_true_fetches_a_missing_cifar_through_torchvision(tmp_path, monkeypatch):
     import torchvision.datasets as tvd
 
-    from clipbench.protocols.generic import load_labelled
+    from clipbench.protocols.builders.dataset_specs import load_labelled
     from fixtures_data import write_cifar100
 
     calls = []
@@ -173,7 +173,7 @@ def test_download_true_fetches_a_missing_cifar_through_torchvision(tmp_path, mon
 
 
 def test_download_failure_offline_is_one_clear_error(tmp_path):
-    from clipbench.protocols.generic import load_labelled
+    from clipbench.protocols.builders.dataset_specs import load_labelled
 
     spec = {"adapter": "image_folder", "root": "eurosat/2750", "download": True, "torchvision": "EuroSAT"}
     with pytest.raises(ClipbenchError, match=r"eurosat/2750.*torchvision could not download it"):
@@ -242,9 +242,9 @@ def test_mtil_trains_and_scores_each_dataset_with_its_own_templates(tmp_path):
 
 def test_a_new_format_is_one_registered_module(tmp_path, monkeypatch):
     """What the README shows: a format registered from one file is usable by protocol files at once."""
-    from clipbench.protocols.data import FileReader, ImageSources, LabelledImages
+    from clipbench.streams import FileReader, ImageSources, LabelledImages
     from clipbench.protocols.formats import FORMATS, Format, register_format
-    from clipbench.protocols.generic import load_labelled
+    from clipbench.protocols.builders.dataset_specs import load_labelled
 
     write_image_folder(tmp_path / "flat", ("a",), per_class=4)
 

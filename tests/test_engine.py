@@ -11,7 +11,9 @@ from clipbench.methods.er import ER
 from clipbench.methods.finetune import Finetune
 from clipbench.models import load_model
 from clipbench.protocols.catalog import get_protocol
-from clipbench.runner import Evaluator, plan, seed_everything
+from clipbench.evaluator import Evaluator
+from clipbench.plan import plan
+from clipbench.runner import seed_everything
 from clipbench.schedules import learning_rate
 from clipbench.spec import DEFAULTS
 

@@ -1,18 +1,18 @@
 """Row 0 (the pretrained model on every set) is measured once per suite and shared by all methods."""
 
-from clipbench import runner
+from clipbench import evaluator
 from helpers import SMALL, records, run_cli
 
 
 def test_row_zero_measured_once_and_shared(results, monkeypatch):
     calls = []
-    original = runner.Evaluator._features
+    original = evaluator.Evaluator._features
 
     def counting(self):
         calls.append(self.method.name)
         return original(self)
 
-    monkeypatch.setattr(runner.Evaluator, "_features", counting)
+    monkeypatch.setattr(evaluator.Evaluator, "_features", counting)
     assert run_cli("run", "--method", "finetune", "lwf", "--protocol", "tiny_shapes", "--suite", "tiny",
                    "--results", results, "--quiet", "--set", *SMALL) == 0
     # finetune: row 0 + 3 rows; lwf: 3 rows only, its row 0 came from the cache
@@ -24,7 +24,8 @@ def test_row_zero_measured_once_and_shared(results, monkeypatch):
 
 
 def test_row_zero_key_follows_model_data_and_settings():
-    from clipbench.runner import plan, row_zero_key
+    from clipbench.evaluator import row_zero_key
+    from clipbench.plan import plan
 
     [a] = plan("tiny", ["finetune"], ["tiny_shapes"])
     [b] = plan("tiny", ["lwf"], ["tiny_shapes"])
@@ -40,7 +41,8 @@ def test_a_cached_row_zero_of_another_shape_is_measured_again(results):
     fitted: it is measured again, and the record equals one made without any cache."""
     import json
 
-    from clipbench.runner import plan, row_zero_key
+    from clipbench.evaluator import row_zero_key
+    from clipbench.plan import plan
 
     args = ("run", "--method", "finetune", "--protocol", "tiny_shapes", "--suite", "tiny", "--quiet", "--set", *SMALL)
     assert run_cli(*args, "--results", results / "clean") == 0

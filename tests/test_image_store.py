@@ -13,7 +13,7 @@ import torch
 from clipbench.decode import UndecodableImages, decode
 from clipbench.image_store import ImageStore
 from clipbench.preprocess import Preprocess
-from clipbench.protocols.data import FileReader, ImageSources
+from clipbench.streams import FileReader, ImageSources
 from real_images import bomb_png, sample_files
 
 PRE = Preprocess("open_clip", (48, 48))

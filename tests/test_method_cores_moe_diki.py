@@ -16,7 +16,8 @@ from clipbench.methods.base import Route
 from clipbench.methods.diki import DIKI, PrefixAttention, choose, gaussian, log_likelihoods
 from clipbench.methods.moe_adapters import MixtureOfAdapters, MoEAdapters, MoEAdaptersCIL, noisy_top_k_gating
 from clipbench.models import load_model
-from clipbench.runner import Evaluator, seed_everything
+from clipbench.evaluator import Evaluator
+from clipbench.runner import seed_everything
 from helpers import SMALL, records, run_cli
 from test_method_cores import streams, tiny_model  # noqa: F401  (fixture and helper)
 

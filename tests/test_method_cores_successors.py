@@ -14,7 +14,7 @@ from clipbench.methods.joint import Joint
 from clipbench.methods.toolkit import snapshot
 from clipbench.methods.wise_ft import WiSEFT
 from clipbench.methods.zscl import ZSCL
-from clipbench.protocols.data import LabelledImages
+from clipbench.streams import LabelledImages
 from test_method_cores import streams, tiny_model  # noqa: F401  (fixture and helper)
 
 

@@ -39,7 +39,7 @@ from clipbench.methods.wc_zscl import WCZSCL
 from clipbench.methods.wise_ft import WiSEFT
 from clipbench.methods.wise_ft_zscl import WiSEFTZSCL
 from clipbench.methods.zscl import ZSCL, ensemble_interval
-from clipbench.protocols.data import LabelledImages
+from clipbench.streams import LabelledImages
 from helpers import SMALL, records, run_cli
 from test_method_cores import streams, tiny_model  # noqa: F401  (fixture and helper)
 

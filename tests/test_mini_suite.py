@@ -64,8 +64,8 @@ def _count_calls(module: torch.nn.Module) -> list:
 
 
 def test_uint8_images_are_prepared_by_the_model_and_cached_by_their_pixels(mini_loaded):
-    from clipbench import assembled
-    from clipbench.protocols.data import to_model_input
+    from clipbench import mini_model
+    from clipbench.model_input import to_model_input
 
     images = torch.randint(0, 256, (6, 3, 28, 28), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
     calls = _count_calls(mini_loaded.clip.visual.trunk)
@@ -76,7 +76,7 @@ def test_uint8_images_are_prepared_by_the_model_and_cached_by_their_pixels(mini_
     assert mini_loaded.model_input(images) is images  # the mini model takes uint8 as it is
     # one fixed batch (6 misses padded to 16) for the uint8 batch, one for the float batch (a different
     # input); the repeated uint8 rows were not computed again
-    assert calls == [assembled.FIXED_BATCH] * 2
+    assert calls == [mini_model.FIXED_BATCH] * 2
     assert torch.allclose(again, from_uint8[[5, 0]], atol=1e-6)  # the projection runs on 2 rows, not 6
     assert torch.allclose(from_uint8, from_float, atol=1e-5)
 
@@ -111,10 +111,10 @@ def test_tower_features_do_not_depend_on_the_batch(mini_loaded):
     """A cached feature must not depend on what was computed with it (kernels differ with the batch
     size: a batch of 1 gives other last bits), or a run's numbers would depend on which runs filled the
     cache before it in the process."""
-    from clipbench import assembled
+    from clipbench import mini_model
 
     def forget():  # empty the process-wide tower caches, so the next call computes afresh
-        for store in assembled._CACHE.values():
+        for store in mini_model._CACHE.values():
             store.clear()
 
     text, visual = mini_loaded.clip.text, mini_loaded.clip.visual

@@ -19,7 +19,8 @@ from torchvision.transforms import Compose
 
 from clipbench.decode import decode
 from clipbench.preprocess import from_open_clip_cfg
-from clipbench.protocols.data import FileReader, ImageSources, to_model_input
+from clipbench.model_input import to_model_input
+from clipbench.streams import FileReader, ImageSources
 from clipbench.protocols.formats import cifar, torchvision_dataset
 from real_images import by_mode, reencoded, sample_files
 

@@ -3,7 +3,7 @@ import dataclasses
 import pytest
 
 from clipbench.errors import ClipbenchError
-from clipbench.runner import plan
+from clipbench.plan import plan
 from clipbench.spec import DEFAULTS, RunSpec
 
 

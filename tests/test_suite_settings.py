@@ -4,12 +4,12 @@ from pathlib import Path
 
 import pytest
 
-import clipbench.runner as runner
+import clipbench.plan as planner
 from clipbench.errors import ClipbenchError
 from clipbench.protocols.catalog import load_suite_file
-from clipbench.runner import plan
+from clipbench.plan import plan
 
-TINY = Path(runner.__file__).parent.parent / "protocols" / "suites" / "tiny.yaml"
+TINY = Path(planner.__file__).parent.parent / "protocols" / "suites" / "tiny.yaml"
 
 
 def _suite_file(tmp_path, extra: str) -> Path:
@@ -20,7 +20,7 @@ def _suite_file(tmp_path, extra: str) -> Path:
 
 def _plan_with(monkeypatch, path: Path, methods, sets=()):
     suite = load_suite_file(path)
-    monkeypatch.setattr(runner, "get_suite", lambda name: suite)
+    monkeypatch.setattr(planner, "get_suite", lambda name: suite)
     return plan(suite.name, methods, ["tiny_shapes"], sets=list(sets))
 
 

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 from clipbench.augment import Augmenter, make_augmenter
 from clipbench.engine import make_criterion, make_optimizer
-from clipbench.runner import plan, seed_everything
+from clipbench.plan import plan
+from clipbench.runner import seed_everything
 from clipbench.schedules import learning_rate
 from clipbench.spec import DEFAULTS
 

@@ -133,7 +133,7 @@ def test_zero_shot_and_recall_equal_an_open_clip_only_loop(user_data, vit_file, 
 
 
 def test_one_added_image_is_another_run_and_the_old_record_is_stale(user_data, vit_file, tmp_path, capsys):
-    from clipbench.runner import plan
+    from clipbench.plan import plan
 
     sets = [f"data_root={user_data}", "model.arch=ViT-B-32", f"model.pretrained={vit_file}"]
     before = plan("tiny", ["zeroshot"], ["user_clipart"], sets=sets)[0]

@@ -25,8 +25,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from clipbench.errors import ClipbenchError
 from clipbench.registry import Registry
-
-from ..data import CaptionedImages, LabelledImages
+from clipbench.streams import CaptionedImages, LabelledImages
 
 Spec = Dict[str, Any]
 Labelled = Tuple[LabelledImages, List[str]]

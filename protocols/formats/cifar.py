@@ -15,7 +15,8 @@ from typing import List, Optional
 import numpy as np
 import torch
 
-from ..data import ArrayReader, ImageSources, LabelledImages
+from clipbench.streams import ArrayReader, ImageSources, LabelledImages
+
 from . import Format, Labelled, Spec, register_format, require_dir, resolve
 
 HOW = "torchvision.datasets.CIFAR100(root, download=True) (or CIFAR10)"

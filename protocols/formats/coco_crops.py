@@ -14,7 +14,8 @@ from typing import Optional
 
 import torch
 
-from ..data import FileReader, ImageSources, LabelledImages
+from clipbench.streams import FileReader, ImageSources, LabelledImages
+
 from . import Format, Labelled, Spec, missing, register_format, resolve
 
 HOW = "COCO-2014 images and annotations_trainval2014.zip from cocodataset.org"

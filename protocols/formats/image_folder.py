@@ -13,7 +13,8 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from ..data import FileReader, ImageSources, LabelledImages
+from clipbench.streams import FileReader, ImageSources, LabelledImages
+
 from . import (IMAGE_SUFFIXES, Format, Labelled, Spec, class_ids, download_with, missing, register_format, require_dir,
                resolve)
 

@@ -14,8 +14,8 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 from clipbench.errors import ClipbenchError
+from clipbench.streams import FileReader, ImageSources, LabelledImages
 
-from ..data import FileReader, ImageSources, LabelledImages
 from . import Format, Labelled, Spec, class_ids, register_format, require_dir, require_file, resolve
 
 HOW = "ILSVRC2012 val images and a class-index file (LOC_val_solution.csv)"

@@ -14,7 +14,8 @@ from typing import Optional
 
 import torch
 
-from ..data import CaptionedImages, FileReader, ImageSources
+from clipbench.streams import CaptionedImages, FileReader, ImageSources
+
 from . import Format, Spec, register_format, require_dir, require_file, resolve
 
 HOW = "Karpathy's caption_datasets.zip plus the Flickr30k or COCO images"

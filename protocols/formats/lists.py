@@ -16,8 +16,8 @@ from typing import Any, Dict, Iterable, List, Optional
 import torch
 
 from clipbench.errors import ClipbenchError
+from clipbench.streams import CaptionedImages, FileReader, ImageSources, LabelledImages
 
-from ..data import CaptionedImages, FileReader, ImageSources, LabelledImages
 from . import Format, Labelled, Spec, missing, register_format, resolve
 
 HOW = "a CSV/JSONL list you write (image,label or image,caption)"

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from clipbench.errors import ClipbenchError
+from clipbench.streams import ImageReader, ImageSources, LabelledImages
 
-from ..data import ImageReader, ImageSources, LabelledImages
 from . import Format, Labelled, Spec, missing, register_format, resolve
 
 HOW = "torchvision downloads it when the spec says download: true"

@@ -22,9 +22,10 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from . import offline
-from .catalog import register_assets, register_builder
-from .data import CaptionedImages, LabelledImages, Streams, ZeroShotSet
+from clipbench.streams import CaptionedImages, LabelledImages, Streams, ZeroShotSet
+
+from .. import offline
+from ..catalog import register_assets, register_builder
 
 SPLIT_VERSION = 1
 IMAGE_SIZE = 96

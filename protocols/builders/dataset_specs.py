@@ -1,4 +1,4 @@
-"""The `datasets` builder: protocols over real datasets, described entirely in their YAML file.
+"""Dataset specs, the building blocks of the builders over real datasets (`datasets`, `mtil`).
 
 A protocol names a target dataset (split into experiences by class), held-out zero-shot sets,
 retrieval sets and an optional reference set; each is a *dataset spec*, a mapping with an
@@ -17,10 +17,10 @@ import numpy as np
 import torch
 
 from clipbench.errors import ClipbenchError
+from clipbench.streams import CaptionedImages, LabelledImages, ZeroShotSet
 
-from .catalog import register_assets, register_builder
-from .data import CaptionedImages, LabelledImages, Streams, ZeroShotSet
-from .formats import FORMATS, get_format, read_paths, resolve, spec_paths
+from ..formats import FORMATS, get_format, read_paths, resolve, spec_paths
+
 
 def load_labelled(spec: Dict[str, Any], split: str, data_root: Optional[str]) -> Tuple[LabelledImages, List[str]]:
     """A labelled split through the spec's format; `names` in the spec override the dataset's class names.
@@ -58,7 +58,7 @@ def load_captioned(spec: Dict[str, Any], data_root: Optional[str]) -> CaptionedI
     return cap
 
 
-def _subsample(data: LabelledImages, per_class: Optional[int], rng: np.random.Generator) -> LabelledImages:
+def subsample(data: LabelledImages, per_class: Optional[int], rng: np.random.Generator) -> LabelledImages:
     if not per_class:
         return data
     keep = []
@@ -68,7 +68,7 @@ def _subsample(data: LabelledImages, per_class: Optional[int], rng: np.random.Ge
     return data.subset(torch.from_numpy(np.sort(np.concatenate(keep))))
 
 
-def _split_by_class(data: LabelledImages, order: List[int], sizes: List[int]) -> List[LabelledImages]:
+def split_by_class(data: LabelledImages, order: List[int], sizes: List[int]) -> List[LabelledImages]:
     """Relabel to positions in `order`, then cut into experiences of `sizes` classes each."""
     rank = torch.full((max(order) + 1,), -1, dtype=torch.long)
     rank[torch.tensor(order)] = torch.arange(len(order))
@@ -108,68 +108,6 @@ def experience_sizes(n_classes: int, params: Dict[str, Any]) -> List[int]:
     if sum(sizes) != n_classes:
         raise ClipbenchError(f"experiences of {sizes} classes do not cover the {n_classes} classes")
     return sizes
-
-
-@register_builder("datasets", version=2)
-def build_datasets(params: Dict[str, Any], data_root: Optional[str], seed: int) -> Streams:
-    """A class- or task-incremental stream over one target dataset, with held-out sets.
-
-    params: target (spec), class_order (ids, default natural), n_experiences | increment(s),
-    train_per_class / test_per_class (subsample, fixed by subsample_seed), templates,
-    train_template, kind, zeroshot / retrieval (named specs), reference (spec).
-    Images are listed here and decoded by the runner with the model's own preprocessing.
-    """
-    target = params["target"]
-    rng = np.random.default_rng(int(params.get("subsample_seed", 0)))
-    train, names = load_labelled(target, "train", data_root)
-    test, _ = load_labelled(target, "test", data_root)
-    train = _subsample(train, params.get("train_per_class"), rng)
-    test = _subsample(test, params.get("test_per_class"), rng)
-    order = [int(c) for c in params.get("class_order") or range(len(names))]
-    sizes = experience_sizes(len(order), params)
-    bounds = np.cumsum([0] + sizes).tolist()
-    return Streams(
-        kind=params.get("kind", "class_incremental"),
-        class_names=[names[c] for c in order],
-        templates=list(params.get("templates", DEFAULT_TEMPLATES)),
-        train_template=params.get("train_template", ""),
-        train=_split_by_class(train, order, sizes), test=_split_by_class(test, order, sizes),
-        experience_classes=[list(range(bounds[k], bounds[k + 1])) for k in range(len(sizes))],
-        **heldout_sets(params, data_root),
-    )
-
-
-@register_builder("mtil", version=2)
-def build_mtil(params: Dict[str, Any], data_root: Optional[str], seed: int) -> Streams:
-    """ZSCL's multi-domain task-incremental learning: one task per dataset, in `order`, each trained
-    and scored over its own classes with its own templates (a dataset's classes use that dataset's
-    `templates`; training uses the first). params: datasets (name -> spec with templates), order
-    (names), train_per_class / test_per_class."""
-    rng = np.random.default_rng(int(params.get("subsample_seed", 0)))
-    train, test, class_names, exp_classes, class_templates = [], [], [], [], []
-    for name in params["order"]:
-        spec = params["datasets"][name]
-        tr, names = load_labelled(spec, "train", data_root)
-        te, _ = load_labelled(spec, "test", data_root)
-        tr, te = _subsample(tr, params.get("train_per_class"), rng), _subsample(te, params.get("test_per_class"), rng)
-        offset = len(class_names)
-        train.append(LabelledImages(tr.images, tr.labels + offset))
-        test.append(LabelledImages(te.images, te.labels + offset))
-        exp_classes.append(list(range(offset, offset + len(names))))
-        class_names += names
-        class_templates += [list(spec.get("templates", DEFAULT_TEMPLATES))] * len(names)
-    return Streams(kind="task_incremental", class_names=class_names, templates=class_templates[0], train=train, test=test,
-                   experience_classes=exp_classes, class_templates=class_templates, **heldout_sets(params, data_root))
-
-
-@register_assets("datasets")
-def datasets_assets(params: Dict[str, Any], data_root: Optional[str]) -> List[Dict[str, Any]]:
-    return asset_report([("target", params["target"])] + heldout_specs(params), data_root)
-
-
-@register_assets("mtil")
-def mtil_assets(params: Dict[str, Any], data_root: Optional[str]) -> List[Dict[str, Any]]:
-    return asset_report([(f"task {n}", params["datasets"][n]) for n in params["order"]] + heldout_specs(params), data_root)
 
 
 def heldout_specs(params: Dict[str, Any]) -> List[Tuple[str, Dict[str, Any]]]:

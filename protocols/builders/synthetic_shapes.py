@@ -11,8 +11,9 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
-from .catalog import register_builder
-from .data import CaptionedImages, LabelledImages, Streams, ZeroShotSet
+from clipbench.streams import CaptionedImages, LabelledImages, Streams, ZeroShotSet
+
+from ..catalog import register_builder
 
 COLOURS = {
     "red": (220, 30, 30), "green": (30, 190, 40), "blue": (40, 60, 230), "yellow": (235, 220, 40),

@@ -5,7 +5,7 @@ A builder may return images in either of two forms:
   with the model's own preprocessing (`clipbench.decode`), into uint8 tensors at the model's input
   size, so what reaches the model is exactly what its own eval transform makes of the same file.
 - uint8 tensors [N, 3, H, W], already decoded (the synthetic and mini suites, which document their
-  own preprocessing); they are resized and normalised for a model in batches (`to_model_input`).
+  own preprocessing); they are resized and normalised for a model in batches (`clipbench.model_input`).
 Either way images are never decoded per sample inside training loops.
 """
 
@@ -253,25 +253,3 @@ class Streams:
             return classes[0], classes[-1] + 1
         last = max(row - 1, exp)
         return 0, self.experience_classes[last][-1] + 1
-
-
-def to_model_input(images: torch.Tensor, size: Tuple[int, int], mean: Sequence[float], std: Sequence[float],
-                   out: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """uint8 [B, 3, H, W] -> normalised float [B, 3, *size], resized in one batched call.
-
-    Scaling by 1/255 and normalising are folded into one multiply and one add, in place (resizing
-    is linear, so it may come first). `torch.addcmul` with a broadcast input was 25x slower here.
-    `out`, a float32 tensor shaped like `images`, is written into when no resizing is needed: a
-    batch loop reuses one buffer instead of allocating fresh memory (and faulting it in) per batch.
-    """
-    resize = tuple(images.shape[-2:]) != tuple(size)
-    if out is not None and not resize:
-        x = out.copy_(images)
-    else:
-        x = images.to(torch.float32, copy=True)  # a copy even of float input: it is changed in place below
-    if resize:
-        x = F.interpolate(x, size=tuple(size), mode="bilinear", antialias=True, align_corners=False)
-    std_t = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    scale = 1.0 / (255.0 * std_t)
-    shift = -torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1) / std_t
-    return x.mul_(scale).add_(shift)

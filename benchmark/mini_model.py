@@ -117,7 +117,7 @@ def fill_efficientnet_lite0(trunk: nn.Module) -> None:
 
 def tower_fingerprint() -> str:
     """sha256 over the two towers' weight files."""
-    from .models import file_sha256
+    from .checksums import file_sha256
 
     return hashlib.sha256((file_sha256(efficientnet_weights_path()) +
                            file_sha256(minilm_dir() / "model.safetensors")).encode()).hexdigest()
@@ -184,7 +184,7 @@ def install_caches(clip: nn.Module, fingerprint: str) -> None:
     a uint8 image is keyed by its raw pixels (a 28 px image: 2 KB to hash instead of 110 KB of
     floats) and only resized and normalised when it misses.
     """
-    from clipbench.protocols.data import to_model_input
+    from .model_input import to_model_input
 
     visual, text = clip.visual, clip.text
     image_store = _CACHE.setdefault(f"{fingerprint}:image:{IMAGE_SIZE}", {})

@@ -1,0 +1,78 @@
+"""Planning: every run spec of a selection (suite, methods, protocols, seeds, settings), validated before
+anything runs; sharding a plan over runners; and the state of a planned run in a results folder."""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence
+
+from clipbench.protocols.catalog import ProtocolDef, SuiteDef, get_protocol, get_suite
+
+from . import claims
+from .errors import ClipbenchError
+from .spec import RunSpec, dotted_tree, known_settings, resolve_specs, user_overrides
+from .store import ResultStore
+
+
+def method_registry():
+    from clipbench.methods.base import METHODS  # imports Avalanche; only when methods are needed
+
+    return METHODS
+
+
+def shard(specs: Sequence[RunSpec], index: int, count: int) -> List[RunSpec]:
+    """Part `index` of `count` disjoint parts of the plan (round robin over the plan's order)."""
+    if count < 1 or not 0 <= index < count:
+        raise ClipbenchError(f"--shard {index}/{count}: need 0 <= i < N")
+    return [s for k, s in enumerate(specs) if k % count == index]
+
+
+def plan(suite_name: str, methods: Optional[Sequence[str]] = None, protocols: Optional[Sequence[str]] = None,
+         seeds: Optional[Sequence[int]] = None, config_file: Optional[str] = None,
+         sets: Sequence[str] = (), strict_weights: bool = True) -> List[RunSpec]:
+    """Every run spec of the selection; validates all names and settings before anything runs."""
+    suite: SuiteDef = get_suite(suite_name)
+    registry = method_registry()
+    if methods:
+        method_names = list(methods)
+    elif suite.methods == "all":
+        method_names = registry.names()
+    else:
+        method_names = list(suite.methods)
+    method_classes = [registry.get(m) for m in method_names]
+    protocol_defs: List[ProtocolDef] = [get_protocol(p) for p in (protocols or suite.protocols)]
+    known = known_settings({m.name: m.config_fields() for m in method_classes},
+                           {p.name: p for p in protocol_defs})
+    # the suite's `settings:` may name any registered method and any of its protocols, run now or not
+    suite_known = known_settings({m: registry.get(m).config_fields() for m in registry.names()},
+                                 {p.name: p for p in protocol_defs + [get_protocol(n) for n in suite.protocols]})
+    dotted_tree(suite.settings, suite_known, f"the `settings:` of suite '{suite.name}'")
+    overrides = user_overrides(config_file, sets, known)
+    seeds = list(seeds) if seeds else suite.seeds
+    specs: List[RunSpec] = []
+    fingerprints: Dict[str, str] = {}  # each dataset's files are read once per plan
+    for protocol in protocol_defs:
+        for method_cls in method_classes:
+            if protocol.kind not in method_cls.supports:
+                continue
+            specs.extend(resolve_specs(suite, method_cls, protocol, seeds, overrides, strict_weights, fingerprints))
+    return specs
+
+
+def run_state(store: ResultStore, spec: RunSpec) -> str:
+    """complete, running (a live claim), corrupt (its record cannot be read), failed, partial (a
+    checkpoint exists), stale (only records made on other data or by other data/evaluation code exist)
+    or missing."""
+    record = store.read_record(spec)
+    if record and record.get("status") == "complete":
+        return "complete"
+    if claims.held_by_other(store.claim_path(spec)):
+        return "running"
+    if record is None and store.record_problem(spec):
+        return "corrupt"
+    if store.progress(spec):
+        return "partial"
+    if record:
+        return "failed"
+    if store.stale_records(spec):
+        return "stale"
+    return "missing"

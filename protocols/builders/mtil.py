@@ -1,0 +1,40 @@
+"""The `mtil` builder: ZSCL's multi-domain task-incremental learning, one task per dataset."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from clipbench.streams import LabelledImages, Streams
+
+from ..catalog import register_assets, register_builder
+from .dataset_specs import (DEFAULT_TEMPLATES, asset_report, heldout_sets, heldout_specs, load_labelled, subsample)
+
+
+@register_builder("mtil", version=2)
+def build_mtil(params: Dict[str, Any], data_root: Optional[str], seed: int) -> Streams:
+    """ZSCL's multi-domain task-incremental learning: one task per dataset, in `order`, each trained
+    and scored over its own classes with its own templates (a dataset's classes use that dataset's
+    `templates`; training uses the first). params: datasets (name -> spec with templates), order
+    (names), train_per_class / test_per_class."""
+    rng = np.random.default_rng(int(params.get("subsample_seed", 0)))
+    train, test, class_names, exp_classes, class_templates = [], [], [], [], []
+    for name in params["order"]:
+        spec = params["datasets"][name]
+        tr, names = load_labelled(spec, "train", data_root)
+        te, _ = load_labelled(spec, "test", data_root)
+        tr, te = subsample(tr, params.get("train_per_class"), rng), subsample(te, params.get("test_per_class"), rng)
+        offset = len(class_names)
+        train.append(LabelledImages(tr.images, tr.labels + offset))
+        test.append(LabelledImages(te.images, te.labels + offset))
+        exp_classes.append(list(range(offset, offset + len(names))))
+        class_names += names
+        class_templates += [list(spec.get("templates", DEFAULT_TEMPLATES))] * len(names)
+    return Streams(kind="task_incremental", class_names=class_names, templates=class_templates[0], train=train, test=test,
+                   experience_classes=exp_classes, class_templates=class_templates, **heldout_sets(params, data_root))
+
+
+@register_assets("mtil")
+def mtil_assets(params: Dict[str, Any], data_root: Optional[str]) -> List[Dict[str, Any]]:
+    return asset_report([(f"task {n}", params["datasets"][n]) for n in params["order"]] + heldout_specs(params), data_root)
