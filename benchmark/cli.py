@@ -101,10 +101,11 @@ def _cmd_list(args) -> int:
         ]
     if args.what in (None, "protocols"):
         out["protocols"] = [{"name": n, "version": get_protocol(n).version, "kind": get_protocol(n).kind,
-                             "description": get_protocol(n).description} for n in protocol_names()]
+                             "description": get_protocol(n).description, "metrics": list(get_protocol(n).metrics)}
+                            for n in protocol_names()]
     if args.what in (None, "metrics"):
         out["metrics"] = [{"name": n, "direction": METRICS.get(n).direction, "version": METRICS.get(n).version,
-                           "headline": METRICS.get(n).headline, "family": METRICS.get(n).family,
+                           "headline": METRICS.get(n).headline, "family": METRICS.get(n).family, "kinds": list(METRICS.get(n).kinds),
                            "formula": METRICS.get(n).doc} for n in METRICS.names()]
     if args.what in (None, "suites"):
         out["suites"] = [{"name": n, "description": get_suite(n).description, "protocols": get_suite(n).protocols}

@@ -110,7 +110,8 @@ def execute_run(spec: RunSpec, store: ResultStore, device: str, progress: bool, 
         status = "failed"
         error = {"type": type(err).__name__, "message": str(err), "traceback": traceback.format_exc()}
     raw = state["raw"] or {}
-    metrics = compute_metrics(raw) if status == "complete" else {"values": {}, "versions": {}}
+    reported = get_protocol(spec.protocol).metrics
+    metrics = compute_metrics(raw, reported) if status == "complete" else {"values": {}, "versions": {}}
     record = {
         "schema_version": SCHEMA_VERSION,
         "status": status,
@@ -257,7 +258,8 @@ def run_one(spec: RunSpec, store: ResultStore, device: str, progress: bool, argv
     finally:
         claims.release(claim)
     if record["status"] == "complete":
-        shown = {k: round(record["metrics"][k], 4) for k in ("last", "avg", "zs_retention", "i2t_r1") if k in record["metrics"]}
+        shown = {k: round(record["metrics"][k], 4) for k in get_protocol(spec.protocol).headline_metrics()
+                 if k in record["metrics"]}
         _log(f"{label}: complete in {record['costs']['wall_seconds']:.1f}s {shown}", quiet)
         return "ran"
     _log(f"{label}: FAILED: {record['error']['type']}: {record['error']['message']}", quiet)
