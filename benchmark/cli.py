@@ -38,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
     run.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
     run.add_argument("--quiet", action="store_true", help="no progress bars or per-run lines")
+    run.add_argument("--log", metavar="LOGGERS", help="Avalanche's training loggers, comma-separated: csv, tensorboard, "
+                     "wandb (where installed); written under each run's folder, in logs/")
     run.add_argument("--threads", type=int, help="torch CPU threads of this process (default: torch's; use 1 per "
                      "worker when several runners share a small machine)")
     run.add_argument("--executor", choices=["local", "slurm", "ray"], default="local",
@@ -125,9 +127,12 @@ def _cmd_run(args, argv: Sequence[str]) -> int:
     from clipbench.protocols.catalog import get_suite
 
     from .plan import plan, shard
-    from .runner import default_device, execute
+    from .runner import RunOptions, default_device, execute
     from .store import ResultStore
 
+    if args.log:
+        from .avalanche_api import parse_log  # Avalanche's loggers are reached only through it
+    log = parse_log(args.log) if args.log else ()
     specs = plan(args.suite, args.method, args.protocol, args.seeds, args.config, args.set, strict_weights=not args.dry_run)
     if args.shard:
         specs = shard(specs, *_parse_shard(args.shard))
@@ -146,7 +151,7 @@ def _cmd_run(args, argv: Sequence[str]) -> int:
             raise ClipbenchError("--device cuda: no CUDA device is visible to torch; use --device cpu")
     if args.executor == "local":
         summary = execute(specs, store, device, progress=not args.quiet and sys.stderr.isatty(), argv=list(argv),
-                          quiet=args.quiet)
+                          quiet=args.quiet, options=RunOptions(log=log))
     else:
         from .executors import Resources, run_ray, submit_slurm
 
@@ -155,9 +160,9 @@ def _cmd_run(args, argv: Sequence[str]) -> int:
             cpus=args.cpus, gpus=args.gpus, mem_gb=args.mem_gb, time_min=args.time_min, partition=args.partition).items()
             if v is not None}})
         if args.executor == "slurm":
-            summary = submit_slurm(specs, store, res, device, args.wait)
+            summary = submit_slurm(specs, store, res, device, args.wait, log)
         else:
-            summary = run_ray(specs, store, res, device, args.address)
+            summary = run_ray(specs, store, res, device, args.address, log)
     if not args.quiet:
         print(f"done: {summary.ran} ran, {summary.skipped} already complete, {summary.claimed} held by other runners, "
               f"{summary.failed} failed "
