@@ -126,7 +126,8 @@ class EnginePlugin(SupervisedPlugin):
         self.methods = methods
         self.lr_at, self.grad_clip, self.clipped = lr_at, grad_clip, list(clipped)
         self.step = 0
-        self.bar = tqdm(total=total_iterations, desc=desc, disable=not progress, leave=False)
+        # tqdm's default format: count, elapsed<remaining (ETA) and rate
+        self.bar = tqdm(total=total_iterations, desc=desc, disable=not progress, leave=False, unit="step")
 
     def before_training_epoch(self, strategy, **kwargs):
         # strategy.train() called model.train(); frozen towers (BatchNorm statistics) must stay put.

@@ -42,7 +42,7 @@ def encode_images(loaded: LoadedModel, images: torch.Tensor, batch_size: int, de
     # one input buffer for every batch (inference mode: nothing keeps a batch's input alive)
     buffer = loaded.input_buffer(images, batch_size, device)
     starts = range(0, len(images), batch_size)
-    for s in tqdm(starts, desc=desc or "encode images", disable=not progress, leave=False):
+    for s in tqdm(starts, desc=desc or "encode images", disable=not progress, leave=False, unit="batch"):
         chunk = images[s:s + batch_size].to(device, non_blocking=True)
         x = loaded.model_input(chunk, out=None if buffer is None else buffer[:len(chunk)])
         with _autocast(device, precision), (per_batch(chunk) if per_batch else contextlib.nullcontext()):
