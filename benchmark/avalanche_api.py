@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+import uuid
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -171,8 +172,13 @@ class TrainingLog:
             from avalanche.logging import WandBLogger
 
             (folder / "wandb").mkdir(exist_ok=True)
+            # our own run id: Avalanche 0.6 would call wandb.util.generate_id, gone from newer wandb; kept
+            # in the folder, so a resumed run continues its W&B run
+            id_file = folder / "wandb" / "run_id"
+            run_id = id_file.read_text() if id_file.is_file() else uuid.uuid4().hex[:12]
+            id_file.write_text(run_id)
             wandb = WandBLogger(project_name="clipbench", run_name=run_name, dir=str(folder / "wandb"),
-                                config=config, save_code=False)
+                                config=config, save_code=False, params={"id": run_id, "resume": "allow"})
             self.loggers.append(wandb)
             self._closers.append(wandb.wandb.finish)
 

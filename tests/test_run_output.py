@@ -92,3 +92,16 @@ def test_the_training_bar_shows_rate_eta_and_loss_on_a_terminal(capsys):
     quiet = EnginePlugin([], total_iterations=3, progress=False, desc="train exp 0")
     quiet.after_training_iteration(_Strategy())
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("wandb") is None, reason="wandb is not installed")
+def test_the_wandb_logger_starts_offline_and_a_resumed_run_keeps_its_run(tmp_path, monkeypatch):
+    from clipbench.avalanche_api import TrainingLog
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    folder = tmp_path / "logs"
+    for _ in range(2):  # the second: a resumed run
+        TrainingLog(["wandb"], folder, "finetune x tiny_shapes", {"seed": 0}).close()
+    run_id = (folder / "wandb" / "run_id").read_text()
+    assert len(run_id) == 12 and list((folder / "wandb" / "wandb").glob(f"offline-run-*-{run_id}"))
