@@ -194,6 +194,7 @@ def _run_experiences(spec: RunSpec, store: ResultStore, device: str, progress: b
             seconds = time.perf_counter() - t
         raw["train_seconds"].append(seconds)
         state["extra_bytes"] = max(state["extra_bytes"], state_bytes(method))
+        state["inference_extras"] = method.inference_extras()  # as it stands after learning (sizes known by now)
         t = time.perf_counter()
         # an untrained model keeps its features
         version = exp + 1 if (method_cls.trains or not options.share_evaluation) else 0
