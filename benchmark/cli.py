@@ -159,9 +159,9 @@ def _cmd_run(args, argv: Sequence[str]) -> int:
             summary = run_ray(specs, store, res, device, args.address)
     if not args.quiet:
         print(f"done: {summary.ran} ran, {summary.skipped} already complete, {summary.claimed} held by other runners, "
-              f"{summary.failed} failed "
+              f"{summary.failed} failed, {summary.diverged} diverged "
               f"(records under {store.root / 'runs'})", file=sys.stderr)
-    return 1 if summary.failed else 0
+    return 1 if summary.failed or summary.diverged else 0
 
 
 def _parse_shard(text: str):
@@ -226,7 +226,7 @@ def _cmd_status(args) -> int:
                           for s, st in rows], indent=1))
         return 0
     counts = {k: sum(1 for _, st in rows if st == k)
-              for k in ("complete", "running", "queued", "partial", "corrupt", "failed", "stale", "missing")}
+              for k in ("complete", "running", "queued", "partial", "corrupt", "diverged", "failed", "stale", "missing")}
     for spec, st in rows:
         extra = ""
         if st == "partial":
@@ -234,6 +234,8 @@ def _cmd_status(args) -> int:
             extra = f" ({prog['completed_experiences']}/{prog['total_experiences']} experiences)"
         elif st == "stale":
             extra = f" ({_stale_reason(spec, store.stale_records(spec)[0]['spec'])}; run again to refresh)"
+        elif st == "diverged":
+            extra = f" ({store.read_record(spec)['error']['message']})"
         elif st == "corrupt":
             extra = f" ({store.record_path(spec)}: {store.record_problem(spec)}; `run` redoes it)"
         print(f"  {st:<9} {spec.protocol:<18} {spec.method:<12} seed {spec.seed}  {spec.id}{extra}")

@@ -59,7 +59,7 @@ def plan(suite_name: str, methods: Optional[Sequence[str]] = None, protocols: Op
 
 
 def run_state(store: ResultStore, spec: RunSpec) -> str:
-    """complete, running (a live claim), corrupt (its record cannot be read), failed, partial (a
+    """complete, running (a live claim), corrupt (its record cannot be read), diverged, failed, partial (a
     checkpoint exists), stale (only records made on other data or by other data/evaluation code exist)
     or missing."""
     record = store.read_record(spec)
@@ -69,6 +69,8 @@ def run_state(store: ResultStore, spec: RunSpec) -> str:
         return "running"
     if record is None and store.record_problem(spec):
         return "corrupt"
+    if record and record.get("status") == "diverged":
+        return "diverged"
     if store.progress(spec):
         return "partial"
     if record:

@@ -26,7 +26,7 @@ from clipbench.streams import Streams
 from . import claims, provenance
 from .costs import PeakMemory, peak_rss_mb, state_bytes
 from .decode import decode_streams
-from .errors import ClipbenchError
+from .errors import ClipbenchError, Diverged
 from .evaluator import Evaluator, Row, row_zero
 from .models import LoadedModel, load_model
 from .plan import method_registry
@@ -93,7 +93,8 @@ def execute_run(spec: RunSpec, store: ResultStore, device: str, progress: bool, 
     """Run (or resume) one spec to completion and write its record.
 
     Bad input (a ClipbenchError: missing data, unreadable weights) propagates and writes nothing.
-    Any other exception is a failed run: its record says why, and its checkpoint is kept.
+    A non-finite loss or feature (`Diverged`) ends the run as `diverged`, naming the experience and step;
+    any other exception is a failed run. Either way the record says why and the checkpoint is kept.
     """
     started = provenance.now()
     wall = time.perf_counter()
@@ -106,6 +107,9 @@ def execute_run(spec: RunSpec, store: ResultStore, device: str, progress: bool, 
         status, error = "complete", None
     except ClipbenchError:
         raise
+    except Diverged as err:
+        status = "diverged"
+        error = {"type": "Diverged", "message": str(err), "experience": err.experience, "step": err.step}
     except Exception as err:
         status = "failed"
         error = {"type": type(err).__name__, "message": str(err), "traceback": traceback.format_exc()}
@@ -213,9 +217,10 @@ class Summary:
     skipped: int = 0
     failed: int = 0
     claimed: int = 0  # held by another live runner
+    diverged: int = 0
 
     def add(self, outcome: str) -> None:
-        """Count one `run_one` outcome ("ran", "skipped", "claimed" or "failed")."""
+        """Count one `run_one` outcome ("ran", "skipped", "claimed", "failed" or "diverged")."""
         setattr(self, outcome, getattr(self, outcome) + 1)
 
 
@@ -239,7 +244,7 @@ def run_one(spec: RunSpec, store: ResultStore, device: str, progress: bool, argv
             label: str = "", options: Optional[RunOptions] = None) -> str:
     """One run under its claim, whatever executes it (this process, a Slurm job, a Ray task).
 
-    Returns "ran", "skipped" (already complete), "claimed" (another live runner has it) or "failed".
+    Returns "ran", "skipped" (already complete), "claimed" (another live runner has it), "failed" or "diverged".
     """
     label = f"{label} {spec.method} x {spec.protocol} x {spec.model['arch']} seed {spec.seed} ({spec.id})".strip()
     if store.is_complete(spec):
@@ -260,5 +265,9 @@ def run_one(spec: RunSpec, store: ResultStore, device: str, progress: bool, argv
         shown = {k: round(record["metrics"][k], 4) for k in ("last", "avg", "zs_retention", "i2t_r1") if k in record["metrics"]}
         _log(f"{label}: complete in {record['costs']['wall_seconds']:.1f}s {shown}", quiet)
         return "ran"
+    if record["status"] == "diverged":
+        _log(f"{label}: DIVERGED: {record['error']['message']}; recorded as diverged, never complete "
+             "(a lower train.lr or a train.grad_clip may train)", quiet)
+        return "diverged"
     _log(f"{label}: FAILED: {record['error']['type']}: {record['error']['message']}", quiet)
     return "failed"

@@ -1,0 +1,36 @@
+"""Failures leave nothing wrong, lost or unreadable behind (issue 19): divergence, settings that cannot
+train, file modes, unreadable checkpoints, interruptions and unwritable folders, leftovers, costs."""
+
+import json
+
+import pytest
+import torch
+from helpers import SMALL, records, run_cli
+
+from clipbench.errors import Diverged
+from clipbench.evaluator import _finite
+from clipbench.leaderboard import load
+
+TINY = ["run", "--method", "finetune", "--protocol", "tiny_shapes", "--suite", "tiny"]
+
+
+def test_diverged_run_is_recorded_as_diverged_and_stays_out_of_the_leaderboard(results, capsys):
+    # two steps per experience: the first update leaves the weights non-finite, the second step's loss shows it
+    sets = [*SMALL, "train.lr=1e30", "protocols.tiny_shapes.train_per_class=16"]
+    assert run_cli(*TINY, "--results", results, "--set", *sets) == 1
+    err = capsys.readouterr().err
+    assert "DIVERGED: non-finite training loss at experience 1, step 2" in err and "1 diverged" in err
+    [record] = records(results).values()
+    assert record["status"] == "diverged" and record["metrics"] == {}
+    assert (record["error"]["experience"], record["error"]["step"]) == (1, 2)
+    assert not load(results).entries, "a diverged run never enters a leaderboard cell"
+    assert run_cli("status", "--suite", "tiny", "--method", "finetune", "--protocol", "tiny_shapes",
+                   "--results", results, "--set", *sets) == 0
+    out = capsys.readouterr().out
+    assert "1 diverged" in out and "0 complete" in out and "non-finite training loss" in out
+
+
+def test_non_finite_features_at_evaluation_are_divergence():
+    with pytest.raises(Diverged, match="non-finite image features at evaluation after experience 3"):
+        _finite(torch.tensor([[0.5, float("nan")]]), "image features", 3)
+    assert _finite(torch.ones(2), "scores", 1).sum() == 2
