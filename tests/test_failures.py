@@ -34,3 +34,22 @@ def test_non_finite_features_at_evaluation_are_divergence():
     with pytest.raises(Diverged, match="non-finite image features at evaluation after experience 3"):
         _finite(torch.tensor([[0.5, float("nan")]]), "image features", 3)
     assert _finite(torch.ones(2), "scores", 1).sum() == 2
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--set", "train.epochs=-1"], "train.epochs=-1 is not allowed: expected an integer >= 1"),
+    (["--set", "train.epochs=0"], "train.epochs=0 is not allowed"),
+    (["--set", "train.batch_size=0"], "train.batch_size=0 is not allowed: expected an integer >= 1"),
+    (["--set", "eval.batch_size=-4"], "eval.batch_size=-4 is not allowed"),
+    (["--set", "train.lr=0"], "train.lr=0 is not allowed: expected a number > 0"),
+    (["--set", "train.lr=-1e-3"], "train.lr=-0.001 is not allowed"),
+    (["--set", "methods.finetune.train.lr=0"], "train.lr=0 is not allowed"),
+    (["--seeds", "0", "-1"], "seed -1 in --seeds is not allowed: expected an integer >= 0"),
+])
+def test_settings_that_cannot_train_are_refused_before_anything_runs(args, message, results, capsys):
+    results.mkdir()
+    (results / "keep.txt").write_text("untouched")
+    assert run_cli(*TINY, "--results", results, *args) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert [p.name for p in results.rglob("*")] == ["keep.txt"]
