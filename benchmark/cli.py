@@ -1,6 +1,7 @@
 """The `clipbench` command line. `main(argv) -> int` so tests call it in-process.
 
-Exit codes: 0 success, 1 some runs failed, 2 bad input (one-line message, no traceback).
+Exit codes: 0 success, 1 some runs failed or diverged, 2 bad input or a results folder that cannot be
+written (one-line message, no traceback), 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -338,6 +339,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ClipbenchError as err:
         print(f"clipbench: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: finished experiences are checkpointed, claims released on the way out
+        print("clipbench: interrupted; finished experiences are kept: run the same command again to resume",
+              file=sys.stderr)
+        return 130
     return 0
 
 

@@ -2,6 +2,8 @@
 train, file modes, unreadable checkpoints, interruptions and unwritable folders, leftovers, costs."""
 
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -53,3 +55,31 @@ def test_settings_that_cannot_train_are_refused_before_anything_runs(args, messa
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert [p.name for p in results.rglob("*")] == ["keep.txt"]
+
+
+def test_records_checkpoints_and_caches_follow_the_umask(results, monkeypatch):
+    from clipbench.store import ResultStore
+
+    old = os.umask(0o022)
+    try:
+        # stop after the first experience's checkpoint, to see the checkpoint too
+        save = ResultStore.save_progress
+
+        def save_then_stop(self, spec, checkpoint, completed, total):
+            save(self, spec, checkpoint, completed, total)
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(ResultStore, "save_progress", save_then_stop)
+        assert run_cli(*TINY, "--results", results, "--quiet", "--set", *SMALL) == 130
+        monkeypatch.setattr(ResultStore, "save_progress", save)
+        [checkpoint] = results.glob("runs/**/checkpoint.pt")
+        assert stat.S_IMODE(checkpoint.stat().st_mode) == 0o644
+        assert run_cli(*TINY, "--results", results, "--quiet", "--set", *SMALL) == 0
+        os.umask(0o027)
+        assert run_cli(*TINY, "--results", results, "--quiet", "--seeds", "1", "--set", *SMALL) == 0
+    finally:
+        os.umask(old)
+    modes = {p.parent.name[:5]: stat.S_IMODE(p.stat().st_mode) for p in results.glob("runs/**/run.json")}
+    assert modes == {"seed0": 0o644, "seed1": 0o640}
+    caches = {stat.S_IMODE(p.stat().st_mode) for p in results.glob("cache/*.json")}
+    assert caches and caches <= {0o644, 0o640}
