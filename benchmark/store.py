@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
@@ -55,6 +56,10 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 def atomic_torch_save(path: Path, obj: Any) -> None:
     """torch.save atomically."""
     _atomic_write(Path(path), lambda fh: torch.save(obj, fh))
+
+
+def _warn(message: str) -> None:
+    print(f"clipbench: warning: {message}", file=sys.stderr, flush=True)
 
 
 def read_record_file(path: Path) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
@@ -130,18 +135,40 @@ class ResultStore:
         claims.refresh(self.claim_path(spec))
 
     def load_checkpoint(self, spec: RunSpec) -> Optional[Dict[str, Any]]:
-        path = self.run_dir(spec) / "checkpoint.pt"
-        if not path.is_file():
+        """The run's checkpoint, or None. One that cannot be read (truncated, not torch's format, not a
+        clipbench checkpoint) is the only saved state of the run: it is named in one line on stderr and
+        removed with the progress file, and the run restarts from its first experience instead of
+        failing at every rerun. An unreadable progress file alone is named too: resuming reads only
+        the checkpoint, and the progress file is written again after the next experience."""
+        path, progress = self.run_dir(spec) / "checkpoint.pt", self.run_dir(spec) / "progress.json"
+        state, why = None, None
+        if path.is_file():
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=False)
+                if not isinstance(state, dict) or not {"spec_id", "completed", "raw", "model", "method"} <= set(state):
+                    raise ValueError("not a clipbench checkpoint")
+            except Exception as err:  # torch raises RuntimeError, EOFError, UnpicklingError, ... on a damaged file
+                why = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if progress.is_file() and self.progress(spec) is None and why is None:
+            _warn(f"progress file {progress} cannot be read; the run "
+                  + ("resumes from its checkpoint" if state is not None else "starts from its first experience")
+                  + " and writes it again after the next experience")
+        if why is not None:
+            _warn(f"checkpoint {path} cannot be read ({why}); removed: the run restarts from its first experience")
+            self.clear_progress(spec)
             return None
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        if state is None:
+            return None
         return state if state.get("spec_id") == spec.id else None
 
     def progress(self, spec: RunSpec) -> Optional[Dict[str, Any]]:
+        """The run's progress file, or None when there is none or it cannot be read."""
         path = self.run_dir(spec) / "progress.json"
         try:
-            return json.loads(path.read_text()) if path.is_file() else None
-        except (OSError, json.JSONDecodeError):
+            doc = json.loads(path.read_text()) if path.is_file() else None
+        except (OSError, ValueError):
             return None
+        return doc if isinstance(doc, dict) and {"completed_experiences", "total_experiences"} <= set(doc) else None
 
     def clear_progress(self, spec: RunSpec) -> None:
         for name in ("checkpoint.pt", "progress.json"):

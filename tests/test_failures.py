@@ -12,6 +12,7 @@ from helpers import SMALL, records, run_cli
 from clipbench.errors import Diverged
 from clipbench.evaluator import _finite
 from clipbench.leaderboard import load
+from clipbench.store import ResultStore
 
 TINY = ["run", "--method", "finetune", "--protocol", "tiny_shapes", "--suite", "tiny"]
 
@@ -57,21 +58,23 @@ def test_settings_that_cannot_train_are_refused_before_anything_runs(args, messa
     assert [p.name for p in results.rglob("*")] == ["keep.txt"]
 
 
-def test_records_checkpoints_and_caches_follow_the_umask(results, monkeypatch):
-    from clipbench.store import ResultStore
+def run_interrupted(results, monkeypatch, *args: str) -> None:
+    """A tiny run stopped by Ctrl-C (KeyboardInterrupt) right after its next experience's checkpoint."""
+    save = ResultStore.save_progress
 
+    def save_then_stop(self, spec, checkpoint, completed, total):
+        save(self, spec, checkpoint, completed, total)
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ResultStore, "save_progress", save_then_stop)
+        assert run_cli(*TINY, "--results", results, "--quiet", "--set", *SMALL, *args) == 130
+
+
+def test_records_checkpoints_and_caches_follow_the_umask(results, monkeypatch):
     old = os.umask(0o022)
     try:
-        # stop after the first experience's checkpoint, to see the checkpoint too
-        save = ResultStore.save_progress
-
-        def save_then_stop(self, spec, checkpoint, completed, total):
-            save(self, spec, checkpoint, completed, total)
-            raise KeyboardInterrupt
-
-        monkeypatch.setattr(ResultStore, "save_progress", save_then_stop)
-        assert run_cli(*TINY, "--results", results, "--quiet", "--set", *SMALL) == 130
-        monkeypatch.setattr(ResultStore, "save_progress", save)
+        run_interrupted(results, monkeypatch)  # to see the checkpoint too
         [checkpoint] = results.glob("runs/**/checkpoint.pt")
         assert stat.S_IMODE(checkpoint.stat().st_mode) == 0o644
         assert run_cli(*TINY, "--results", results, "--quiet", "--set", *SMALL) == 0
@@ -83,3 +86,23 @@ def test_records_checkpoints_and_caches_follow_the_umask(results, monkeypatch):
     assert modes == {"seed0": 0o644, "seed1": 0o640}
     caches = {stat.S_IMODE(p.stat().st_mode) for p in results.glob("cache/*.json")}
     assert caches and caches <= {0o644, 0o640}
+
+
+def test_unreadable_progress_or_checkpoint_is_named_and_the_rerun_completes(results, monkeypatch, capsys):
+    run_interrupted(results, monkeypatch)
+    [progress] = results.glob("runs/**/progress.json")
+    checkpoint = progress.with_name("checkpoint.pt")
+    progress.write_text('{"completed_exp')
+    run_interrupted(results, monkeypatch)  # resumes from the checkpoint, then writes progress again
+    err = capsys.readouterr().err
+    assert f"progress file {progress} cannot be read; the run resumes from its checkpoint" in err
+    assert json.loads(progress.read_text())["completed_experiences"] == 2
+
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])  # truncated
+    assert run_cli(*TINY, "--results", results, "--quiet", "--set", *SMALL) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"clipbench: warning: checkpoint {checkpoint} cannot be read (")
+    assert err[0].endswith("removed: the run restarts from its first experience")
+    [record] = records(results).values()
+    assert record["status"] == "complete" and len(record["raw"]["acc_matrix"]) == 4
+    assert not checkpoint.exists() and not progress.exists()
