@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+from .errors import storage_error
+
 DEFAULT_TTL = float(os.environ.get("CLIPBENCH_CLAIM_TTL", 7200))
 
 
@@ -51,7 +53,10 @@ def is_stale(path: Path, ttl: float = DEFAULT_TTL) -> bool:
 
 def acquire(path: Path, ttl: float = DEFAULT_TTL) -> bool:
     """Take the claim at `path`; False when a live runner holds it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise storage_error(path, err) from None
     for _ in range(2):
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -66,8 +71,14 @@ def acquire(path: Path, ttl: float = DEFAULT_TTL) -> bool:
             except FileNotFoundError:
                 pass
             continue
-        with os.fdopen(fd, "w") as fh:
-            json.dump({"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}, fh)
+        except OSError as err:  # a read-only folder, a full disk: one line, not a traceback
+            raise storage_error(path, err) from None
+        try:
+            with os.fdopen(fd, "w") as fh:
+                json.dump({"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}, fh)
+        except OSError as err:
+            path.unlink(missing_ok=True)
+            raise storage_error(path, err) from None
         return True
     return False
 

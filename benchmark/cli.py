@@ -125,7 +125,7 @@ def _cmd_run(args, argv: Sequence[str]) -> int:
     from clipbench.protocols.catalog import get_suite
 
     from .plan import plan, shard
-    from .runner import default_device, execute
+    from .runner import default_device, execute, unfinished
     from .store import ResultStore
 
     specs = plan(args.suite, args.method, args.protocol, args.seeds, args.config, args.set, strict_weights=not args.dry_run)
@@ -134,6 +134,8 @@ def _cmd_run(args, argv: Sequence[str]) -> int:
     store = ResultStore(args.results)
     if args.dry_run:
         return _print_plan(args.suite, specs, store)
+    if unfinished(specs, store)[0]:  # a finished grid needs no write: then a read-only folder is fine
+        store.check_writable()
     if args.threads:
         import torch
 
@@ -338,6 +340,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             return _cmd_leaderboard(args)
     except ClipbenchError as err:
         print(f"clipbench: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a path that cannot be used, outside the store's own writes (which say so themselves)
+        from .errors import storage_error
+
+        print(f"clipbench: error: {storage_error(err.filename or '(unnamed file)', err, 'use')}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C: finished experiences are checkpointed, claims released on the way out
         print("clipbench: interrupted; finished experiences are kept: run the same command again to resume",

@@ -8,6 +8,7 @@ killed process never leaves a half-written file.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -18,6 +19,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import torch
 
 from . import claims
+from .errors import StorageError, is_write_failure, storage_error
 from .models import model_slug
 from .spec import RunSpec
 
@@ -31,8 +33,13 @@ def _umask() -> int:
 
 
 def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write through `write(fh)` to a temporary file beside `path`, then rename it into place. A failed
+    write (read-only folder, full disk) is one StorageError naming `path` and the cause."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise storage_error(path, err) from None
     try:
         # mkstemp creates 0600 and the rename keeps it: give the file the mode open() would (0644 under
         # umask 022), so a team sharing a results folder can read each other's records
@@ -42,9 +49,11 @@ def _atomic_write(path: Path, write) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(err, Exception) and is_write_failure(err):
+            raise storage_error(path, err) from None
         raise
 
 
@@ -80,6 +89,20 @@ class ResultStore:
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
+
+    def check_writable(self) -> None:
+        """Stop before anything runs when the results folder cannot be written: a file given as the folder,
+        a folder or file system that is read-only (one StorageError line naming it and the cause)."""
+        if self.root.exists() and not self.root.is_dir():
+            raise StorageError(f"results folder {self.root} is a file, not a folder: give --results a folder "
+                               "(it is created if missing)")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise storage_error(self.root, err) from None
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            read_only = os.statvfs(self.root).f_flag & os.ST_RDONLY
+            raise storage_error(self.root, OSError(errno.EROFS if read_only else errno.EACCES, "not writable"))
 
     def run_dir(self, spec: RunSpec) -> Path:
         model = model_slug(spec.model["arch"], spec.model.get("pretrained"))

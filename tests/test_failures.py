@@ -1,6 +1,7 @@
 """Failures leave nothing wrong, lost or unreadable behind (issue 19): divergence, settings that cannot
 train, file modes, unreadable checkpoints, interruptions and unwritable folders, leftovers, costs."""
 
+import errno
 import json
 import os
 import stat
@@ -9,7 +10,7 @@ import pytest
 import torch
 from helpers import SMALL, records, run_cli
 
-from clipbench.errors import Diverged
+from clipbench.errors import Diverged, StorageError, is_write_failure, storage_error
 from clipbench.evaluator import _finite
 from clipbench.leaderboard import load
 from clipbench.store import ResultStore
@@ -106,3 +107,60 @@ def test_unreadable_progress_or_checkpoint_is_named_and_the_rerun_completes(resu
     [record] = records(results).values()
     assert record["status"] == "complete" and len(record["raw"]["acc_matrix"]) == 4
     assert not checkpoint.exists() and not progress.exists()
+
+
+def test_results_given_as_a_file_is_one_line(results, capsys):
+    results.parent.mkdir(exist_ok=True)
+    results.write_text("not a folder")
+    assert run_cli(*TINY, "--results", results, "--quiet", "--set", *SMALL) == 2
+    err = capsys.readouterr().err
+    assert err == f"clipbench: error: results folder {results} is a file, not a folder: give --results a folder " \
+                  "(it is created if missing)\n"
+    assert results.read_text() == "not a folder"
+
+
+def test_read_only_results_folder_is_one_line(results, monkeypatch, capsys):
+    results.mkdir()
+    if os.getuid() != 0:  # the real thing
+        results.chmod(0o555)
+        cause = f"cannot write {results}: permission denied"
+    else:  # root writes anywhere: a read-only run folder inside, as the file system reports it
+        real_open = os.open
+
+        def read_only(path, *args, **kwargs):
+            if str(path).endswith("claim.json"):
+                raise PermissionError(errno.EACCES, "Permission denied", str(path))
+            return real_open(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, "open", read_only)
+        cause = "claim.json: permission denied"
+    try:
+        assert run_cli(*TINY, "--results", results, "--quiet", "--set", *SMALL) == 2
+    finally:
+        results.chmod(0o755)
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith("clipbench: error: cannot write ") and cause in err
+    assert not records(results)
+
+
+def test_full_disk_is_one_line_saying_so(results, monkeypatch, capsys):
+    def full_disk(obj, fh):  # what torch's zip writer raises when the disk fills up under it
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    assert run_cli(*TINY, "--results", results, "--quiet", "--set", *SMALL) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    [run_dir] = results.glob("runs/*/*/*/seed0-*")
+    assert f"cannot write {run_dir / 'checkpoint.pt'}: the disk is full; " in err and "MB free there" in err
+    assert sorted(p.name for p in run_dir.iterdir()) == [], "no record, no temporary file, the claim released"
+
+
+def test_torch_write_failure_without_its_os_error_still_names_the_disk(tmp_path):
+    err = storage_error(tmp_path / "checkpoint.pt", RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1 vs 2"))
+    assert isinstance(err, StorageError) and "the disk is most likely full (torch: [enforce fail" in str(err)
+    assert is_write_failure(RuntimeError("x")) is False
