@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import time
 from pathlib import Path
@@ -37,6 +38,18 @@ def read(path: Path) -> Optional[Dict[str, Any]]:
         return None
 
 
+def host_tag(host: Optional[str] = None) -> str:
+    """This host's name (or `host`) as it may appear in a file name."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", host if host is not None else socket.gethostname())
+
+
+def owner_gone(host: Optional[str], pid: Optional[int], age: float, ttl: float = DEFAULT_TTL) -> bool:
+    """The liveness rule, for claims and for anything else that names its writer (host or host tag, and
+    pid): gone when its process is gone (same host) or when it has been silent for `ttl` seconds."""
+    here = host is not None and host in (socket.gethostname(), host_tag())
+    return (here and pid is not None and not _alive(pid)) or age > ttl
+
+
 def is_stale(path: Path, ttl: float = DEFAULT_TTL) -> bool:
     """True when the claim's owner is gone or silent for `ttl` seconds (or the file is unreadable)."""
     info = read(path)
@@ -46,9 +59,7 @@ def is_stale(path: Path, ttl: float = DEFAULT_TTL) -> bool:
         return True
     if info is None:
         return age > 5  # a claim being written right now is given a moment
-    if info.get("host") == socket.gethostname() and not _alive(int(info.get("pid", -1))):
-        return True
-    return age > ttl
+    return owner_gone(info.get("host"), int(info.get("pid", -1)), age, ttl)
 
 
 def acquire(path: Path, ttl: float = DEFAULT_TTL) -> bool:

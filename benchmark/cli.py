@@ -126,7 +126,7 @@ def _cmd_run(args, argv: Sequence[str]) -> int:
 
     from .plan import plan, shard
     from .runner import default_device, execute, unfinished
-    from .store import ResultStore
+    from .store import ResultStore, remove_stale_temporaries
 
     specs = plan(args.suite, args.method, args.protocol, args.seeds, args.config, args.set, strict_weights=not args.dry_run)
     if args.shard:
@@ -136,6 +136,10 @@ def _cmd_run(args, argv: Sequence[str]) -> int:
         return _print_plan(args.suite, specs, store)
     if unfinished(specs, store)[0]:  # a finished grid needs no write: then a read-only folder is fine
         store.check_writable()
+        removed, freed = remove_stale_temporaries(store.root)
+        if removed:
+            print(f"clipbench: removed {removed} temporary file(s) ({freed / 2**20:.1f} MB) left under {store.root} "
+                  "by interrupted writes", file=sys.stderr)
     if args.threads:
         import torch
 

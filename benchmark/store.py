@@ -11,8 +11,10 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
@@ -37,7 +39,9 @@ def _atomic_write(path: Path, write) -> None:
     write (read-only folder, full disk) is one StorageError naming `path` and the cause."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        # the writer's host and pid in the name: a later runner removes it only once the writer is gone
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{claims.host_tag()}@{os.getpid()}.",
+                                   suffix=".tmp")
     except OSError as err:
         raise storage_error(path, err) from None
     try:
@@ -55,6 +59,28 @@ def _atomic_write(path: Path, write) -> None:
         if isinstance(err, Exception) and is_write_failure(err):
             raise storage_error(path, err) from None
         raise
+
+
+# a temporary file of `_atomic_write`: .<name>.<host tag>@<pid>.<random>.tmp (older ones: .<name>.<random>.tmp)
+_TEMPORARY = re.compile(r"\.([A-Za-z0-9_-]+)@(\d+)\.[a-z0-9_]+\.tmp$")
+
+
+def remove_stale_temporaries(root: Path, ttl: float = claims.DEFAULT_TTL) -> Tuple[int, int]:
+    """Remove the temporary files under `root` left by writes that were killed, keeping those of writers
+    still alive (the claims' rule: a process gone on this host, or silent for `ttl` seconds; a name without
+    its writer, from older versions, by age alone). Returns (files removed, bytes freed)."""
+    removed = freed = 0
+    for path in Path(root).glob("**/.*.tmp"):
+        match = _TEMPORARY.search(path.name)
+        try:
+            st = path.stat()
+            if claims.owner_gone(match and match.group(1), int(match.group(2)) if match else None,
+                                 time.time() - st.st_mtime, ttl):
+                path.unlink()
+                removed, freed = removed + 1, freed + st.st_size
+        except OSError:  # removed by another runner meanwhile, or not ours to remove
+            continue
+    return removed, freed
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:

@@ -5,15 +5,18 @@ import errno
 import json
 import os
 import stat
+import subprocess
+import time
 
 import pytest
 import torch
 from helpers import SMALL, records, run_cli
 
+from clipbench import claims
 from clipbench.errors import Diverged, StorageError, is_write_failure, storage_error
 from clipbench.evaluator import _finite
 from clipbench.leaderboard import load
-from clipbench.store import ResultStore
+from clipbench.store import ResultStore, remove_stale_temporaries
 
 TINY = ["run", "--method", "finetune", "--protocol", "tiny_shapes", "--suite", "tiny"]
 
@@ -73,9 +76,13 @@ def run_interrupted(results, monkeypatch, *args: str) -> None:
 
 
 def test_records_checkpoints_and_caches_follow_the_umask(results, monkeypatch):
+    leftover = results / "cache" / f".row0-0.json.{claims.host_tag()}@{_dead_pid()}.abc.tmp"  # a killed write's
+    leftover.parent.mkdir(parents=True)
+    leftover.write_text("{")
     old = os.umask(0o022)
     try:
         run_interrupted(results, monkeypatch)  # to see the checkpoint too
+        assert not leftover.exists(), "a runner starting on the folder removes a dead writer's temporary file"
         [checkpoint] = results.glob("runs/**/checkpoint.pt")
         assert stat.S_IMODE(checkpoint.stat().st_mode) == 0o644
         assert run_cli(*TINY, "--results", results, "--quiet", "--set", *SMALL) == 0
@@ -164,3 +171,30 @@ def test_torch_write_failure_without_its_os_error_still_names_the_disk(tmp_path)
     err = storage_error(tmp_path / "checkpoint.pt", RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1 vs 2"))
     assert isinstance(err, StorageError) and "the disk is most likely full (torch: [enforce fail" in str(err)
     assert is_write_failure(RuntimeError("x")) is False
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_stale_temporary_files_are_removed_only_when_no_live_writer_holds_them(tmp_path):
+    folder = tmp_path / "runs" / "p" / "m" / "model" / "seed0-abc"
+    folder.mkdir(parents=True)
+    here = claims.host_tag()
+    names = {"dead": f".checkpoint.pt.{here}@{_dead_pid()}.k2j_x9.tmp",
+             "live": f".run.json.{here}@{os.getppid()}.a1b2c3.tmp",
+             "elsewhere": ".run.json.other-host@1.a1b2c3.tmp",  # another machine's runner: by age only
+             "old_recent": ".progress.json.q8w7e6.tmp", "old_aged": ".run.json.zz9_yy.tmp",
+             "elsewhere_aged": ".run.json.other-host@1.d4e5f6.tmp"}
+    for name in names.values():
+        (folder / name).write_bytes(b"x" * 10)
+    hours_ago = time.time() - claims.DEFAULT_TTL - 60
+    for key in ("old_aged", "elsewhere_aged"):
+        os.utime(folder / names[key], (hours_ago, hours_ago))
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / f".row0-1.json.{here}@{_dead_pid()}.abc.tmp").write_text("{")
+    assert remove_stale_temporaries(tmp_path) == (4, 31)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(names[k] for k in ("live", "elsewhere", "old_recent"))
+    assert not any((tmp_path / "cache").iterdir())
