@@ -24,7 +24,7 @@ from clipbench.protocols.metrics import compute_metrics
 from clipbench.streams import Streams
 
 from . import claims, provenance
-from .costs import PeakMemory, peak_rss_mb, state_bytes
+from .costs import PeakMemory, accumulated, peak_rss_mb, state_bytes
 from .decode import decode_streams
 from .errors import ClipbenchError, Diverged
 from .evaluator import Evaluator, Row, row_zero
@@ -98,11 +98,15 @@ def execute_run(spec: RunSpec, store: ResultStore, device: str, progress: bool, 
     """
     started = provenance.now()
     wall = time.perf_counter()
-    state: Dict[str, Any] = {"raw": None, "trainable": 0, "extra_bytes": 0, "inference_extras": None}
+    # prior: the costs of the run's earlier processes, from its checkpoint
+    state: Dict[str, Any] = {"raw": None, "trainable": 0, "extra_bytes": 0, "inference_extras": None, "prior": {}}
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
+    gpu = (lambda: torch.cuda.max_memory_allocated()) if device.startswith("cuda") else (lambda: None)
     try:
         with PeakMemory() as memory:
+            state["costs"] = lambda: accumulated(state["prior"], time.perf_counter() - wall, memory.peak, gpu(),
+                                                 state["extra_bytes"])
             _run_experiences(spec, store, device, progress, quiet, state, options or RunOptions())
         status, error = "complete", None
     except ClipbenchError:
@@ -114,6 +118,7 @@ def execute_run(spec: RunSpec, store: ResultStore, device: str, progress: bool, 
         status = "failed"
         error = {"type": type(err).__name__, "message": str(err), "traceback": traceback.format_exc()}
     raw = state["raw"] or {}
+    costs = state["costs"]()  # over every process of the run
     metrics = compute_metrics(raw) if status == "complete" else {"values": {}, "versions": {}}
     record = {
         "schema_version": SCHEMA_VERSION,
@@ -126,11 +131,13 @@ def execute_run(spec: RunSpec, store: ResultStore, device: str, progress: bool, 
         "costs": {
             "trainable_params": state["trainable"],
             # the most memory the method kept between experiences (teachers, buffers, exemplars)
-            "extra_memory_mb": round(state["extra_bytes"] / 2**20, 3),
-            "peak_rss_mb": round(memory.peak / 2**20, 1) if status == "complete" else None,  # while this run executed
-            "process_peak_rss_mb": round(peak_rss_mb(), 1),  # high-water mark of the whole process so far
-            "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if device.startswith("cuda") else None,
-            "wall_seconds": round(time.perf_counter() - wall, 3),
+            "extra_memory_mb": round(costs["extra_bytes"] / 2**20, 3),
+            # while this run executed, the most of any of its processes
+            "peak_rss_mb": round(costs["peak_rss_bytes"] / 2**20, 1) if status == "complete" else None,
+            "process_peak_rss_mb": round(peak_rss_mb(), 1),  # high-water mark of the whole (last) process so far
+            "peak_gpu_mb": round(costs["peak_gpu_bytes"] / 2**20, 1) if costs["peak_gpu_bytes"] is not None else None,
+            "wall_seconds": round(costs["wall_seconds"], 3),  # summed over the run's processes
+            "processes": costs["processes"],  # 1, plus one per resume
             "inference_extras": state["inference_extras"],  # what inference needs beyond the model ("": nothing)
         },
         "provenance": {**provenance.collect(device, spec.precision, argv), "started": started, "ended": provenance.now()},
@@ -173,6 +180,7 @@ def _run_experiences(spec: RunSpec, store: ResultStore, device: str, progress: b
     if checkpoint:
         model.load_checkpoint_state(checkpoint["model"])
         method.load_state_dict(checkpoint["method"])
+        state["prior"] = checkpoint.get("costs") or {}  # checkpoints of older code carry none
         _log(f"  resuming from experience {start}/{streams.n_experiences}", quiet)
     else:
         if method_cls.infers_task_per_batch:  # the same measures at batch size 1
@@ -202,7 +210,7 @@ def _run_experiences(spec: RunSpec, store: ResultStore, device: str, progress: b
         # an untrained model keeps its features
         version = exp + 1 if (method_cls.trains or not options.share_evaluation) else 0
         _append_row(raw, evaluator.evaluate(exp + 1, version), time.perf_counter() - t)
-        store.save_progress(spec, {"spec_id": spec.id, "completed": exp + 1, "raw": raw,
+        store.save_progress(spec, {"spec_id": spec.id, "completed": exp + 1, "raw": raw, "costs": state["costs"](),
                                    "model": model.checkpoint_state(), "method": method.state_dict()},
                             exp + 1, streams.n_experiences)
 

@@ -198,3 +198,21 @@ def test_stale_temporary_files_are_removed_only_when_no_live_writer_holds_them(t
     assert remove_stale_temporaries(tmp_path) == (4, 31)
     assert sorted(p.name for p in folder.iterdir()) == sorted(names[k] for k in ("live", "elsewhere", "old_recent"))
     assert not any((tmp_path / "cache").iterdir())
+
+
+def test_costs_accumulate_over_the_processes_of_a_resumed_run(results, monkeypatch):
+    run_interrupted(results, monkeypatch)
+    [path] = results.glob("runs/**/checkpoint.pt")
+    checkpoint = torch.load(path, weights_only=False)
+    first = checkpoint["costs"]
+    assert first["wall_seconds"] > 0 and first["processes"] == 1 and first["peak_rss_bytes"] > 2**20
+    # an earlier process that took long and used much memory
+    checkpoint["costs"] = {**first, "wall_seconds": 1000.0, "peak_rss_bytes": 2**40}
+    torch.save(checkpoint, path)
+    started = time.perf_counter()
+    assert run_cli(*TINY, "--results", results, "--quiet", "--set", *SMALL) == 0
+    took = time.perf_counter() - started
+    [record] = records(results).values()
+    costs = record["costs"]
+    assert 1000.0 < costs["wall_seconds"] <= 1000.0 + took
+    assert costs["peak_rss_mb"] == 2**20 and costs["processes"] == 2
