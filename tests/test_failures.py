@@ -4,8 +4,10 @@ train, file modes, unreadable checkpoints, interruptions and unwritable folders,
 import errno
 import json
 import os
+import signal
 import stat
 import subprocess
+import sys
 import time
 
 import pytest
@@ -216,3 +218,24 @@ def test_costs_accumulate_over_the_processes_of_a_resumed_run(results, monkeypat
     costs = record["costs"]
     assert 1000.0 < costs["wall_seconds"] <= 1000.0 + took
     assert costs["peak_rss_mb"] == 2**20 and costs["processes"] == 2
+
+
+@pytest.mark.slow
+def test_ctrl_c_is_one_line_exit_130_and_the_run_resumes(results):
+    args = [*TINY, "--quiet", "--results", str(results), "--set", "train.epochs=12",
+            "protocols.tiny_shapes.train_per_class=16"]
+    proc = subprocess.Popen([sys.executable, "-m", "clipbench.cli", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not list(results.glob("runs/**/progress.json")):
+        time.sleep(0.02)
+    assert proc.poll() is None, f"run ended before it could be interrupted: {proc.stderr.read()[-2000:]}"
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130
+    assert err.splitlines() == ["clipbench: interrupted; finished experiences are kept: run the same command "
+                                "again to resume"]
+    assert not records(results) and not list(results.glob("runs/**/claim.json"))
+    assert run_cli(*args) == 0
+    [record] = records(results).values()
+    assert record["status"] == "complete" and record["costs"]["processes"] == 2
