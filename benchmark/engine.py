@@ -23,8 +23,8 @@ from tqdm import tqdm
 from clipbench.streams import LabelledImages
 
 from .augment import make_augmenter
-from .errors import Diverged
 from .avalanche_api import EvaluationPlugin, SupervisedPlugin, Template, make_experience
+from .errors import Diverged
 from .models import LoadedModel
 from .schedules import is_constant, learning_rate
 from .spec import DEFAULTS
