@@ -1,6 +1,7 @@
 """The `clipbench` command line. `main(argv) -> int` so tests call it in-process.
 
-Exit codes: 0 success, 1 some runs failed, 2 bad input (one-line message, no traceback).
+Exit codes: 0 success, 1 some runs failed or diverged, 2 bad input or a results folder that cannot be
+written (one-line message, no traceback), 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -124,8 +125,8 @@ def _cmd_run(args, argv: Sequence[str]) -> int:
     from clipbench.protocols.catalog import get_suite
 
     from .plan import plan, shard
-    from .runner import default_device, execute
-    from .store import ResultStore
+    from .runner import default_device, execute, unfinished
+    from .store import ResultStore, remove_stale_temporaries
 
     specs = plan(args.suite, args.method, args.protocol, args.seeds, args.config, args.set, strict_weights=not args.dry_run)
     if args.shard:
@@ -133,6 +134,12 @@ def _cmd_run(args, argv: Sequence[str]) -> int:
     store = ResultStore(args.results)
     if args.dry_run:
         return _print_plan(args.suite, specs, store)
+    if unfinished(specs, store)[0]:  # a finished grid needs no write: then a read-only folder is fine
+        store.check_writable()
+        removed, freed = remove_stale_temporaries(store.root)
+        if removed:
+            print(f"clipbench: removed {removed} temporary file(s) ({freed / 2**20:.1f} MB) left under {store.root} "
+                  "by interrupted writes", file=sys.stderr)
     if args.threads:
         import torch
 
@@ -159,9 +166,9 @@ def _cmd_run(args, argv: Sequence[str]) -> int:
             summary = run_ray(specs, store, res, device, args.address)
     if not args.quiet:
         print(f"done: {summary.ran} ran, {summary.skipped} already complete, {summary.claimed} held by other runners, "
-              f"{summary.failed} failed "
+              f"{summary.failed} failed, {summary.diverged} diverged "
               f"(records under {store.root / 'runs'})", file=sys.stderr)
-    return 1 if summary.failed else 0
+    return 1 if summary.failed or summary.diverged else 0
 
 
 def _parse_shard(text: str):
@@ -226,7 +233,7 @@ def _cmd_status(args) -> int:
                           for s, st in rows], indent=1))
         return 0
     counts = {k: sum(1 for _, st in rows if st == k)
-              for k in ("complete", "running", "queued", "partial", "corrupt", "failed", "stale", "missing")}
+              for k in ("complete", "running", "queued", "partial", "corrupt", "diverged", "failed", "stale", "missing")}
     for spec, st in rows:
         extra = ""
         if st == "partial":
@@ -234,6 +241,8 @@ def _cmd_status(args) -> int:
             extra = f" ({prog['completed_experiences']}/{prog['total_experiences']} experiences)"
         elif st == "stale":
             extra = f" ({_stale_reason(spec, store.stale_records(spec)[0]['spec'])}; run again to refresh)"
+        elif st == "diverged":
+            extra = f" ({store.read_record(spec)['error']['message']})"
         elif st == "corrupt":
             extra = f" ({store.record_path(spec)}: {store.record_problem(spec)}; `run` redoes it)"
         print(f"  {st:<9} {spec.protocol:<18} {spec.method:<12} seed {spec.seed}  {spec.id}{extra}")
@@ -336,6 +345,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ClipbenchError as err:
         print(f"clipbench: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a path that cannot be used, outside the store's own writes (which say so themselves)
+        from .errors import storage_error
+
+        print(f"clipbench: error: {storage_error(err.filename or '(unnamed file)', err, 'use')}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # Ctrl-C: finished experiences are checkpointed, claims released on the way out
+        print("clipbench: interrupted; finished experiences are kept: run the same command again to resume",
+              file=sys.stderr)
+        return 130
     return 0
 
 

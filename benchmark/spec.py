@@ -99,6 +99,14 @@ def validate_train(train: Dict[str, Any], eval_settings: Dict[str, Any]) -> None
             raise ClipbenchError(f"{key}={value!r} is not allowed: expected {allowed}")
 
 
+def validate_seeds(seeds: Sequence[Any], source: str) -> None:
+    """Seeds are integers >= 0 (a builder seeding numpy with a negative one would fail mid-run): one
+    ClipbenchError line naming the seed and where it came from."""
+    for seed in seeds:
+        if not _integer(0)(seed):
+            raise ClipbenchError(f"seed {seed!r} in {source} is not allowed: expected an integer >= 0")
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """One run: method x protocol x model x seed with every setting resolved. Never mutated."""
