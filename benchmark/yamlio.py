@@ -47,12 +47,15 @@ def load_yaml(path: str | Path) -> Any:
 Marks = Dict[Tuple[str, ...], int]  # key path in a document -> its 1-based line
 
 
-def _marks(node: yaml.Node, path: Tuple[str, ...], out: Marks) -> None:
+def _marks(node: yaml.Node, path: Tuple[str, ...], out: Marks, source: str) -> None:
     if isinstance(node, yaml.MappingNode):
         for key, value in node.value:
             here = path + (str(key.value),)
+            if here in out:  # YAML would keep the last silently
+                raise ClipbenchError(f"{source}:{key.start_mark.line + 1}: key '{key.value}' appears twice "
+                                     f"(first on line {out[here]}); keep one")
             out[here] = key.start_mark.line + 1
-            _marks(value, here, out)
+            _marks(value, here, out, source)
 
 
 def load_yaml_marked(path: str | Path) -> Tuple[Any, Marks]:
@@ -67,7 +70,7 @@ def load_yaml_marked(path: str | Path) -> Tuple[Any, Marks]:
     marks: Marks = {}
     node = yaml.compose(text, Loader=_Loader)
     if node is not None:
-        _marks(node, (), marks)
+        _marks(node, (), marks, str(path))
     return doc, marks
 
 
