@@ -141,7 +141,7 @@ def _cmd_list(args) -> int:
     for kind, items in out.items():
         print(f"{kind}:")
         for item in items:
-            detail = item.get("doc") or item.get("description") or item.get("formula", "").splitlines()[0]
+            detail = item.get("doc") or item.get("description") or (item.get("formula") or "").partition("\n")[0]
             print(f"  {item['name']:<16} {detail}")
     return 0
 

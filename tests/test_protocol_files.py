@@ -115,7 +115,7 @@ def test_suite_file_mistakes_name_file_line_and_fix(tmp_path, old, new, message)
 
 
 def test_misspelt_suite_key_exits_2_with_one_line(tmp_path, capsys, monkeypatch):
-    monkeypatch.delenv(catalog.INCLUDE_ENV, raising=False)
+    monkeypatch.setenv(catalog.INCLUDE_ENV, "")  # restored after the test, whatever the CLI adds
     path = tmp_path / "my_suite.yaml"
     path.write_text(_suite_text(**{"name: tiny": "name: my_tiny", "train:": "trian:"}))
     results = tmp_path / "results"
@@ -133,9 +133,9 @@ def test_misspelt_suite_key_exits_2_with_one_line(tmp_path, capsys, monkeypatch)
 ])
 def test_wrong_setting_types_exit_2_writing_nothing(tmp_path, capsys, setting, message):
     results = tmp_path / "results"
-    assert run_cli("run", "--method", "lwf", "--protocol", "tiny_shapes", "--suite", "tiny", "--results", results,
-                   "--quiet", "--set", "protocols.tiny_shapes.train_per_class=4", "protocols.tiny_shapes.test_per_class=2",
-                   "protocols.tiny_shapes.heldout_per_class=2", "protocols.tiny_shapes.retrieval_images=4") == 0
+    done = results / "runs" / "tiny_shapes" / "lwf" / "clipbench-tiny" / "seed0-000000000000" / "run.json"
+    done.parent.mkdir(parents=True)
+    done.write_text('{"status": "complete"}')  # stands for earlier work: must stay as it is
     before = snapshot(results)
     capsys.readouterr()
     assert run_cli("run", "--method", "lwf", "--protocol", "tiny_shapes", "--suite", "tiny", "--results", results,
@@ -181,7 +181,7 @@ def _user_folder(tmp_path) -> Path:
 
 
 def test_include_folder_and_environment_add_protocols_and_suites(tmp_path, monkeypatch, capsys):
-    monkeypatch.delenv(catalog.INCLUDE_ENV, raising=False)
+    monkeypatch.setenv(catalog.INCLUDE_ENV, "")  # restored after the test, whatever the CLI adds
     folder = _user_folder(tmp_path)
     assert "four_colours" not in catalog.protocol_names()
     assert run_cli("list", "protocols", "--include", folder) == 0
@@ -193,7 +193,7 @@ def test_include_folder_and_environment_add_protocols_and_suites(tmp_path, monke
 
 
 def test_protocol_file_where_a_name_goes(tmp_path, monkeypatch, capsys):
-    monkeypatch.delenv(catalog.INCLUDE_ENV, raising=False)
+    monkeypatch.setenv(catalog.INCLUDE_ENV, "")  # restored after the test, whatever the CLI adds
     folder = _user_folder(tmp_path)
     results = tmp_path / "results"
     assert run_cli("run", "--method", "finetune", "--suite", "tiny", "--protocol", folder / "four_colours.yaml",
