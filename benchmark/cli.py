@@ -25,13 +25,15 @@ def _parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="list methods, protocols, metrics or suites")
     ls.add_argument("what", nargs="?", choices=["methods", "protocols", "metrics", "suites"])
     ls.add_argument("--json", action="store_true", help="machine-readable output")
+    _include(ls)
 
     run = sub.add_parser("run", help="run methods x protocols of a suite")
     sel = run.add_mutually_exclusive_group(required=True)
     sel.add_argument("--all", action="store_true", help="every method x protocol of the suite")
     sel.add_argument("--method", nargs="+", metavar="M", help="method name(s)")
-    run.add_argument("--protocol", nargs="+", metavar="P", help="protocol name(s) (default: the suite's)")
-    run.add_argument("--suite", default=DEFAULT_SUITE, help=f"suite name (default: {DEFAULT_SUITE})")
+    run.add_argument("--protocol", nargs="+", metavar="P", help="protocol name(s) or file(s) (default: the suite's)")
+    run.add_argument("--suite", default=DEFAULT_SUITE, help=f"suite name or file (default: {DEFAULT_SUITE})")
+    _include(run)
     run.add_argument("--seeds", nargs="+", type=int, help="seeds (default: the suite's)")
     run.add_argument("--config", help="YAML file of settings (same keys as --set)")
     run.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override a setting, e.g. train.lr=1e-4")
@@ -54,7 +56,8 @@ def _parser() -> argparse.ArgumentParser:
                      "'auto' reads SLURM_ARRAY_TASK_ID and SLURM_ARRAY_TASK_COUNT")
 
     st = sub.add_parser("status", help="complete, partial, failed, stale and missing runs of a suite")
-    st.add_argument("--suite", default=DEFAULT_SUITE)
+    st.add_argument("--suite", default=DEFAULT_SUITE, help="suite name or file")
+    _include(st)
     st.add_argument("--method", nargs="+", metavar="M", help="method name(s) (default: the suite's)")
     st.add_argument("--protocol", nargs="+", metavar="P", help="protocol name(s) (default: the suite's)")
     st.add_argument("--seeds", nargs="+", type=int, help="seeds (default: the suite's)")
@@ -73,18 +76,41 @@ def _parser() -> argparse.ArgumentParser:
     bn = sub.add_parser("bench", help="speed and memory as ratios against bare PyTorch, in one JSON object")
     bn.add_argument("--quick", action="store_true", help="small sizes: under a minute on 2 cores")
 
-    nw = sub.add_parser("new", help="write a scaffold to start a new plugin from")
-    nw.add_argument("kind", choices=["method"])
+    nw = sub.add_parser("new", help="write a method scaffold, or a protocol file for your own images")
+    nw.add_argument("kind", choices=["method", "protocol"])
     nw.add_argument("name", help="snake_case name, e.g. my_method")
-    nw.add_argument("--dir", help="folder to write into (default: clipbench's methods/ folder)")
+    nw.add_argument("--dir", help="method: folder to write into (default: clipbench's methods/ folder)")
+    nw.add_argument("--images", help="protocol: an ImageFolder (one sub-folder of images per class)")
+    nw.add_argument("--captions", help="protocol: a CSV with the header image,caption (paths relative to it)")
+    nw.add_argument("--out", help="protocol: the file to write (default: ./NAME.yaml)")
 
     lb = sub.add_parser("leaderboard", help="markdown, CSV, JSON and pictures from the run records")
     lb.add_argument("--results", default=DEFAULT_RESULTS, help="folder holding runs/ (default: results)")
-    lb.add_argument("--suite", help="only this suite")
+    lb.add_argument("--suite", help="only this suite (a name or a suite file)")
+    _include(lb)
     lb.add_argument("--out", help="where to write (default: <results>/leaderboards)")
     lb.add_argument("--check", action="store_true", help="regenerate into a temporary folder; fail on any difference")
     lb.add_argument("--print", dest="print_only", action="store_true", help="print a plain table, write nothing")
     return p
+
+
+def _include(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--include", action="append", default=[], metavar="DIR",
+                        help="a folder of protocol and suite files to add to the catalog (repeatable; also "
+                             "CLIPBENCH_INCLUDE, os.pathsep-separated)")
+
+
+def _catalog_args(args) -> None:
+    """`--include` folders join the catalog; a `--suite` or `--protocol` naming a file becomes the name of the
+    suite or protocol in it (the file joins the catalog, for this process and the workers it starts)."""
+    from clipbench.protocols.catalog import add_include, protocol_ref, suite_ref
+
+    for folder in getattr(args, "include", None) or []:
+        add_include(folder)
+    if getattr(args, "suite", None):
+        args.suite = suite_ref(args.suite)
+    if getattr(args, "protocol", None):
+        args.protocol = [protocol_ref(p) for p in args.protocol]
 
 
 def _cmd_list(args) -> int:
@@ -116,7 +142,7 @@ def _cmd_list(args) -> int:
     for kind, items in out.items():
         print(f"{kind}:")
         for item in items:
-            detail = item.get("doc") or item.get("description") or item.get("formula", "").splitlines()[0]
+            detail = item.get("doc") or item.get("description") or (item.get("formula") or "").partition("\n")[0]
             print(f"  {item['name']:<16} {detail}")
     return 0
 
@@ -280,6 +306,15 @@ def _cmd_prepare(args) -> int:
 def _cmd_new(args) -> int:
     from pathlib import Path
 
+    if args.kind == "protocol":
+        from clipbench.protocols.new_protocol import new_protocol
+
+        if not args.images:
+            raise ClipbenchError("new protocol needs --images DIR (a folder with one sub-folder of images per class)")
+        path = new_protocol(args.name, args.images, args.captions, args.out)
+        print(f"wrote {path}; try it: clipbench run --suite tiny --method zeroshot finetune --protocol {path} --dry-run")
+        return 0
+
     import clipbench.methods
 
     from .scaffold import new_method
@@ -326,6 +361,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except SystemExit as exc:  # argparse already printed usage
         return int(exc.code or 0)
     try:
+        _catalog_args(args)
         if args.command == "list":
             return _cmd_list(args)
         if args.command == "run":

@@ -4,7 +4,8 @@ class_incremental`) and RAIL's X-TAIL (`kind: class_incremental`, `scoring: all`
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -12,10 +13,19 @@ from clipbench.errors import ClipbenchError
 from clipbench.streams import KINDS, SCORINGS, LabelledImages, Streams
 
 from ..catalog import register_assets, register_builder
-from .dataset_specs import (DEFAULT_TEMPLATES, asset_report, heldout_sets, heldout_specs, load_labelled, subsample)
+from .dataset_specs import (DEFAULT_TEMPLATES, HeldoutParams, Spec, asset_report, heldout_sets, heldout_specs, load_labelled, subsample)
 
 
-@register_builder("mtil", version=2)
+@dataclass
+class MtilParams(HeldoutParams):
+    """The `mtil` builder's parameters (a protocol file's `params:`); the builder reads the mapping."""
+
+    REQUIRED: ClassVar[Tuple[str, ...]] = ("order", "datasets")
+    order: List[str] = field(default_factory=list)  # dataset names, in task order
+    datasets: Dict[str, Spec] = field(default_factory=dict)  # name -> labelled dataset spec (+ templates)
+
+
+@register_builder("mtil", version=2, params=MtilParams)
 def build_mtil(params: Dict[str, Any], data_root: Optional[str], seed: int) -> Streams:
     """ZSCL's multi-domain task-incremental learning: one task per dataset, in `order`, each trained
     and scored over its own classes with its own templates (a dataset's classes use that dataset's
