@@ -74,6 +74,11 @@ def _parser() -> argparse.ArgumentParser:
 
     bn = sub.add_parser("bench", help="speed and memory as ratios against bare PyTorch, in one JSON object")
     bn.add_argument("--quick", action="store_true", help="small sizes: under a minute on 2 cores")
+    bn.add_argument("--data", metavar="DIR", help="also measure the data path on an image folder DIR/<class>/<image> "
+                    "(decode rate against torchvision, warm start, peak memory; the `data` section)")
+    bn.add_argument("--data-only", action="store_true", help="with --data: only the `data` section")
+    bn.add_argument("--workers", type=int, help="with --data: decoding processes (default: every available core)")
+    bn.add_argument("--repeats", type=int, default=3, help="with --data: decode timings per side (default 3)")
 
     nw = sub.add_parser("new", help="write a scaffold to start a new plugin from")
     nw.add_argument("kind", choices=["method"])
@@ -339,7 +344,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.command == "bench":
             from .bench import main as bench_main
 
-            return bench_main(args.quick)
+            return bench_main(args.quick, args.data, args.data_only, args.workers, args.repeats)
         if args.command == "new":
             return _cmd_new(args)
         if args.command == "prepare":
