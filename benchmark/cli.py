@@ -43,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress bars or per-run lines")
     run.add_argument("--threads", type=int, help="torch CPU threads of this process (default: torch's; use 1 per "
                      "worker when several runners share a small machine)")
+    run.add_argument("--cache-dir", help="where decoded images are kept, shared by runners (default: "
+                     "$CLIPBENCH_CACHE, else <results>/cache)")
+    run.add_argument("--workers", type=int, help="processes decoding images (default: every available core)")
     run.add_argument("--executor", choices=["local", "slurm", "ray"], default="local",
                      help="local (default): this process; slurm: one job array via submitit; ray: one task per run")
     run.add_argument("--address", help="Ray cluster address (default: start a local one)")
@@ -75,6 +78,11 @@ def _parser() -> argparse.ArgumentParser:
 
     bn = sub.add_parser("bench", help="speed and memory as ratios against bare PyTorch, in one JSON object")
     bn.add_argument("--quick", action="store_true", help="small sizes: under a minute on 2 cores")
+    bn.add_argument("--data", metavar="DIR", help="also measure the data path on an image folder DIR/<class>/<image> "
+                    "(decode rate against torchvision, warm start, peak memory; the `data` section)")
+    bn.add_argument("--data-only", action="store_true", help="with --data: only the `data` section")
+    bn.add_argument("--workers", type=int, help="with --data: decoding processes (default: every available core)")
+    bn.add_argument("--repeats", type=int, default=3, help="with --data: decode timings per side (default 3)")
 
     nw = sub.add_parser("new", help="write a method scaffold, or a protocol file for your own images")
     nw.add_argument("kind", choices=["method", "protocol"])
@@ -176,10 +184,20 @@ def _cmd_run(args, argv: Sequence[str]) -> int:
 
         if not torch.cuda.is_available():
             raise ClipbenchError("--device cuda: no CUDA device is visible to torch; use --device cpu")
+    if args.workers is not None and args.workers < 1:
+        raise ClipbenchError(f"--workers must be 1 or more, got {args.workers}")
     if args.executor == "local":
+        from .runner import RunOptions
+
+        options = RunOptions(cache_dir=args.cache_dir, workers=args.workers)
         summary = execute(specs, store, device, progress=not args.quiet and sys.stderr.isatty(), argv=list(argv),
-                          quiet=args.quiet)
+                          quiet=args.quiet, options=options)
     else:
+        # runs on other machines read these from the environment the job inherits
+        if args.cache_dir:
+            os.environ["CLIPBENCH_CACHE"] = os.path.abspath(os.path.expanduser(args.cache_dir))
+        if args.workers:
+            os.environ["CLIPBENCH_WORKERS"] = str(args.workers)
         from .executors import Resources, run_ray, submit_slurm
 
         suite_resources = get_suite(args.suite).resources
@@ -371,7 +389,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.command == "bench":
             from .bench import main as bench_main
 
-            return bench_main(args.quick)
+            return bench_main(args.quick, args.data, args.data_only, args.workers, args.repeats)
         if args.command == "new":
             return _cmd_new(args)
         if args.command == "prepare":

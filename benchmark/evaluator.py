@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 import torch
 
-from clipbench.streams import Streams
+from clipbench.streams import JoinedImages, Streams
 
 from .errors import Diverged
 from .evaluate import (accuracy, class_embeddings, class_prompts, encode_images, encode_texts, per_class_accuracy,
@@ -63,7 +63,7 @@ class Evaluator:
         self.method = method
         self.batch = spec.eval["batch_size"]
         self.precision = spec.precision
-        self.test_images = torch.cat([t.images for t in streams.test])
+        self.test_images = JoinedImages([t.images for t in streams.test])  # no copy of memory-mapped sets
         self.test_labels = torch.cat([t.labels for t in streams.test])
         self.bounds = np.cumsum([0] + [len(t) for t in streams.test]).tolist()
         # the target classifier's templates: the protocol's unless the method prompts its own way

@@ -28,6 +28,7 @@ from .costs import PeakMemory, accumulated, peak_rss_mb, state_bytes
 from .decode import decode_streams
 from .errors import ClipbenchError, Diverged
 from .evaluator import Evaluator, Row, row_zero
+from .image_store import ImageStore, default_cache_dir
 from .models import LoadedModel, load_model
 from .plan import method_registry
 from .spec import RunSpec
@@ -40,10 +41,14 @@ class RunOptions:
 
     `share_evaluation`: reuse row 0 across methods and an untrained model's features across rows
     (`clipbench bench` turns it off to measure what it saves). `on_model_loaded`: called with each
-    loaded model (bench counts the images its vision tower is asked for)."""
+    loaded model (bench counts the images its vision tower is asked for). `cache_dir`: where decoded
+    images are kept (None: `image_store.default_cache_dir(results)`); `workers`: decoding processes
+    (None: every core this process may use)."""
 
     share_evaluation: bool = True
     on_model_loaded: Optional[Callable[[LoadedModel], None]] = None
+    cache_dir: Optional[str] = None
+    workers: Optional[int] = None
 
 
 def seed_everything(*parts: Any) -> None:
@@ -164,7 +169,9 @@ def _run_experiences(spec: RunSpec, store: ResultStore, device: str, progress: b
     loaded = load_model(spec.model["arch"], spec.model.get("pretrained"), device)
     if options.on_model_loaded is not None:
         options.on_model_loaded(loaded)
-    decode_streams(streams, loaded.preprocess, progress)  # image files -> the model's own preprocessing
+    # image files -> the model's own preprocessing, decoded once per machine and memory-mapped
+    images = ImageStore(options.cache_dir or default_cache_dir(store.root), options.workers, progress)
+    decode_streams(streams, loaded.preprocess, progress, store=images)
     model = CLIPClassifier(loaded, streams.class_names, streams.train_templates()).to(device)
     model.eval()
     method = method_cls(method_cls.Config(**spec.method_config))

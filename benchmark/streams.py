@@ -130,6 +130,31 @@ class ImageSources:
 Images = Union[torch.Tensor, ImageSources]
 
 
+class JoinedImages:
+    """Several uint8 image tensors [N_k, 3, H, W] read as one, without copying them: a slice `[a:b]` is
+    the same batch `torch.cat(parts)[a:b]` would give, copied only when it straddles two parts. So
+    evaluating every test set in one pass keeps memory-mapped sets on disk instead of one copy in RAM."""
+
+    def __init__(self, parts: Sequence[torch.Tensor]):
+        self.parts = [p for p in parts if len(p)] or list(parts[:1])
+        self.bounds = np.cumsum([0] + [len(p) for p in self.parts]).tolist()
+        self.dtype = self.parts[0].dtype if self.parts else torch.uint8
+        self.shape = torch.Size([self.bounds[-1], *(self.parts[0].shape[1:] if self.parts else (3, 0, 0))])
+
+    def __len__(self) -> int:
+        return self.bounds[-1]
+
+    def __getitem__(self, key: slice) -> torch.Tensor:
+        if not isinstance(key, slice) or key.step not in (None, 1):
+            raise TypeError("JoinedImages takes contiguous slices only")
+        start, stop, _ = key.indices(len(self))
+        pieces = [p[max(start - lo, 0):min(stop, hi) - lo]
+                  for p, lo, hi in zip(self.parts, self.bounds, self.bounds[1:]) if lo < stop and start < hi]
+        if len(pieces) == 1:
+            return pieces[0]
+        return torch.cat(pieces) if pieces else self.parts[0][:0]
+
+
 def _check_images(images: Images) -> None:
     if isinstance(images, ImageSources):
         return
