@@ -41,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
     run.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
     run.add_argument("--quiet", action="store_true", help="no progress bars or per-run lines")
+    run.add_argument("--log", metavar="LOGGERS", help="Avalanche's training loggers, comma-separated: csv, tensorboard, "
+                     "wandb (where installed); written under each run's folder, in logs/")
     run.add_argument("--threads", type=int, help="torch CPU threads of this process (default: torch's; use 1 per "
                      "worker when several runners share a small machine)")
     run.add_argument("--cache-dir", help="where decoded images are kept, shared by runners (default: "
@@ -136,10 +138,11 @@ def _cmd_list(args) -> int:
         ]
     if args.what in (None, "protocols"):
         out["protocols"] = [{"name": n, "version": get_protocol(n).version, "kind": get_protocol(n).kind,
-                             "description": get_protocol(n).description} for n in protocol_names()]
+                             "description": get_protocol(n).description, "metrics": list(get_protocol(n).metrics)}
+                            for n in protocol_names()]
     if args.what in (None, "metrics"):
         out["metrics"] = [{"name": n, "direction": METRICS.get(n).direction, "version": METRICS.get(n).version,
-                           "headline": METRICS.get(n).headline, "family": METRICS.get(n).family,
+                           "headline": METRICS.get(n).headline, "family": METRICS.get(n).family, "kinds": list(METRICS.get(n).kinds),
                            "formula": METRICS.get(n).doc} for n in METRICS.names()]
     if args.what in (None, "suites"):
         out["suites"] = [{"name": n, "description": get_suite(n).description, "protocols": get_suite(n).protocols}
@@ -159,9 +162,12 @@ def _cmd_run(args, argv: Sequence[str]) -> int:
     from clipbench.protocols.catalog import get_suite
 
     from .plan import plan, shard
-    from .runner import default_device, execute, unfinished
+    from .runner import RunOptions, default_device, execute, unfinished
     from .store import ResultStore, remove_stale_temporaries
 
+    if args.log:
+        from .avalanche_api import parse_log  # Avalanche's loggers are reached only through it
+    log = parse_log(args.log) if args.log else ()
     specs = plan(args.suite, args.method, args.protocol, args.seeds, args.config, args.set, strict_weights=not args.dry_run)
     if args.shard:
         specs = shard(specs, *_parse_shard(args.shard))
@@ -187,9 +193,7 @@ def _cmd_run(args, argv: Sequence[str]) -> int:
     if args.workers is not None and args.workers < 1:
         raise ClipbenchError(f"--workers must be 1 or more, got {args.workers}")
     if args.executor == "local":
-        from .runner import RunOptions
-
-        options = RunOptions(cache_dir=args.cache_dir, workers=args.workers)
+        options = RunOptions(cache_dir=args.cache_dir, workers=args.workers, log=log)
         summary = execute(specs, store, device, progress=not args.quiet and sys.stderr.isatty(), argv=list(argv),
                           quiet=args.quiet, options=options)
     else:
@@ -205,9 +209,9 @@ def _cmd_run(args, argv: Sequence[str]) -> int:
             cpus=args.cpus, gpus=args.gpus, mem_gb=args.mem_gb, time_min=args.time_min, partition=args.partition).items()
             if v is not None}})
         if args.executor == "slurm":
-            summary = submit_slurm(specs, store, res, device, args.wait)
+            summary = submit_slurm(specs, store, res, device, args.wait, log)
         else:
-            summary = run_ray(specs, store, res, device, args.address)
+            summary = run_ray(specs, store, res, device, args.address, log)
     if not args.quiet:
         print(f"done: {summary.ran} ran, {summary.skipped} already complete, {summary.claimed} held by other runners, "
               f"{summary.failed} failed, {summary.diverged} diverged "

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from clipbench.streams import LabelledImages
 
 from .augment import make_augmenter
-from .avalanche_api import EvaluationPlugin, SupervisedPlugin, Template, make_experience
+from .avalanche_api import EvaluationPlugin, SupervisedPlugin, Template, TrainingLog, make_experience
 from .errors import Diverged
 from .models import LoadedModel
 from .schedules import is_constant, learning_rate
@@ -133,7 +133,7 @@ class EnginePlugin(SupervisedPlugin):
         self.step = 0
         self.experience = experience
         self.first_bad: Optional[torch.Tensor] = None  # on the loss's device: the first non-finite step, or -1
-        self.bar = tqdm(total=total_iterations, desc=desc, disable=not progress, leave=False)
+        self.bar = tqdm(total=total_iterations, desc=desc, disable=not progress, leave=False, unit="step")
 
     def before_training_epoch(self, strategy, **kwargs):
         # strategy.train() called model.train(); frozen towers (BatchNorm statistics) must stay put.
@@ -260,12 +260,14 @@ def make_criterion(ce_classes: str, label_smoothing: float = 0.0,
 
 def train_experience(model: CLIPClassifier, method: "Method", data: LabelledImages, index: int, num_active: int,
                      train: dict, device: str, progress: bool,
-                     experience_classes: Optional[Sequence[Sequence[int]]] = None) -> float:
+                     experience_classes: Optional[Sequence[Sequence[int]]] = None,
+                     log: Optional[TrainingLog] = None) -> float:
     """Train on one experience with a fresh optimizer (as the paper's and ZSCL's code do per session).
 
     `train`: the run's train settings (missing keys take clipbench's defaults); `experience_classes`:
-    the class ids of every experience (for `ce_classes: current`). A fresh optimizer per experience
-    also means a checkpoint needs no optimizer or schedule state. Returns seconds.
+    the class ids of every experience (for `ce_classes: current`); `log`: the run's Avalanche loggers
+    (`--log`), if any. A fresh optimizer per experience also means a checkpoint needs no optimizer or
+    schedule state. Returns seconds.
     """
     start = time.perf_counter()
     train = {**DEFAULTS["train"], **train}
@@ -287,9 +289,13 @@ def train_experience(model: CLIPClassifier, method: "Method", data: LabelledImag
             train_mb_size=train["batch_size"], eval_mb_size=train["batch_size"],
             train_epochs=1 if train["iterations"] else train["epochs"],
             batches=train["iterations"] or None, transform=make_augmenter(train["augment"], device),
-            device=device, plugins=[method, engine], evaluator=EvaluationPlugin(),
+            device=device, plugins=[method, engine], evaluator=log.plugin() if log else EvaluationPlugin(),
         )
+    if log:
+        log.start(strategy, index)
     strategy.train(make_experience(data.images, data.labels, index), num_workers=0)
+    if log:
+        log.finish(strategy)
     model.last_image_features = None
     model.invalidate_text_cache()
     model.eval()

@@ -138,7 +138,8 @@ class Evaluator:
                 routes.append(self.method.route_batch(self.loaded, chunk))
                 return routes[-1]
 
-            features = encode_images(self.loaded, images, batch, per_batch=per_batch, **kw)
+            features = encode_images(self.loaded, images, batch, per_batch=per_batch, progress=self.progress,
+                                     desc=f"eval {what[0]} {what[1]} (batches of {batch})", **kw)
             out = []
             for i, route in enumerate(routes):
                 key = (what, route.key)

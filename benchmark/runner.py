@@ -43,12 +43,14 @@ class RunOptions:
     (`clipbench bench` turns it off to measure what it saves). `on_model_loaded`: called with each
     loaded model (bench counts the images its vision tower is asked for). `cache_dir`: where decoded
     images are kept (None: `image_store.default_cache_dir(results)`); `workers`: decoding processes
-    (None: every core this process may use)."""
+    (None: every core this process may use). `log`: Avalanche loggers for watching training
+    (`clipbench.avalanche_api.TrainingLog`)."""
 
     share_evaluation: bool = True
     on_model_loaded: Optional[Callable[[LoadedModel], None]] = None
     cache_dir: Optional[str] = None
     workers: Optional[int] = None
+    log: Tuple[str, ...] = ()  # Avalanche's loggers (`--log`), writing under the run's folder
 
 
 def seed_everything(*parts: Any) -> None:
@@ -122,9 +124,13 @@ def execute_run(spec: RunSpec, store: ResultStore, device: str, progress: bool, 
     except Exception as err:
         status = "failed"
         error = {"type": type(err).__name__, "message": str(err), "traceback": traceback.format_exc()}
+    finally:
+        if state.get("log"):
+            state["log"].close()
     raw = state["raw"] or {}
     costs = state["costs"]()  # over every process of the run
-    metrics = compute_metrics(raw) if status == "complete" else {"values": {}, "versions": {}}
+    reported = get_protocol(spec.protocol).metrics
+    metrics = compute_metrics(raw, reported) if status == "complete" else {"values": {}, "versions": {}}
     record = {
         "schema_version": SCHEMA_VERSION,
         "status": status,
@@ -180,6 +186,10 @@ def _run_experiences(spec: RunSpec, store: ResultStore, device: str, progress: b
     model.to(device)  # a method may have added modules
     state["trainable"] = set_trainable(model, method) if method_cls.trains else 0
     evaluator = Evaluator(streams, loaded, spec, device, progress, method)
+    if options.log and method_cls.trains:
+        from .avalanche_api import TrainingLog
+
+        state["log"] = TrainingLog(options.log, store.run_dir(spec) / "logs", spec_label(spec), spec.to_dict())
 
     checkpoint = store.load_checkpoint(spec)
     raw, start = (checkpoint["raw"], checkpoint["completed"]) if checkpoint else (_empty_raw(streams), 0)
@@ -206,7 +216,7 @@ def _run_experiences(spec: RunSpec, store: ResultStore, device: str, progress: b
             classes = streams.experience_classes[exp]
             active = max(classes[-1] + 1, int(data.labels.max()) + 1)  # a joint learner sees every class at once
             seconds = train_experience(model, method, data, exp, active, spec.train, device, progress,
-                                       experience_classes=streams.experience_classes)
+                                       experience_classes=streams.experience_classes, log=state.get("log"))
         elif data is not None:  # learning without gradients (analytic methods; nothing for zero-shot)
             t = time.perf_counter()
             method.fit_experience(data, exp, evaluator.image_features)
@@ -256,13 +266,18 @@ def execute(specs: Sequence[RunSpec], store: ResultStore, device: str, progress:
     return summary
 
 
+def spec_label(spec: RunSpec) -> str:
+    """How a run is named in messages and logs."""
+    return f"{spec.method} x {spec.protocol} x {spec.model['arch']} seed {spec.seed} ({spec.id})"
+
+
 def run_one(spec: RunSpec, store: ResultStore, device: str, progress: bool, argv: List[str], quiet: bool,
             label: str = "", options: Optional[RunOptions] = None) -> str:
     """One run under its claim, whatever executes it (this process, a Slurm job, a Ray task).
 
     Returns "ran", "skipped" (already complete), "claimed" (another live runner has it), "failed" or "diverged".
     """
-    label = f"{label} {spec.method} x {spec.protocol} x {spec.model['arch']} seed {spec.seed} ({spec.id})".strip()
+    label = f"{label} {spec_label(spec)}".strip()
     if store.is_complete(spec):
         _log(f"{label}: complete, skipped", quiet)
         return "skipped"
@@ -278,7 +293,8 @@ def run_one(spec: RunSpec, store: ResultStore, device: str, progress: bool, argv
     finally:
         claims.release(claim)
     if record["status"] == "complete":
-        shown = {k: round(record["metrics"][k], 4) for k in ("last", "avg", "zs_retention", "i2t_r1") if k in record["metrics"]}
+        shown = {k: round(record["metrics"][k], 4) for k in get_protocol(spec.protocol).headline_metrics()
+                 if k in record["metrics"]}
         _log(f"{label}: complete in {record['costs']['wall_seconds']:.1f}s {shown}", quiet)
         return "ran"
     if record["status"] == "diverged":

@@ -73,6 +73,14 @@ class ProtocolDef:
     train: Dict[str, Any] = field(default_factory=dict)  # protocol-level train defaults
     # the metrics its main leaderboard table shows and ranks (empty: the metrics declared headline)
     headline: Tuple[str, ...] = ()
+    # the metrics it reports (records, leaderboard): its file's `metrics:`, else every metric of its kind
+    metrics: Tuple[str, ...] = ()
+
+    def headline_metrics(self) -> Tuple[str, ...]:
+        """Its main table's metrics: its `headline:`, else those of its metrics declared headline."""
+        from .metrics import METRICS
+
+        return self.headline or tuple(m for m in self.metrics if METRICS.get(m).headline)
 
     def assets(self, data_root: Optional[str], params: Optional[Dict[str, Any]] = None) -> List[Dict[str, Any]]:
         """What the protocol reads and whether it is there (empty for builders that make their data)."""
@@ -162,19 +170,25 @@ def _require(doc: Any, keys: List[str], source: Path) -> Dict[str, Any]:
     return doc
 
 
-def _headline(value: Any, source: str) -> Tuple[str, ...]:
-    """A protocol's `headline:` list: registered metrics, at most one of each family (a metric and its
+def _reported(value: Any, kind: str, source: str) -> Tuple[str, ...]:
+    """A protocol's `metrics:` list (registered names), or every metric declared for its kind."""
+    from .metrics import check_metric_names, default_metrics
+
+    return default_metrics(kind) if value is None else check_metric_names(value, source)
+
+
+def _headline(value: Any, source: str, reported: Tuple[str, ...]) -> Tuple[str, ...]:
+    """A protocol's `headline:` list: metrics it reports, at most one of each family (a metric and its
     `_drop` twin rank alike, so a mean rank would count them twice)."""
-    from .metrics import METRICS
+    from .metrics import METRICS, check_metric_names
 
     if value is None:
         return ()
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ClipbenchError(f"{source}: headline must be a list of metric names, e.g. [last, avg, zs_retention]")
     families: Dict[str, str] = {}
-    for name in value:
-        if name not in METRICS:
-            raise ClipbenchError(f"{source}: headline: {unknown_name_error('metric', name, METRICS.names())}")
+    for name in check_metric_names(value, str(source), "headline"):
+        if name not in reported:
+            raise ClipbenchError(f"{source}: headline lists {name}, which is not in the protocol's metrics: "
+                                 f"add it there or drop it here")
         family = METRICS.get(name).family
         if family in families:
             raise ClipbenchError(f"{source}: headline lists {families[family]} and {name}, which rank alike "
@@ -249,10 +263,12 @@ def load_protocol_file(path: Path) -> ProtocolDef:
     _check_builder_params(doc, where, path)
     train = doc.get("train") or {}
     _check_keys(train, list(DEFAULTS["train"]), "train", where, path, "train")
+    reported = _reported(doc.get("metrics"), doc["kind"], _at(where, path, "metrics"))
     return ProtocolDef(
         name=doc["name"], version=int(doc["version"]), kind=doc["kind"], builder=doc["builder"],
         params=dict(doc.get("params") or {}), description=doc.get("description", ""),
-        train=dict(train), headline=_headline(doc.get("headline"), _at(where, path, "headline")),
+        train=dict(train), headline=_headline(doc.get("headline"), _at(where, path, "headline"), reported),
+        metrics=reported,
     )
 
 
