@@ -27,6 +27,7 @@ from avalanche.training.templates import SupervisedTemplate
 from torch.utils.data import Dataset
 
 from .errors import ClipbenchError, unknown_name_error
+from .feed import DeviceFeeder
 
 
 class _UInt8Images(Dataset):
@@ -50,13 +51,15 @@ class TensorBatches:
     One `torch.randperm` per pass over the data from torch's global generator, so the order is fixed
     by the run's seed. One iteration is one pass, or exactly `batches` batches when given (passes
     follow each other, each freshly shuffled, the last cut short: ZSCL's iteration-counted loop).
-    `transform` (train-time augmentation) is applied to each batch of images.
+    `transform` (train-time augmentation) is applied to each batch of images. Batches are gathered for
+    `device` (`clipbench.feed`: on a GPU into pinned memory, copied asynchronously; on the CPU as they are).
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool = True,
-                 batches: Optional[int] = None, transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None):
+                 batches: Optional[int] = None, transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+                 device: str | torch.device = "cpu"):
         self.images, self.labels, self.batch_size, self.shuffle = images, labels, batch_size, shuffle
-        self.batches, self.transform = batches, transform
+        self.batches, self.transform, self.device = batches, transform, device
 
     def __len__(self) -> int:
         return self.batches if self.batches is not None else -(-len(self.labels) // self.batch_size)
@@ -72,11 +75,16 @@ class TensorBatches:
             return
         # with `batches`, pass after pass (each shuffled when reached) until that many batches
         passes = itertools.chain.from_iterable(iter(self._one_pass, None)) if self.batches is not None else self._one_pass()
+        size = min(self.batch_size, len(self.labels))
+        images_in = DeviceFeeder(self.device, size, self.images.shape[1:], self.images.dtype)
+        labels_in = DeviceFeeder(self.device, size, (), self.labels.dtype)
         for index in itertools.islice(passes, len(self)):
-            images = self.images[index]
+            images = images_in.gather(self.images, index)
             if self.transform is not None:
                 images = self.transform(images)
-            yield [images, self.labels[index], torch.zeros(len(index), dtype=torch.long)]
+            # task labels made where they are used: a pageable copy per batch would wait for the device
+            yield [images, labels_in.gather(self.labels, index), torch.zeros(len(index), dtype=torch.long,
+                                                                              device=images_in.device)]
 
 
 class Template(SupervisedTemplate):
@@ -93,7 +101,8 @@ class Template(SupervisedTemplate):
 
     def make_train_dataloader(self, shuffle: bool = True, **kwargs):
         images, labels = self.experience.tensors
-        self.dataloader = TensorBatches(images, labels, self.train_mb_size, shuffle, self.batches, self.transform)
+        self.dataloader = TensorBatches(images, labels, self.train_mb_size, shuffle, self.batches, self.transform,
+                                        self.device)
 
     def make_optimizer(self, **kwargs):
         # The engine builds a fresh optimizer over the trainable parameters for every experience.

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from .engine import CLIPClassifier, make_optimizer, train_experience
+from .errors import ClipbenchError
 from .evaluate import encode_images
 from .models import LoadedModel, load_model
 from .plan import plan
@@ -290,6 +291,17 @@ def run(quick: bool) -> Dict[str, Any]:
     return out
 
 
-def main(quick: bool) -> int:
-    print(json.dumps(run(quick), indent=1))
+def main(quick: bool, data: Optional[str] = None, data_only: bool = False, workers: Optional[int] = None,
+         repeats: int = 3) -> int:
+    """Print bench's JSON; `data`: an image folder for the data-path figures (`bench_data`, the `data` key)."""
+    if data_only and not data:
+        raise ClipbenchError("--data-only needs --data DIR")
+    if workers is not None and workers < 1:
+        raise ClipbenchError(f"--workers must be 1 or more, got {workers}")
+    out: Dict[str, Any] = {} if data_only else run(quick)
+    if data:
+        from .bench_data import run as data_run
+
+        out["data"] = data_run(data, workers, repeats)
+    print(json.dumps(out, indent=1))
     return 0

@@ -12,6 +12,7 @@ from typing import Any, Callable, ContextManager, Dict, List, Optional, Sequence
 import torch
 from tqdm import tqdm
 
+from .feed import DeviceFeeder
 from .models import LoadedModel
 
 RECALL_KS = (1, 5, 10)
@@ -41,15 +42,17 @@ def encode_images(loaded: LoadedModel, images: torch.Tensor, batch_size: int, de
     out = []
     # one input buffer for every batch (inference mode: nothing keeps a batch's input alive)
     buffer = loaded.input_buffer(images, batch_size, device)
+    # on a GPU: pinned slots and asynchronous copies; features stay there until the end (one wait, not one per batch)
+    feeder = DeviceFeeder(device, min(batch_size, len(images)), images.shape[1:], images.dtype) if len(images) else None
     starts = range(0, len(images), batch_size)
     for s in tqdm(starts, desc=desc or "encode images", disable=not progress, leave=False, unit="batch"):
-        chunk = images[s:s + batch_size].to(device, non_blocking=True)
+        chunk = feeder.put(images[s:s + batch_size])
         x = loaded.model_input(chunk, out=None if buffer is None else buffer[:len(chunk)])
         with _autocast(device, precision), (per_batch(chunk) if per_batch else contextlib.nullcontext()):
             f = clip.encode_image(x)
-        out.append(torch.nn.functional.normalize(f.float(), dim=-1).cpu())
+        out.append(torch.nn.functional.normalize(f.float(), dim=-1))
     clip.train(was_training)
-    return torch.cat(out) if out else torch.empty(0)
+    return torch.cat(out).cpu() if out else torch.empty(0)
 
 
 @torch.inference_mode()

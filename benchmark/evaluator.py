@@ -16,8 +16,9 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 import torch
 
-from clipbench.streams import Streams
+from clipbench.streams import JoinedImages, Streams
 
+from .errors import Diverged
 from .evaluate import (accuracy, class_embeddings, class_prompts, encode_images, encode_texts, per_class_accuracy,
                        retrieval_recall_folds, similarity_recall_folds, top1_accuracy)
 from .models import LoadedModel
@@ -41,6 +42,14 @@ class Row:
                    self.class_acc_all)
 
 
+def _finite(values: torch.Tensor, what: str, row: int) -> torch.Tensor:
+    """`values`, checked: a non-finite feature or score stops the run as diverged (it would still give an
+    accuracy, every class scored alike)."""
+    if not bool(torch.isfinite(values).all()):
+        raise Diverged(f"non-finite {what} at evaluation", row)
+    return values
+
+
 class Evaluator:
     """Evaluates a model state on the stream's test sets and held-out sets.
 
@@ -54,7 +63,7 @@ class Evaluator:
         self.method = method
         self.batch = spec.eval["batch_size"]
         self.precision = spec.precision
-        self.test_images = torch.cat([t.images for t in streams.test])
+        self.test_images = JoinedImages([t.images for t in streams.test])  # no copy of memory-mapped sets
         self.test_labels = torch.cat([t.labels for t in streams.test])
         self.bounds = np.cumsum([0] + [len(t) for t in streams.test]).tolist()
         # the target classifier's templates: the protocol's unless the method prompts its own way
@@ -101,11 +110,15 @@ class Evaluator:
             return row_b
         if version != self._version:
             self._cached, self._version = self._features(), version
+            _finite(self._cached["image"], "image features", row)
+            _finite(self._cached["classes"], "class features", row)
         f, acc = self._cached, []
         for j in range(self.streams.n_experiences):
             lo, hi = self.streams.scored_classes(row, j)
             a, b = self.bounds[j], self.bounds[j + 1]
             scores = self.method.scores(f["image"][a:b], f["classes"]) if self.method is not None else None
+            if scores is not None:
+                _finite(scores, "scores", row)
             acc.append(accuracy(f["image"][a:b], self.test_labels[a:b], f["classes"], lo, hi) if scores is None
                        else top1_accuracy(scores[:, lo:hi], self.test_labels[a:b], lo))
         return Row(acc, dict(f["zeroshot"]), {k: dict(v) for k, v in f["retrieval"].items()},
@@ -134,7 +147,7 @@ class Evaluator:
                     with route:
                         texts[key] = encode()
                 out.append(features[i * batch:(i + 1) * batch] @ texts[key].T)
-            return torch.cat(out) if out else torch.empty(0, 0)
+            return _finite(torch.cat(out), "scores", row) if out else torch.empty(0, 0)
 
         def classes(names: List[str], templates: Any) -> Callable[[], torch.Tensor]:
             tokens = self.loaded.tokenizer(class_prompts(names, templates))  # once, whatever the routes

@@ -9,7 +9,11 @@ renamed into place; concurrent runners asking for the same set wait on a lock fo
 of decoding it again. Runs read the images through a copy-on-write memory map: the pages are the
 kernel's file cache, shared by every runner on the machine, so a run holds no private copy of its data.
 
-`<cache dir>` is `--cache-dir`, else `$CLIPBENCH_CACHE`, else `$XDG_CACHE_HOME/clipbench` (`~/.cache/clipbench`).
+`<cache dir>` is `clipbench run --cache-dir`, else `$CLIPBENCH_CACHE`, else the results folder's `cache/` (where
+the row-0 cache lives too), so runners sharing a results folder share decoded images. Decoding uses
+`--workers` processes (default: every core this process may use). Files are created with the process's
+umask; the description is written through the result store's one atomic-write helper. Concurrent runners
+wait on a lock directory per set (a directory, never a file, so a refused run leaves no file behind).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import signal
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, List, Optional, Tuple
@@ -31,20 +36,26 @@ from clipbench.streams import ImageSources
 
 from .decode import Failure, UndecodableImages, decode_into
 from .preprocess import Preprocess
+from .store import atomic_write_json
 
 STORE_VERSION = 1
 CHUNK = 64  # images per task handed to a worker: large enough to amortise the hand-off, small for progress
 
 
-def default_cache_dir() -> Path:
+def default_cache_dir(results: Optional[str | Path] = None) -> Path:
+    """`$CLIPBENCH_CACHE`, else `<results>/cache`, else `$XDG_CACHE_HOME/clipbench` (`~/.cache/clipbench`)."""
     env = os.environ.get("CLIPBENCH_CACHE")
     if env:
         return Path(env).expanduser()
+    if results is not None:
+        return Path(results).expanduser() / "cache"
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "clipbench"
 
 
 def default_workers() -> int:
-    """Every core this process may use."""
+    """`$CLIPBENCH_WORKERS`, else every core this process may use."""
+    if os.environ.get("CLIPBENCH_WORKERS", "").isdigit() and int(os.environ["CLIPBENCH_WORKERS"]) > 0:
+        return int(os.environ["CLIPBENCH_WORKERS"])
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
@@ -53,14 +64,15 @@ def default_workers() -> int:
 
 @contextmanager
 def _locked(path: Path) -> Iterator[None]:
-    """An exclusive lock held while the block runs; other processes wait for it (released if we die)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    """An exclusive lock on directory `path` held while the block runs; other processes wait for it (the
+    kernel releases it if we die). The directory stays: removing it could let two holders lock two inodes."""
+    path.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 # The sources and preprocessing a forked worker decodes: set before the pool starts, inherited by fork.
@@ -98,7 +110,7 @@ class ImageStore:
         key = self.key(sources, preprocess)
         data, meta = folder / f"{key}.u8", folder / f"{key}.json"
         if not meta.is_file():
-            with _locked(folder / f"{key}.lock"):
+            with _locked(folder / f".{key}.lock"):
                 if not meta.is_file():  # nobody finished it while we waited
                     self._decode(sources, preprocess, data, meta, desc)
         shape = tuple(json.loads(meta.read_text())["shape"])
@@ -117,9 +129,12 @@ class ImageStore:
             chunks = [(s, min(s + CHUNK, len(sources))) for s in range(0, len(sources), CHUNK)]
             failures: List[Failure] = []
             bar = tqdm(total=len(sources), desc=desc, disable=not self.progress, leave=False, unit="img")
+            preprocess.prepare()  # built once here, inherited by the forked workers (each would import open_clip)
             _JOB = (sources, preprocess, tmp, shape)
             if self.workers > 1 and len(chunks) > 1:
-                with multiprocessing.get_context("fork").Pool(min(self.workers, len(chunks))) as pool:
+                # workers ignore Ctrl-C: the parent stops them, and they print no tracebacks
+                with multiprocessing.get_context("fork").Pool(min(self.workers, len(chunks)), initializer=signal.signal,
+                                                              initargs=(signal.SIGINT, signal.SIG_IGN)) as pool:
                     for (start, end), found in zip(chunks, pool.imap(_decode_chunk, chunks)):
                         failures += found
                         bar.update(end - start)
@@ -131,11 +146,15 @@ class ImageStore:
             if failures:
                 raise UndecodableImages(failures)
             if len(sources):
+                fd = os.open(tmp, os.O_RDONLY)
+                try:
+                    os.fsync(fd)  # on disk before it is renamed into place
+                finally:
+                    os.close(fd)
                 os.replace(tmp, data)
-            meta_tmp = meta.with_name(f".{meta.name}.{os.getpid()}.tmp")
-            meta_tmp.write_text(json.dumps({"shape": list(shape), "preprocess": preprocess.identity(),
-                                            "first": sources.describe(0) if len(sources) else None}))
-            os.replace(meta_tmp, meta)  # last: the set is complete once this exists
+            # last: the set is complete once this exists
+            atomic_write_json(meta, {"shape": list(shape), "preprocess": preprocess.identity(),
+                                     "first": sources.describe(0) if len(sources) else None})
             self.decoded += len(sources)
         finally:
             _JOB = ()

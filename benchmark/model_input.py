@@ -6,6 +6,7 @@ loaded model's.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -28,7 +29,16 @@ def to_model_input(images: torch.Tensor, size: Tuple[int, int], mean: Sequence[f
         x = images.to(torch.float32, copy=True)  # a copy even of float input: it is changed in place below
     if resize:
         x = F.interpolate(x, size=tuple(size), mode="bilinear", antialias=True, align_corners=False)
-    std_t = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    scale = 1.0 / (255.0 * std_t)
-    shift = -torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1) / std_t
+    scale, shift = _affine(tuple(mean), tuple(std), x.dtype, x.device)
     return x.mul_(scale).add_(shift)
+
+
+@lru_cache(maxsize=32)
+def _affine(mean: Tuple[float, ...], std: Tuple[float, ...], dtype: torch.dtype,
+            device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The per-channel multiply and add of `to_model_input`, made once per device: building them per
+    batch on a GPU was a blocking host-to-device copy at every batch."""
+    std_t = torch.tensor(std, dtype=dtype, device=device).view(1, 3, 1, 1)
+    scale = 1.0 / (255.0 * std_t)
+    shift = -torch.tensor(mean, dtype=dtype, device=device).view(1, 3, 1, 1) / std_t
+    return scale, shift

@@ -49,6 +49,12 @@ class Preprocess:
             self._stages["pil"] = open_clip_pil_stages(self)
         return self._stages["pil"]
 
+    def prepare(self) -> None:
+        """Build the transform now (it imports open_clip): before forking decoding workers, so each
+        inherits it instead of importing open_clip itself (seconds per worker)."""
+        if self.kind == "open_clip":
+            self._pil_stages()
+
     def __call__(self, img) -> np.ndarray:
         if self.kind == "square_white":
             from .mini_model import to_square_rgb

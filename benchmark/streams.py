@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 KINDS = ("class_incremental", "task_incremental")
+SCORINGS = ("", "all")  # by kind, or over every class of the stream (Streams.scoring)
 
 
 class ImageReader:
@@ -129,6 +130,31 @@ class ImageSources:
 Images = Union[torch.Tensor, ImageSources]
 
 
+class JoinedImages:
+    """Several uint8 image tensors [N_k, 3, H, W] read as one, without copying them: a slice `[a:b]` is
+    the same batch `torch.cat(parts)[a:b]` would give, copied only when it straddles two parts. So
+    evaluating every test set in one pass keeps memory-mapped sets on disk instead of one copy in RAM."""
+
+    def __init__(self, parts: Sequence[torch.Tensor]):
+        self.parts = [p for p in parts if len(p)] or list(parts[:1])
+        self.bounds = np.cumsum([0] + [len(p) for p in self.parts]).tolist()
+        self.dtype = self.parts[0].dtype if self.parts else torch.uint8
+        self.shape = torch.Size([self.bounds[-1], *(self.parts[0].shape[1:] if self.parts else (3, 0, 0))])
+
+    def __len__(self) -> int:
+        return self.bounds[-1]
+
+    def __getitem__(self, key: slice) -> torch.Tensor:
+        if not isinstance(key, slice) or key.step not in (None, 1):
+            raise TypeError("JoinedImages takes contiguous slices only")
+        start, stop, _ = key.indices(len(self))
+        pieces = [p[max(start - lo, 0):min(stop, hi) - lo]
+                  for p, lo, hi in zip(self.parts, self.bounds, self.bounds[1:]) if lo < stop and start < hi]
+        if len(pieces) == 1:
+            return pieces[0]
+        return torch.cat(pieces) if pieces else self.parts[0][:0]
+
+
 def _check_images(images: Images) -> None:
     if isinstance(images, ImageSources):
         return
@@ -212,10 +238,15 @@ class Streams:
     reference: Optional[CaptionedImages] = None
     # per class, its templates, where classes differ (MTIL: each dataset has its own); default `templates`
     class_templates: List[List[str]] = field(default_factory=list)
+    # "all": every experience is scored over every class of the stream, seen or not, with no task id (RAIL's
+    # X-TAIL); "" scores by `kind` (see `scored_classes`)
+    scoring: str = ""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        if self.scoring not in SCORINGS:
+            raise ValueError(f"scoring must be one of {SCORINGS}, got {self.scoring!r}")
         if not self.class_templates:
             self.class_templates = [list(self.templates) for _ in self.class_names]
             # one template list for every class: one training template too (what `train_template` always held)
@@ -247,7 +278,10 @@ class Streams:
         Row 0 is before training; row i follows training on experiences 0..i-1. Class-incremental:
         every class seen so far, counting experience `exp` itself (so rows before an experience
         score it against the classes known up to it). Task-incremental: the task's own classes.
+        With `scoring` "all": every class of the stream, in every row.
         """
+        if self.scoring == "all":
+            return 0, len(self.class_names)
         if self.kind == "task_incremental":
             classes = self.experience_classes[exp]
             return classes[0], classes[-1] + 1

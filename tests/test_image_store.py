@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import shutil
@@ -89,3 +90,48 @@ def test_undecodable_files_leave_nothing_in_the_store(files, tmp_path):
         store.get(ImageSources(FileReader(), files + bad), PRE)
     assert all(str(p) in str(err.value) for p in bad) and "2 image(s) cannot be decoded" in str(err.value)
     assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file() and p.suffix != ".lock"]
+
+
+def test_joined_images_slice_as_one_tensor_would():
+    from clipbench.streams import JoinedImages
+
+    parts = [torch.randint(0, 256, (n, 3, 4, 4), dtype=torch.uint8) for n in (5, 0, 3, 7)]
+    whole, joined = torch.cat(parts), JoinedImages(parts)
+    assert len(joined) == 15 and joined.shape == whole.shape and joined.dtype == torch.uint8
+    for a, b in ((0, 4), (3, 9), (4, 15), (8, 15), (0, 15), (14, 20)):
+        assert torch.equal(joined[a:b], whole[a:b]), (a, b)
+    assert joined[0:5].data_ptr() == parts[0].data_ptr()  # inside one part: a view, no copy
+
+
+def _clipart_protocol(root):
+    from clipbench.protocols.catalog import ProtocolDef
+
+    return ProtocolDef(name="cached_clipart", version=1, kind="class_incremental", builder="datasets", params={
+        "target": {"adapter": "image_folder", "root": str(root), "test_fraction": 0.25},
+        "n_experiences": 1, "train_per_class": 3, "templates": ["a photo of a {c}."]})
+
+
+def test_runs_decode_each_set_once_after_subsampling_into_the_cache_dir(files, tmp_path, monkeypatch):
+    """Two methods on one image folder: the first run decodes only the subsampled images (3 per class for
+    training, the test quarter), into --cache-dir; the second decodes nothing and reads the same files."""
+    from clipbench.protocols import catalog
+    from helpers import run_cli
+
+    root = tmp_path / "folder"
+    for k, f in enumerate(files[:16]):
+        (root / f"class{k % 2}").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(f, root / f"class{k % 2}" / f.name)
+    proto = _clipart_protocol(root)
+    monkeypatch.setitem(catalog._protocols(), proto.name, proto)
+    cache, results = tmp_path / "cache", tmp_path / "results"
+    args = ("--protocol", "cached_clipart", "--suite", "tiny", "--results", results, "--quiet", "--cache-dir", cache,
+            "--workers", "2")
+    assert run_cli("run", "--method", "finetune", *args) == 0
+    sets = sorted((cache / "images").glob("*.u8"))
+    shapes = sorted(tuple(json.loads(p.with_suffix(".json").read_text())["shape"])[0] for p in sets)
+    assert shapes == [2 * 2, 2 * 3]  # test: a quarter of 8 per class; train: 3 per class, not the other 3
+    before = {p: p.stat().st_mtime_ns for p in sets}
+    assert run_cli("run", "--method", "zeroshot", *args) == 0
+    assert {p: p.stat().st_mtime_ns for p in sorted((cache / "images").glob("*.u8"))} == before
+    assert not (results / "cache" / "images").exists()  # --cache-dir replaced the default
+    assert run_cli("run", "--method", "finetune", *args[:-2], "--workers", "0") == 2
