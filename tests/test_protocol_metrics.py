@@ -33,7 +33,7 @@ def test_a_protocol_without_a_list_reports_every_metric_of_its_kind(tmp_path):
 
 def test_an_unknown_metric_fails_with_the_file_and_a_did_you_mean(tmp_path):
     path = protocol_file(tmp_path, "p", "metrics: [last, avgg]")
-    with pytest.raises(ClipbenchError, match=r"p\.yaml: metrics: unknown metric 'avgg'\. Did you mean 'avg'\?"):
+    with pytest.raises(ClipbenchError, match=r"p\.yaml:5: metrics: unknown metric 'avgg'\. Did you mean 'avg'\?"):
         catalog.load_protocol_file(path)
     with pytest.raises(ClipbenchError, match="metrics must be a list of metric names"):
         catalog.load_protocol_file(protocol_file(tmp_path, "q", "metrics: last"))
