@@ -11,24 +11,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence, Tuple
+
+from clipbench.protocols.catalog import Resources  # a suite's `resources:`, checked there
 
 from .errors import ClipbenchError
 from .runner import RunOptions, Summary, run_one, unfinished
 from .spec import RunSpec
 from .store import ResultStore, atomic_write_json
-
-
-@dataclass
-class Resources:
-    """What each run asks for. From the suite's `resources:` block, overridden by flags."""
-
-    cpus: int = 1
-    gpus: int = 0
-    mem_gb: float = 8.0
-    time_min: int = 240
-    partition: Optional[str] = None
 
 
 def _import(name: str, extra: str):

@@ -9,22 +9,22 @@ instead of being silently ignored).
 
 from __future__ import annotations
 
-import copy
 import difflib
 import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, List, Literal, Optional, Sequence, Tuple
-
-from clipbench.protocols.catalog import ProtocolDef, SuiteDef
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Literal, Optional, Sequence, Tuple
 
 from .augment import RECIPES
 from .errors import ClipbenchError
 from .schedules import SCHEDULES
 from .models import weights_fingerprint
 from .types import describe, field_types, matches
-from .yamlio import load_yaml_marked, parse_scalar
+from .yamlio import deep_merge, load_yaml_marked, parse_scalar
+
+if TYPE_CHECKING:  # only named in annotations: the catalog reads this module's DEFAULTS
+    from clipbench.protocols.catalog import ProtocolDef, SuiteDef
 
 DEFAULTS: Dict[str, Any] = {
     "model": {"arch": None, "pretrained": None},
@@ -148,13 +148,6 @@ class RunSpec:
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "RunSpec":
         return cls(**d)
-
-
-def deep_merge(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
-    out = copy.deepcopy(base)
-    for k, v in (over or {}).items():
-        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
-    return out
 
 
 def _leaf_items(tree: Dict[str, Any], prefix: str = "") -> List[Tuple[str, Any]]:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import yaml
 
@@ -77,3 +78,12 @@ def load_yaml_marked(path: str | Path) -> Tuple[Any, Marks]:
 def parse_scalar(text: str) -> Any:
     """A `--set` value: YAML scalar syntax (`3`, `1e-4`, `true`, `null`, `[0, 1]`, `image`)."""
     return load_yaml_text(text, "--set value")
+
+
+def deep_merge(base: Dict[str, Any], over: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """`base` with `over` laid on top: mappings merge key by key, any other value replaces (settings layers,
+    a protocol file over the files it includes). Neither argument is changed."""
+    out = copy.deepcopy(base)
+    for k, v in (over or {}).items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out

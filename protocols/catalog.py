@@ -117,6 +117,18 @@ class ProtocolDef:
         return streams
 
 
+@dataclass
+class Resources:
+    """What each run asks for on a cluster (`--executor slurm/ray`). From the suite's `resources:` block,
+    overridden by flags."""
+
+    cpus: int = 1
+    gpus: int = 0
+    mem_gb: float = 8.0
+    time_min: int = 240
+    partition: Optional[str] = None
+
+
 @dataclass(frozen=True)
 class SuiteDef:
     """A suite: the grid `clipbench run --all --suite NAME` executes."""
@@ -200,8 +212,7 @@ def _headline(value: Any, source: str, reported: Tuple[str, ...]) -> Tuple[str, 
 def read_protocol_doc(path: Path, _chain: Tuple[Path, ...] = ()) -> Tuple[Dict[str, Any], Where]:
     """A protocol file with its `include:`s applied (each path relative to the including file, read first,
     then overridden: mappings merge key by key, everything else replaces), and where each key came from."""
-    from clipbench.spec import deep_merge
-    from clipbench.yamlio import load_yaml_marked
+    from clipbench.yamlio import deep_merge, load_yaml_marked
 
     path = path.resolve()
     if path in _chain:
@@ -273,7 +284,6 @@ def load_protocol_file(path: Path) -> ProtocolDef:
 
 
 def _suite_section_keys() -> Dict[str, List[str]]:
-    from clipbench.executors import Resources
     from clipbench.spec import DEFAULTS
 
     return {"model": list(DEFAULTS["model"]), "train": list(DEFAULTS["train"]), "eval": list(DEFAULTS["eval"]),

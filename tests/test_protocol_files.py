@@ -27,6 +27,10 @@ BEFORE_INCLUDE = {
     "cifar100_10steps": "e75290f9357fe016", "cifar100_20steps": "6d75da2eaaec1bad",
     "cifar100_50steps": "6673cac9183d4665", "paper_coco_ost": "c6b6c5ca03945cd5",
     "paper_coco_mst": "7b7d47877f90b17b", "paper_eurosat_mst": "144e7461441fc3cd",
+    # the MTIL-derived protocols and TinyImageNet, rewritten after they landed (main at cce30ef)
+    "mtil_cil_order1": "e11bc3192437028d", "mtil_cil_order2": "28becc4cbcb39a7b",
+    "mtil_fewshot_order1": "98a10238b3fefc7e", "tinyimagenet_100_10steps": "85e9f79da970fc1c",
+    "tinyimagenet_100_20steps": "63b2046546b20733", "tinyimagenet_100_5steps": "17494b89e82a2048",
 }
 
 

@@ -23,8 +23,8 @@ class MtilParams(HeldoutParams):
     REQUIRED: ClassVar[Tuple[str, ...]] = ("order", "datasets")
     order: List[str] = field(default_factory=list)  # dataset names, in task order
     datasets: Dict[str, Spec] = field(default_factory=dict)  # name -> labelled dataset spec (+ templates)
-    kind: str = "task_incremental"  # or class_incremental: every class seen so far (MTIL without task identity)
-    scoring: str = ""  # "all": every class of the stream in every row (X-TAIL)
+    kind: str = "task_incremental"  # or class_incremental: scored over every class seen so far
+    scoring: str = ""  # "all": over every class of every dataset, seen or not, in every row
 
 
 @register_builder("mtil", version=2, params=MtilParams)
