@@ -8,7 +8,7 @@ DEBIAN_PACKAGES := dataset-fashion-mnist tuxpaint-stamps-default openclipart-png
 EMOJI  := emoji-datasource-google@16.0.0
 PIP    := $(BIN)/pip install -q --disable-pip-version-check
 
-.PHONY: setup system-packages emoji test test-slow leaderboard bench clean
+.PHONY: setup system-packages emoji test test-slow check-published leaderboard bench clean
 
 setup: system-packages emoji $(VENV)/.installed
 
@@ -38,6 +38,10 @@ test: setup
 
 test-slow: setup
 	$(BIN)/python -m pytest -q -m slow
+
+# rerun a sample of published runs from this checkout and compare every metric (run it before publishing)
+check-published: setup
+	$(BIN)/python -m clipbench.published --published results/published
 
 # regenerate the published leaderboard after adding runs to results/published
 leaderboard: setup

@@ -3,7 +3,8 @@
 Paths used, each exercised by the tests: `SupervisedPlugin`, `SupervisedTemplate` (subclassed as
 `Template` to feed mini-batches sliced straight from the uint8 tensors, through the
 `make_train_dataloader` hook Avalanche documents for this), `EvaluationPlugin` (empty: metrics are
-computed from records, never in callbacks), and a classification dataset built with
+computed from records, never in callbacks; with `--log`, the training loss and accuracy for
+Avalanche's loggers, see `TrainingLog`), and a classification dataset built with
 `_make_taskaware_classification_dataset` (exported in Avalanche's `__all__`) wrapped into
 experiences by `benchmark_from_datasets`. The newer `class_incremental_benchmark` is not used: its
 streams lack task labels that plugins expect.
@@ -11,22 +12,20 @@ streams lack task labels that plugins expect.
 
 from __future__ import annotations
 
-import warnings
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    from avalanche.benchmarks import benchmark_from_datasets
-    from avalanche.benchmarks.utils.classification_dataset import _make_taskaware_classification_dataset
-    from avalanche.core import SupervisedPlugin
-    from avalanche.training.plugins import EvaluationPlugin
-    from avalanche.training.templates import SupervisedTemplate
-
+import importlib.util
 import itertools
-from typing import Callable, Optional
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
+from avalanche.benchmarks import benchmark_from_datasets
+from avalanche.benchmarks.utils.classification_dataset import _make_taskaware_classification_dataset
+from avalanche.core import SupervisedPlugin
+from avalanche.training.plugins import EvaluationPlugin
+from avalanche.training.templates import SupervisedTemplate
 from torch.utils.data import Dataset
 
+from .errors import ClipbenchError, unknown_name_error
 from .feed import DeviceFeeder
 
 
@@ -127,5 +126,84 @@ def make_experience(images: torch.Tensor, labels: torch.Tensor, index: int):
     return experience
 
 
+# `--log` names -> the package each needs beyond Avalanche
+LOGGERS: Dict[str, Optional[str]] = {"csv": None, "tensorboard": "tensorboard", "wandb": "wandb"}
+
+
+def parse_log(text: str) -> Tuple[str, ...]:
+    """`--log tensorboard,csv` -> ("tensorboard", "csv"); an unknown name or a logger whose package is
+    not installed fails in one line."""
+    kinds = tuple(dict.fromkeys(k.strip() for k in text.split(",") if k.strip()))
+    if not kinds:
+        raise ClipbenchError(f"--log: name one or more of {', '.join(LOGGERS)}, comma-separated")
+    for kind in kinds:
+        if kind not in LOGGERS:
+            raise ClipbenchError(f"--log: {unknown_name_error('logger', kind, LOGGERS)}")
+        package = LOGGERS[kind]
+        if package and importlib.util.find_spec(package) is None:
+            raise ClipbenchError(f"--log {kind} needs the package '{package}', which is not installed: "
+                                 f"pip install {package}")
+    return kinds
+
+
+class TrainingLog:
+    """Avalanche's loggers for one run, writing under `folder` (`csv/training_results.csv` with each epoch's
+    training loss and accuracy; `tensorboard/` event files with the loss of every mini-batch and epoch;
+    W&B under `wandb/`, synced as your W&B settings say). Steps count training iterations across the
+    run's experiences (Avalanche's clock restarts with each experience's strategy, so it is advanced
+    here), kept in `folder/step` so a resumed run continues its curves. For watching training only:
+    the results are the records'."""
+
+    def __init__(self, kinds: Sequence[str], folder: Path, run_name: str, config: Dict[str, Any]):
+        from avalanche.logging import CSVLogger
+
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder, self.loggers = folder, []
+        self._closers: List[Callable[[], Any]] = []
+        self.step = int((folder / "step").read_text()) if (folder / "step").is_file() else 0
+        if "csv" in kinds:
+            # CSVLogger starts its files afresh: keep the rows of a run's earlier attempts
+            old = folder / "csv" / "training_results.csv"
+            rows = old.read_text().splitlines()[1:] if old.is_file() else []
+            csv = CSVLogger(str(folder / "csv"))
+            if rows:
+                print(*rows, sep="\n", file=csv.training_file, flush=True)
+            self.loggers.append(csv)
+            self._closers.append(csv.close)
+        if "tensorboard" in kinds:
+            from avalanche.logging import TensorboardLogger
+
+            board = TensorboardLogger(folder / "tensorboard")
+            self.loggers.append(board)
+            self._closers.append(board.writer.close)
+        if "wandb" in kinds:
+            from avalanche.logging import WandBLogger
+
+            (folder / "wandb").mkdir(exist_ok=True)
+            wandb = WandBLogger(project_name="clipbench", run_name=run_name, dir=str(folder / "wandb"),
+                                config=config, save_code=False)
+            self.loggers.append(wandb)
+            self._closers.append(wandb.wandb.finish)
+
+    def plugin(self) -> EvaluationPlugin:
+        """The evaluation plugin of one experience's strategy: training loss and accuracy to the loggers."""
+        from avalanche.evaluation.metrics import accuracy_metrics, loss_metrics
+
+        return EvaluationPlugin(loss_metrics(minibatch=True, epoch=True), accuracy_metrics(epoch=True),
+                                loggers=self.loggers)
+
+    def start(self, strategy: SupervisedTemplate, index: int) -> None:
+        """Before training experience `index`: the run's clock, not the fresh strategy's."""
+        strategy.clock.train_iterations, strategy.clock.train_exp_counter = self.step, index
+
+    def finish(self, strategy: SupervisedTemplate) -> None:
+        self.step = strategy.clock.train_iterations
+        (self.folder / "step").write_text(str(self.step))
+
+    def close(self) -> None:
+        for close in self._closers:
+            close()
+
+
 __all__ = ["SupervisedPlugin", "SupervisedTemplate", "Template", "TensorBatches", "EvaluationPlugin",
-           "make_experience"]
+           "make_experience", "LOGGERS", "parse_log", "TrainingLog"]

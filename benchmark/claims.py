@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import time
 from pathlib import Path
 from typing import Any, Dict, Optional
+
+from .errors import storage_error
 
 DEFAULT_TTL = float(os.environ.get("CLIPBENCH_CLAIM_TTL", 7200))
 
@@ -35,6 +38,18 @@ def read(path: Path) -> Optional[Dict[str, Any]]:
         return None
 
 
+def host_tag(host: Optional[str] = None) -> str:
+    """This host's name (or `host`) as it may appear in a file name."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", host if host is not None else socket.gethostname())
+
+
+def owner_gone(host: Optional[str], pid: Optional[int], age: float, ttl: float = DEFAULT_TTL) -> bool:
+    """The liveness rule, for claims and for anything else that names its writer (host or host tag, and
+    pid): gone when its process is gone (same host) or when it has been silent for `ttl` seconds."""
+    here = host is not None and host in (socket.gethostname(), host_tag())
+    return (here and pid is not None and not _alive(pid)) or age > ttl
+
+
 def is_stale(path: Path, ttl: float = DEFAULT_TTL) -> bool:
     """True when the claim's owner is gone or silent for `ttl` seconds (or the file is unreadable)."""
     info = read(path)
@@ -44,14 +59,15 @@ def is_stale(path: Path, ttl: float = DEFAULT_TTL) -> bool:
         return True
     if info is None:
         return age > 5  # a claim being written right now is given a moment
-    if info.get("host") == socket.gethostname() and not _alive(int(info.get("pid", -1))):
-        return True
-    return age > ttl
+    return owner_gone(info.get("host"), int(info.get("pid", -1)), age, ttl)
 
 
 def acquire(path: Path, ttl: float = DEFAULT_TTL) -> bool:
     """Take the claim at `path`; False when a live runner holds it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise storage_error(path, err) from None
     for _ in range(2):
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -66,8 +82,14 @@ def acquire(path: Path, ttl: float = DEFAULT_TTL) -> bool:
             except FileNotFoundError:
                 pass
             continue
-        with os.fdopen(fd, "w") as fh:
-            json.dump({"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}, fh)
+        except OSError as err:  # a read-only folder, a full disk: one line, not a traceback
+            raise storage_error(path, err) from None
+        try:
+            with os.fdopen(fd, "w") as fh:
+                json.dump({"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}, fh)
+        except OSError as err:
+            path.unlink(missing_ok=True)
+            raise storage_error(path, err) from None
         return True
     return False
 

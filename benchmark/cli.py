@@ -1,6 +1,7 @@
 """The `clipbench` command line. `main(argv) -> int` so tests call it in-process.
 
-Exit codes: 0 success, 1 some runs failed, 2 bad input (one-line message, no traceback).
+Exit codes: 0 success, 1 some runs failed or diverged, 2 bad input or a results folder that cannot be
+written (one-line message, no traceback), 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -24,13 +25,15 @@ def _parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="list methods, protocols, metrics or suites")
     ls.add_argument("what", nargs="?", choices=["methods", "protocols", "metrics", "suites"])
     ls.add_argument("--json", action="store_true", help="machine-readable output")
+    _include(ls)
 
     run = sub.add_parser("run", help="run methods x protocols of a suite")
     sel = run.add_mutually_exclusive_group(required=True)
     sel.add_argument("--all", action="store_true", help="every method x protocol of the suite")
     sel.add_argument("--method", nargs="+", metavar="M", help="method name(s)")
-    run.add_argument("--protocol", nargs="+", metavar="P", help="protocol name(s) (default: the suite's)")
-    run.add_argument("--suite", default=DEFAULT_SUITE, help=f"suite name (default: {DEFAULT_SUITE})")
+    run.add_argument("--protocol", nargs="+", metavar="P", help="protocol name(s) or file(s) (default: the suite's)")
+    run.add_argument("--suite", default=DEFAULT_SUITE, help=f"suite name or file (default: {DEFAULT_SUITE})")
+    _include(run)
     run.add_argument("--seeds", nargs="+", type=int, help="seeds (default: the suite's)")
     run.add_argument("--config", help="YAML file of settings (same keys as --set)")
     run.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override a setting, e.g. train.lr=1e-4")
@@ -38,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
     run.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
     run.add_argument("--quiet", action="store_true", help="no progress bars or per-run lines")
+    run.add_argument("--log", metavar="LOGGERS", help="Avalanche's training loggers, comma-separated: csv, tensorboard, "
+                     "wandb (where installed); written under each run's folder, in logs/")
     run.add_argument("--threads", type=int, help="torch CPU threads of this process (default: torch's; use 1 per "
                      "worker when several runners share a small machine)")
     run.add_argument("--cache-dir", help="where decoded images are kept, shared by runners (default: "
@@ -56,7 +61,8 @@ def _parser() -> argparse.ArgumentParser:
                      "'auto' reads SLURM_ARRAY_TASK_ID and SLURM_ARRAY_TASK_COUNT")
 
     st = sub.add_parser("status", help="complete, partial, failed, stale and missing runs of a suite")
-    st.add_argument("--suite", default=DEFAULT_SUITE)
+    st.add_argument("--suite", default=DEFAULT_SUITE, help="suite name or file")
+    _include(st)
     st.add_argument("--method", nargs="+", metavar="M", help="method name(s) (default: the suite's)")
     st.add_argument("--protocol", nargs="+", metavar="P", help="protocol name(s) (default: the suite's)")
     st.add_argument("--seeds", nargs="+", type=int, help="seeds (default: the suite's)")
@@ -80,18 +86,41 @@ def _parser() -> argparse.ArgumentParser:
     bn.add_argument("--workers", type=int, help="with --data: decoding processes (default: every available core)")
     bn.add_argument("--repeats", type=int, default=3, help="with --data: decode timings per side (default 3)")
 
-    nw = sub.add_parser("new", help="write a scaffold to start a new plugin from")
-    nw.add_argument("kind", choices=["method"])
+    nw = sub.add_parser("new", help="write a method scaffold, or a protocol file for your own images")
+    nw.add_argument("kind", choices=["method", "protocol"])
     nw.add_argument("name", help="snake_case name, e.g. my_method")
-    nw.add_argument("--dir", help="folder to write into (default: clipbench's methods/ folder)")
+    nw.add_argument("--dir", help="method: folder to write into (default: clipbench's methods/ folder)")
+    nw.add_argument("--images", help="protocol: an ImageFolder (one sub-folder of images per class)")
+    nw.add_argument("--captions", help="protocol: a CSV with the header image,caption (paths relative to it)")
+    nw.add_argument("--out", help="protocol: the file to write (default: ./NAME.yaml)")
 
     lb = sub.add_parser("leaderboard", help="markdown, CSV, JSON and pictures from the run records")
     lb.add_argument("--results", default=DEFAULT_RESULTS, help="folder holding runs/ (default: results)")
-    lb.add_argument("--suite", help="only this suite")
+    lb.add_argument("--suite", help="only this suite (a name or a suite file)")
+    _include(lb)
     lb.add_argument("--out", help="where to write (default: <results>/leaderboards)")
     lb.add_argument("--check", action="store_true", help="regenerate into a temporary folder; fail on any difference")
     lb.add_argument("--print", dest="print_only", action="store_true", help="print a plain table, write nothing")
     return p
+
+
+def _include(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--include", action="append", default=[], metavar="DIR",
+                        help="a folder of protocol and suite files to add to the catalog (repeatable; also "
+                             "CLIPBENCH_INCLUDE, os.pathsep-separated)")
+
+
+def _catalog_args(args) -> None:
+    """`--include` folders join the catalog; a `--suite` or `--protocol` naming a file becomes the name of the
+    suite or protocol in it (the file joins the catalog, for this process and the workers it starts)."""
+    from clipbench.protocols.catalog import add_include, protocol_ref, suite_ref
+
+    for folder in getattr(args, "include", None) or []:
+        add_include(folder)
+    if getattr(args, "suite", None):
+        args.suite = suite_ref(args.suite)
+    if getattr(args, "protocol", None):
+        args.protocol = [protocol_ref(p) for p in args.protocol]
 
 
 def _cmd_list(args) -> int:
@@ -109,10 +138,11 @@ def _cmd_list(args) -> int:
         ]
     if args.what in (None, "protocols"):
         out["protocols"] = [{"name": n, "version": get_protocol(n).version, "kind": get_protocol(n).kind,
-                             "description": get_protocol(n).description} for n in protocol_names()]
+                             "description": get_protocol(n).description, "metrics": list(get_protocol(n).metrics)}
+                            for n in protocol_names()]
     if args.what in (None, "metrics"):
         out["metrics"] = [{"name": n, "direction": METRICS.get(n).direction, "version": METRICS.get(n).version,
-                           "headline": METRICS.get(n).headline, "family": METRICS.get(n).family,
+                           "headline": METRICS.get(n).headline, "family": METRICS.get(n).family, "kinds": list(METRICS.get(n).kinds),
                            "formula": METRICS.get(n).doc} for n in METRICS.names()]
     if args.what in (None, "suites"):
         out["suites"] = [{"name": n, "description": get_suite(n).description, "protocols": get_suite(n).protocols}
@@ -123,7 +153,7 @@ def _cmd_list(args) -> int:
     for kind, items in out.items():
         print(f"{kind}:")
         for item in items:
-            detail = item.get("doc") or item.get("description") or item.get("formula", "").splitlines()[0]
+            detail = item.get("doc") or item.get("description") or (item.get("formula") or "").partition("\n")[0]
             print(f"  {item['name']:<16} {detail}")
     return 0
 
@@ -132,15 +162,24 @@ def _cmd_run(args, argv: Sequence[str]) -> int:
     from clipbench.protocols.catalog import get_suite
 
     from .plan import plan, shard
-    from .runner import default_device, execute
-    from .store import ResultStore
+    from .runner import RunOptions, default_device, execute, unfinished
+    from .store import ResultStore, remove_stale_temporaries
 
+    if args.log:
+        from .avalanche_api import parse_log  # Avalanche's loggers are reached only through it
+    log = parse_log(args.log) if args.log else ()
     specs = plan(args.suite, args.method, args.protocol, args.seeds, args.config, args.set, strict_weights=not args.dry_run)
     if args.shard:
         specs = shard(specs, *_parse_shard(args.shard))
     store = ResultStore(args.results)
     if args.dry_run:
         return _print_plan(args.suite, specs, store)
+    if unfinished(specs, store)[0]:  # a finished grid needs no write: then a read-only folder is fine
+        store.check_writable()
+        removed, freed = remove_stale_temporaries(store.root)
+        if removed:
+            print(f"clipbench: removed {removed} temporary file(s) ({freed / 2**20:.1f} MB) left under {store.root} "
+                  "by interrupted writes", file=sys.stderr)
     if args.threads:
         import torch
 
@@ -154,9 +193,7 @@ def _cmd_run(args, argv: Sequence[str]) -> int:
     if args.workers is not None and args.workers < 1:
         raise ClipbenchError(f"--workers must be 1 or more, got {args.workers}")
     if args.executor == "local":
-        from .runner import RunOptions
-
-        options = RunOptions(cache_dir=args.cache_dir, workers=args.workers)
+        options = RunOptions(cache_dir=args.cache_dir, workers=args.workers, log=log)
         summary = execute(specs, store, device, progress=not args.quiet and sys.stderr.isatty(), argv=list(argv),
                           quiet=args.quiet, options=options)
     else:
@@ -172,14 +209,14 @@ def _cmd_run(args, argv: Sequence[str]) -> int:
             cpus=args.cpus, gpus=args.gpus, mem_gb=args.mem_gb, time_min=args.time_min, partition=args.partition).items()
             if v is not None}})
         if args.executor == "slurm":
-            summary = submit_slurm(specs, store, res, device, args.wait)
+            summary = submit_slurm(specs, store, res, device, args.wait, log)
         else:
-            summary = run_ray(specs, store, res, device, args.address)
+            summary = run_ray(specs, store, res, device, args.address, log)
     if not args.quiet:
         print(f"done: {summary.ran} ran, {summary.skipped} already complete, {summary.claimed} held by other runners, "
-              f"{summary.failed} failed "
+              f"{summary.failed} failed, {summary.diverged} diverged "
               f"(records under {store.root / 'runs'})", file=sys.stderr)
-    return 1 if summary.failed else 0
+    return 1 if summary.failed or summary.diverged else 0
 
 
 def _parse_shard(text: str):
@@ -244,7 +281,7 @@ def _cmd_status(args) -> int:
                           for s, st in rows], indent=1))
         return 0
     counts = {k: sum(1 for _, st in rows if st == k)
-              for k in ("complete", "running", "queued", "partial", "corrupt", "failed", "stale", "missing")}
+              for k in ("complete", "running", "queued", "partial", "corrupt", "diverged", "failed", "stale", "missing")}
     for spec, st in rows:
         extra = ""
         if st == "partial":
@@ -252,6 +289,8 @@ def _cmd_status(args) -> int:
             extra = f" ({prog['completed_experiences']}/{prog['total_experiences']} experiences)"
         elif st == "stale":
             extra = f" ({_stale_reason(spec, store.stale_records(spec)[0]['spec'])}; run again to refresh)"
+        elif st == "diverged":
+            extra = f" ({store.read_record(spec)['error']['message']})"
         elif st == "corrupt":
             extra = f" ({store.record_path(spec)}: {store.record_problem(spec)}; `run` redoes it)"
         print(f"  {st:<9} {spec.protocol:<18} {spec.method:<12} seed {spec.seed}  {spec.id}{extra}")
@@ -288,6 +327,15 @@ def _cmd_prepare(args) -> int:
 
 def _cmd_new(args) -> int:
     from pathlib import Path
+
+    if args.kind == "protocol":
+        from clipbench.protocols.new_protocol import new_protocol
+
+        if not args.images:
+            raise ClipbenchError("new protocol needs --images DIR (a folder with one sub-folder of images per class)")
+        path = new_protocol(args.name, args.images, args.captions, args.out)
+        print(f"wrote {path}; try it: clipbench run --suite tiny --method zeroshot finetune --protocol {path} --dry-run")
+        return 0
 
     import clipbench.methods
 
@@ -335,6 +383,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except SystemExit as exc:  # argparse already printed usage
         return int(exc.code or 0)
     try:
+        _catalog_args(args)
         if args.command == "list":
             return _cmd_list(args)
         if args.command == "run":
@@ -354,6 +403,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ClipbenchError as err:
         print(f"clipbench: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a path that cannot be used, outside the store's own writes (which say so themselves)
+        from .errors import storage_error
+
+        print(f"clipbench: error: {storage_error(err.filename or '(unnamed file)', err, 'use')}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # Ctrl-C: finished experiences are checkpointed, claims released on the way out
+        print("clipbench: interrupted; finished experiences are kept: run the same command again to resume",
+              file=sys.stderr)
+        return 130
     return 0
 
 

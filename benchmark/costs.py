@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import resource
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 import torch
 
@@ -42,6 +42,19 @@ class PeakMemory:
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak, self._proc.memory_info().rss)
+
+
+def accumulated(prior: Dict[str, Any], wall_seconds: float, peak_rss: int, peak_gpu: Optional[int],
+                extra_bytes: int) -> Dict[str, Any]:
+    """A run's costs over every process it took: this process's figures joined with `prior`, those its
+    checkpoint carried ({} for a fresh run). Wall time is summed (each earlier process up to its last
+    checkpoint: what a killed process did after it is lost with it), peak memory and kept bytes are the
+    maximum."""
+    return {"wall_seconds": prior.get("wall_seconds", 0.0) + wall_seconds,
+            "peak_rss_bytes": max(prior.get("peak_rss_bytes", 0), peak_rss),
+            "peak_gpu_bytes": None if peak_gpu is None else max(prior.get("peak_gpu_bytes") or 0, peak_gpu),
+            "extra_bytes": max(prior.get("extra_bytes", 0), extra_bytes),
+            "processes": prior.get("processes", 0) + 1}
 
 
 def state_bytes(obj: Any, _seen: Optional[set] = None) -> int:

@@ -23,7 +23,8 @@ from tqdm import tqdm
 from clipbench.streams import LabelledImages
 
 from .augment import make_augmenter
-from .avalanche_api import EvaluationPlugin, SupervisedPlugin, Template, make_experience
+from .avalanche_api import EvaluationPlugin, SupervisedPlugin, Template, TrainingLog, make_experience
+from .errors import Diverged
 from .models import LoadedModel
 from .schedules import is_constant, learning_rate
 from .spec import DEFAULTS
@@ -117,16 +118,22 @@ class EnginePlugin(SupervisedPlugin):
     """Adds the methods' loss terms, keeps frozen modules in eval mode, sets each step's learning
     rate (`lr_at(step)`, None: left as the optimizer was built), clips the gradient norm of
     `clipped` at `grad_clip` (0: off) after the methods' own gradient changes and before the
-    optimizer step (as CL-CLIP clips between backward and step), shows training progress."""
+    optimizer step (as CL-CLIP clips between backward and step), shows training progress, and
+    stops training with `Diverged` at the first non-finite loss (`experience`: counted from 1)."""
+
+    # steps between two reads of the divergence flag on an accelerator (each read waits for the device)
+    CHECK_EVERY = 64
 
     def __init__(self, methods: List["Method"], total_iterations: int, progress: bool, desc: str,
                  lr_at: Optional[Callable[[int], float]] = None, grad_clip: float = 0.0,
-                 clipped: Sequence[nn.Parameter] = ()):
+                 clipped: Sequence[nn.Parameter] = (), experience: int = 1):
         super().__init__()
         self.methods = methods
         self.lr_at, self.grad_clip, self.clipped = lr_at, grad_clip, list(clipped)
         self.step = 0
-        self.bar = tqdm(total=total_iterations, desc=desc, disable=not progress, leave=False)
+        self.experience = experience
+        self.first_bad: Optional[torch.Tensor] = None  # on the loss's device: the first non-finite step, or -1
+        self.bar = tqdm(total=total_iterations, desc=desc, disable=not progress, leave=False, unit="step")
 
     def before_training_epoch(self, strategy, **kwargs):
         # strategy.train() called model.train(); frozen towers (BatchNorm statistics) must stay put.
@@ -143,6 +150,10 @@ class EnginePlugin(SupervisedPlugin):
             extra = method.loss(strategy)
             if extra is not None:
                 strategy.loss = strategy.loss + extra
+        loss = strategy.loss.detach()
+        if self.first_bad is None:
+            self.first_bad = torch.full((), -1, dtype=torch.long, device=loss.device)
+        self.first_bad = torch.where(~torch.isfinite(loss) & (self.first_bad < 0), self.step, self.first_bad)
 
     def before_update(self, strategy, **kwargs):
         # plugins run in list order: the methods' before_update (gradient projections) came first
@@ -151,12 +162,23 @@ class EnginePlugin(SupervisedPlugin):
 
     def after_training_iteration(self, strategy, **kwargs):
         self.step += 1
+        if self.first_bad is not None and (self.first_bad.device.type == "cpu" or self.step % self.CHECK_EVERY == 0):
+            self._raise_if_diverged()
         if self.bar.disable:
             return  # reading the loss would wait for the device at every step
         self.bar.update(1)
         self.bar.set_postfix(loss=f"{strategy.loss.item():.3f}", refresh=False)
 
+    def after_training_epoch(self, strategy, **kwargs):
+        self._raise_if_diverged()
+
+    def _raise_if_diverged(self) -> None:
+        if self.first_bad is not None and int(self.first_bad) >= 0:
+            self.bar.close()
+            raise Diverged("non-finite training loss", self.experience, int(self.first_bad) + 1)
+
     def after_training_exp(self, strategy, **kwargs):
+        self._raise_if_diverged()
         self.bar.close()
 
 
@@ -238,12 +260,14 @@ def make_criterion(ce_classes: str, label_smoothing: float = 0.0,
 
 def train_experience(model: CLIPClassifier, method: "Method", data: LabelledImages, index: int, num_active: int,
                      train: dict, device: str, progress: bool,
-                     experience_classes: Optional[Sequence[Sequence[int]]] = None) -> float:
+                     experience_classes: Optional[Sequence[Sequence[int]]] = None,
+                     log: Optional[TrainingLog] = None) -> float:
     """Train on one experience with a fresh optimizer (as the paper's and ZSCL's code do per session).
 
     `train`: the run's train settings (missing keys take clipbench's defaults); `experience_classes`:
-    the class ids of every experience (for `ce_classes: current`). A fresh optimizer per experience
-    also means a checkpoint needs no optimizer or schedule state. Returns seconds.
+    the class ids of every experience (for `ce_classes: current`); `log`: the run's Avalanche loggers
+    (`--log`), if any. A fresh optimizer per experience also means a checkpoint needs no optimizer or
+    schedule state. Returns seconds.
     """
     start = time.perf_counter()
     train = {**DEFAULTS["train"], **train}
@@ -255,7 +279,7 @@ def train_experience(model: CLIPClassifier, method: "Method", data: LabelledImag
     iterations = train["iterations"] or train["epochs"] * steps_per_epoch
     lr_at = None if is_constant(train) else (lambda step: learning_rate(step, iterations, steps_per_epoch, train))
     engine = EnginePlugin([method], iterations, progress, desc=f"train exp {index}", lr_at=lr_at,
-                          grad_clip=train["grad_clip"], clipped=trainable)
+                          grad_clip=train["grad_clip"], clipped=trainable, experience=index + 1)
     ranges = [(c[0], c[-1] + 1) for c in experience_classes if c] if experience_classes else None
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="No loggers specified")  # metrics come from records, not loggers
@@ -265,9 +289,13 @@ def train_experience(model: CLIPClassifier, method: "Method", data: LabelledImag
             train_mb_size=train["batch_size"], eval_mb_size=train["batch_size"],
             train_epochs=1 if train["iterations"] else train["epochs"],
             batches=train["iterations"] or None, transform=make_augmenter(train["augment"], device),
-            device=device, plugins=[method, engine], evaluator=EvaluationPlugin(),
+            device=device, plugins=[method, engine], evaluator=log.plugin() if log else EvaluationPlugin(),
         )
+    if log:
+        log.start(strategy, index)
     strategy.train(make_experience(data.images, data.labels, index), num_workers=0)
+    if log:
+        log.finish(strategy)
     model.last_image_features = None
     model.invalidate_text_cache()
     model.eval()

@@ -45,7 +45,7 @@ def encode_images(loaded: LoadedModel, images: torch.Tensor, batch_size: int, de
     # on a GPU: pinned slots and asynchronous copies; features stay there until the end (one wait, not one per batch)
     feeder = DeviceFeeder(device, min(batch_size, len(images)), images.shape[1:], images.dtype) if len(images) else None
     starts = range(0, len(images), batch_size)
-    for s in tqdm(starts, desc=desc or "encode images", disable=not progress, leave=False):
+    for s in tqdm(starts, desc=desc or "encode images", disable=not progress, leave=False, unit="batch"):
         chunk = feeder.put(images[s:s + batch_size])
         x = loaded.model_input(chunk, out=None if buffer is None else buffer[:len(chunk)])
         with _autocast(device, precision), (per_batch(chunk) if per_batch else contextlib.nullcontext()):

@@ -18,6 +18,7 @@ import torch
 
 from clipbench.streams import JoinedImages, Streams
 
+from .errors import Diverged
 from .evaluate import (accuracy, class_embeddings, class_prompts, encode_images, encode_texts, per_class_accuracy,
                        retrieval_recall_folds, similarity_recall_folds, top1_accuracy)
 from .models import LoadedModel
@@ -39,6 +40,14 @@ class Row:
     def copy(self) -> "Row":
         return Row(list(self.acc), dict(self.zeroshot), {k: dict(v) for k, v in self.retrieval.items()},
                    self.class_acc_all)
+
+
+def _finite(values: torch.Tensor, what: str, row: int) -> torch.Tensor:
+    """`values`, checked: a non-finite feature or score stops the run as diverged (it would still give an
+    accuracy, every class scored alike)."""
+    if not bool(torch.isfinite(values).all()):
+        raise Diverged(f"non-finite {what} at evaluation", row)
+    return values
 
 
 class Evaluator:
@@ -101,11 +110,15 @@ class Evaluator:
             return row_b
         if version != self._version:
             self._cached, self._version = self._features(), version
+            _finite(self._cached["image"], "image features", row)
+            _finite(self._cached["classes"], "class features", row)
         f, acc = self._cached, []
         for j in range(self.streams.n_experiences):
             lo, hi = self.streams.scored_classes(row, j)
             a, b = self.bounds[j], self.bounds[j + 1]
             scores = self.method.scores(f["image"][a:b], f["classes"]) if self.method is not None else None
+            if scores is not None:
+                _finite(scores, "scores", row)
             acc.append(accuracy(f["image"][a:b], self.test_labels[a:b], f["classes"], lo, hi) if scores is None
                        else top1_accuracy(scores[:, lo:hi], self.test_labels[a:b], lo))
         return Row(acc, dict(f["zeroshot"]), {k: dict(v) for k, v in f["retrieval"].items()},
@@ -125,7 +138,8 @@ class Evaluator:
                 routes.append(self.method.route_batch(self.loaded, chunk))
                 return routes[-1]
 
-            features = encode_images(self.loaded, images, batch, per_batch=per_batch, **kw)
+            features = encode_images(self.loaded, images, batch, per_batch=per_batch, progress=self.progress,
+                                     desc=f"eval {what[0]} {what[1]} (batches of {batch})", **kw)
             out = []
             for i, route in enumerate(routes):
                 key = (what, route.key)
@@ -133,7 +147,7 @@ class Evaluator:
                     with route:
                         texts[key] = encode()
                 out.append(features[i * batch:(i + 1) * batch] @ texts[key].T)
-            return torch.cat(out) if out else torch.empty(0, 0)
+            return _finite(torch.cat(out), "scores", row) if out else torch.empty(0, 0)
 
         def classes(names: List[str], templates: Any) -> Callable[[], torch.Tensor]:
             tokens = self.loaded.tokenizer(class_prompts(names, templates))  # once, whatever the routes

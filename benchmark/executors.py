@@ -12,10 +12,10 @@ import json
 import subprocess
 import sys
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 from .errors import ClipbenchError
-from .runner import Summary, run_one, unfinished
+from .runner import RunOptions, Summary, run_one, unfinished
 from .spec import RunSpec
 from .store import ResultStore, atomic_write_json
 
@@ -41,18 +41,18 @@ def _import(name: str, extra: str):
 class SlurmRun:
     """The callable one Slurm array task runs; submitit requeues it on preemption or timeout."""
 
-    def __init__(self, results: str, device: str):
-        self.results, self.device = results, device
+    def __init__(self, results: str, device: str, log: Tuple[str, ...] = ()):
+        self.results, self.device, self.log = results, device, log
 
     def __call__(self, spec: Dict[str, Any]) -> str:
         return run_one(RunSpec.from_dict(spec), ResultStore(self.results), self.device, False,
-                       ["clipbench", "slurm"], quiet=False)
+                       ["clipbench", "slurm"], quiet=False, options=RunOptions(log=self.log))
 
     def checkpoint(self, spec: Dict[str, Any]):
         # state lives in the run's own checkpoint: requeue the same call, which resumes from it
         import submitit
 
-        return submitit.helpers.DelayedSubmission(SlurmRun(self.results, self.device), spec)
+        return submitit.helpers.DelayedSubmission(SlurmRun(self.results, self.device, self.log), spec)
 
 
 def _spec_dict(spec: RunSpec) -> Dict[str, Any]:
@@ -61,8 +61,9 @@ def _spec_dict(spec: RunSpec) -> Dict[str, Any]:
     return d
 
 
-def submit_slurm(specs: Sequence[RunSpec], store: ResultStore, resources: Resources, device: str, wait: bool) -> Summary:
-    """One job array for the plan's unfinished runs; records land in `store`."""
+def submit_slurm(specs: Sequence[RunSpec], store: ResultStore, resources: Resources, device: str, wait: bool,
+                 log: Tuple[str, ...] = ()) -> Summary:
+    """One job array for the plan's unfinished runs; records land in `store` (`log`: `--log`'s loggers)."""
     submitit = _import("submitit", "slurm")
     todo, summary = unfinished(specs, store)
     if not todo:
@@ -76,7 +77,7 @@ def submit_slurm(specs: Sequence[RunSpec], store: ResultStore, resources: Resour
     if resources.partition:
         params["slurm_partition"] = resources.partition
     executor.update_parameters(**params)
-    jobs = executor.map_array(SlurmRun(str(store.root.resolve()), device), [_spec_dict(s) for s in todo])
+    jobs = executor.map_array(SlurmRun(str(store.root.resolve()), device, log), [_spec_dict(s) for s in todo])
     submitted = {s.id: j.job_id for s, j in zip(todo, jobs)}
     previous = json.loads((folder / "submitted.json").read_text()) if (folder / "submitted.json").is_file() else {}
     atomic_write_json(folder / "submitted.json", {**previous, **submitted})
@@ -108,7 +109,7 @@ def slurm_states(store: ResultStore) -> Dict[str, str]:
 
 
 def run_ray(specs: Sequence[RunSpec], store: ResultStore, resources: Resources, device: str,
-            address: Optional[str]) -> Summary:
+            address: Optional[str], log: Tuple[str, ...] = ()) -> Summary:
     """Each unfinished run as a Ray task with its resources, on a running cluster or a local one."""
     ray = _import("ray", "ray")
     started_here = not ray.is_initialized()
@@ -119,7 +120,8 @@ def run_ray(specs: Sequence[RunSpec], store: ResultStore, resources: Resources, 
 
     @ray.remote(num_cpus=resources.cpus, num_gpus=resources.gpus, max_retries=3)
     def task(spec: Dict[str, Any]) -> str:
-        return run_one(RunSpec.from_dict(spec), ResultStore(results), device, False, ["clipbench", "ray"], quiet=True)
+        return run_one(RunSpec.from_dict(spec), ResultStore(results), device, False, ["clipbench", "ray"], quiet=True,
+                       options=RunOptions(log=log))
 
     todo, summary = unfinished(specs, store)
     try:

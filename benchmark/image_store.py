@@ -23,6 +23,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import signal
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, List, Optional, Tuple
@@ -139,7 +140,9 @@ class ImageStore:
             preprocess.prepare()  # built once here, inherited by the forked workers (each would import open_clip)
             _JOB = (sources, preprocess, tmp, shape)
             if self.workers > 1 and len(chunks) > 1:
-                with multiprocessing.get_context("fork").Pool(min(self.workers, len(chunks))) as pool:
+                # workers ignore Ctrl-C: the parent stops them, and they print no tracebacks
+                with multiprocessing.get_context("fork").Pool(min(self.workers, len(chunks)), initializer=signal.signal,
+                                                              initargs=(signal.SIGINT, signal.SIG_IGN)) as pool:
                     for (start, end), found in zip(chunks, pool.imap(_decode_chunk, chunks)):
                         failures += found
                         bar.update(end - start)

@@ -145,7 +145,7 @@ def _run(path: Path, record: Dict[str, Any]) -> Dict[str, Any]:
     if not isinstance(raw, dict) or not raw.get("acc_matrix"):
         raise ValueError("no raw accuracy matrix")
     try:
-        metrics = compute_metrics(raw)["values"]
+        metrics = compute_metrics(raw, reported_metrics(spec["protocol"]))["values"]
     except (KeyError, IndexError, TypeError, ValueError, ZeroDivisionError) as err:
         raise ValueError(f"raw results unreadable ({type(err).__name__}: {err})") from None
     return {"path": path, "spec": spec, "seed": spec["seed"], "raw": raw, "metrics": metrics,
@@ -233,16 +233,28 @@ def tidy(entries: Sequence[Entry]) -> pd.DataFrame:
 # ------------------------------------------------------------------ statistics
 
 
-def headline_of(protocol: str) -> List[str]:
-    """The protocol's headline metrics (its YAML's `headline:`), or the metrics declared headline for a
-    protocol unknown to this catalog or naming none."""
+def _protocol(name: str):
+    """The catalog's protocol of that name, or None for one unknown to this catalog."""
     from clipbench.protocols.catalog import get_protocol
 
     try:
-        named = list(get_protocol(protocol).headline)
+        return get_protocol(name)
     except ClipbenchError:
-        named = []
-    return named or headline_metrics()
+        return None
+
+
+def reported_metrics(protocol: str) -> Optional[Tuple[str, ...]]:
+    """The metrics the protocol reports (its file's `metrics:` or its kind's default); None (every
+    registered metric) for a protocol unknown to this catalog."""
+    proto = _protocol(protocol)
+    return None if proto is None else proto.metrics
+
+
+def headline_of(protocol: str) -> List[str]:
+    """The protocol's headline metrics (its YAML's `headline:`), else those of its metrics declared
+    headline (every metric declared headline for a protocol unknown to this catalog)."""
+    proto = _protocol(protocol)
+    return headline_metrics() if proto is None else list(proto.headline_metrics())
 
 
 def ranked_metrics(columns: Sequence[str], one_session: bool) -> List[str]:

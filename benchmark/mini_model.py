@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .errors import ClipbenchError
+from .quiet import without_log_message
 
 ARCH = "clipbench-mini"
 IMAGE_SIZE = 96
@@ -250,7 +251,9 @@ def build(open_clip, projections: Path | None, device: str = "cpu") -> nn.Module
     """The assembled model: towers from packages, projections from `projections` (random if None)."""
     register_config(open_clip)
     _quiet_transformers()
-    clip = open_clip.create_model(ARCH, pretrained=None, device="cpu")  # HF loads MiniLM from its folder
+    # open_clip reports the MiniLM tower it loaded as a partial init; the projections load next, just below
+    with without_log_message(f"Model {ARCH} initialized partially."):
+        clip = open_clip.create_model(ARCH, pretrained=None, device="cpu")  # HF loads MiniLM from its folder
     load_image_tower(clip)
     if projections is not None:
         load_projections(clip, projections)

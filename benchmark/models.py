@@ -22,6 +22,7 @@ from .checksums import file_sha256
 from .errors import ClipbenchError, unknown_name_error
 from .model_input import to_model_input
 from .preprocess import Preprocess, from_open_clip_cfg
+from .quiet import without_log_message
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 LOCAL_DIR = "local-dir:"
@@ -185,19 +186,14 @@ def load_model(arch: str, pretrained: Optional[str], device: str = "cpu") -> Loa
         weights = _cached_hub_file(arch, pretrained) or pretrained
     elif pretrained:
         weights = str(Path(str(pretrained)).expanduser())
-    import logging
-
-    root = logging.getLogger()
-    level = root.level
-    if weights is None and not str(name).startswith(LOCAL_DIR):
-        root.setLevel(logging.ERROR)  # open_clip warns that a random init is random: asked for, not news
+    # open_clip warns that a random init is random: asked for (pretrained: null), not news
+    random_init = f"No pretrained weights loaded for model '{name}'. Model initialized randomly."
     try:
-        clip = open_clip.create_model(name, pretrained=weights, device=device)
+        with without_log_message(random_init):
+            clip = open_clip.create_model(name, pretrained=weights, device=device)
     except Exception as err:  # corrupt or mismatched weights: a user-input problem, said in one line
         first = (str(err).strip().splitlines() or [""])[0]
         raise ClipbenchError(f"cannot load model {arch} with weights {pretrained}: {type(err).__name__}: {first}") from None
-    finally:
-        root.setLevel(level)
     tokenizer = open_clip.get_tokenizer(name)
     cfg: dict[str, Any] = dict(getattr(clip.visual, "preprocess_cfg", {}) or {})
     cfg.setdefault("size", getattr(clip.visual, "image_size", (224, 224)))

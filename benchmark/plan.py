@@ -9,7 +9,7 @@ from clipbench.protocols.catalog import ProtocolDef, SuiteDef, get_protocol, get
 
 from . import claims
 from .errors import ClipbenchError
-from .spec import RunSpec, dotted_tree, known_settings, resolve_specs, user_overrides
+from .spec import RunSpec, dotted_tree, known_settings, resolve_specs, user_overrides, validate_seeds
 from .store import ResultStore
 
 
@@ -40,13 +40,15 @@ def plan(suite_name: str, methods: Optional[Sequence[str]] = None, protocols: Op
         method_names = list(suite.methods)
     method_classes = [registry.get(m) for m in method_names]
     protocol_defs: List[ProtocolDef] = [get_protocol(p) for p in (protocols or suite.protocols)]
-    known = known_settings({m.name: m.config_fields() for m in method_classes},
+    known = known_settings({m.name: m.Config for m in method_classes},
                            {p.name: p for p in protocol_defs})
     # the suite's `settings:` may name any registered method and any of its protocols, run now or not
-    suite_known = known_settings({m: registry.get(m).config_fields() for m in registry.names()},
+    suite_known = known_settings({m: registry.get(m).Config for m in registry.names()},
                                  {p.name: p for p in protocol_defs + [get_protocol(n) for n in suite.protocols]})
-    dotted_tree(suite.settings, suite_known, f"the `settings:` of suite '{suite.name}'")
+    dotted_tree(suite.settings, suite_known, f"the `settings:` of suite '{suite.name}'",
+                {k: f"{suite.source}:{line}" for k, line in suite.lines.items()})
     overrides = user_overrides(config_file, sets, known)
+    validate_seeds(list(seeds) if seeds else suite.seeds, "--seeds" if seeds else f"the seeds of suite '{suite.name}'")
     seeds = list(seeds) if seeds else suite.seeds
     specs: List[RunSpec] = []
     fingerprints: Dict[str, str] = {}  # each dataset's files are read once per plan
@@ -59,7 +61,7 @@ def plan(suite_name: str, methods: Optional[Sequence[str]] = None, protocols: Op
 
 
 def run_state(store: ResultStore, spec: RunSpec) -> str:
-    """complete, running (a live claim), corrupt (its record cannot be read), failed, partial (a
+    """complete, running (a live claim), corrupt (its record cannot be read), diverged, failed, partial (a
     checkpoint exists), stale (only records made on other data or by other data/evaluation code exist)
     or missing."""
     record = store.read_record(spec)
@@ -69,6 +71,8 @@ def run_state(store: ResultStore, spec: RunSpec) -> str:
         return "running"
     if record is None and store.record_problem(spec):
         return "corrupt"
+    if record and record.get("status") == "diverged":
+        return "diverged"
     if store.progress(spec):
         return "partial"
     if record:

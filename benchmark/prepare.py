@@ -18,10 +18,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from clipbench.protocols.builders import mini as mini_module_  # the data split is the mini suite's
+
 from . import mini_model
 from .evaluate import accuracy, class_embeddings, encode_images, encode_texts, retrieval_recall
 from .models import BUNDLED_DIR, load_model
-from clipbench.protocols import mini as mini_module_  # noqa: E402  (the data split is shared)
 
 DEFAULT_OUT = BUNDLED_DIR / "mini" / "projections-v2.pt"
 

@@ -24,9 +24,9 @@ from clipbench.protocols.metrics import compute_metrics
 from clipbench.streams import Streams
 
 from . import claims, provenance
-from .costs import PeakMemory, peak_rss_mb, state_bytes
+from .costs import PeakMemory, accumulated, peak_rss_mb, state_bytes
 from .decode import decode_streams
-from .errors import ClipbenchError
+from .errors import ClipbenchError, Diverged
 from .evaluator import Evaluator, Row, row_zero
 from .image_store import ImageStore, default_cache_dir
 from .models import LoadedModel, load_model
@@ -43,12 +43,14 @@ class RunOptions:
     (`clipbench bench` turns it off to measure what it saves). `on_model_loaded`: called with each
     loaded model (bench counts the images its vision tower is asked for). `cache_dir`: where decoded
     images are kept (None: `image_store.default_cache_dir(results)`); `workers`: decoding processes
-    (None: every core this process may use)."""
+    (None: every core this process may use). `log`: Avalanche loggers for watching training
+    (`clipbench.avalanche_api.TrainingLog`)."""
 
     share_evaluation: bool = True
     on_model_loaded: Optional[Callable[[LoadedModel], None]] = None
     cache_dir: Optional[str] = None
     workers: Optional[int] = None
+    log: Tuple[str, ...] = ()  # Avalanche's loggers (`--log`), writing under the run's folder
 
 
 def seed_everything(*parts: Any) -> None:
@@ -98,24 +100,37 @@ def execute_run(spec: RunSpec, store: ResultStore, device: str, progress: bool, 
     """Run (or resume) one spec to completion and write its record.
 
     Bad input (a ClipbenchError: missing data, unreadable weights) propagates and writes nothing.
-    Any other exception is a failed run: its record says why, and its checkpoint is kept.
+    A non-finite loss or feature (`Diverged`) ends the run as `diverged`, naming the experience and step;
+    any other exception is a failed run. Either way the record says why and the checkpoint is kept.
     """
     started = provenance.now()
     wall = time.perf_counter()
-    state: Dict[str, Any] = {"raw": None, "trainable": 0, "extra_bytes": 0, "inference_extras": None}
+    # prior: the costs of the run's earlier processes, from its checkpoint
+    state: Dict[str, Any] = {"raw": None, "trainable": 0, "extra_bytes": 0, "inference_extras": None, "prior": {}}
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
+    gpu = (lambda: torch.cuda.max_memory_allocated()) if device.startswith("cuda") else (lambda: None)
     try:
         with PeakMemory() as memory:
+            state["costs"] = lambda: accumulated(state["prior"], time.perf_counter() - wall, memory.peak, gpu(),
+                                                 state["extra_bytes"])
             _run_experiences(spec, store, device, progress, quiet, state, options or RunOptions())
         status, error = "complete", None
     except ClipbenchError:
         raise
+    except Diverged as err:
+        status = "diverged"
+        error = {"type": "Diverged", "message": str(err), "experience": err.experience, "step": err.step}
     except Exception as err:
         status = "failed"
         error = {"type": type(err).__name__, "message": str(err), "traceback": traceback.format_exc()}
+    finally:
+        if state.get("log"):
+            state["log"].close()
     raw = state["raw"] or {}
-    metrics = compute_metrics(raw) if status == "complete" else {"values": {}, "versions": {}}
+    costs = state["costs"]()  # over every process of the run
+    reported = get_protocol(spec.protocol).metrics
+    metrics = compute_metrics(raw, reported) if status == "complete" else {"values": {}, "versions": {}}
     record = {
         "schema_version": SCHEMA_VERSION,
         "status": status,
@@ -127,11 +142,13 @@ def execute_run(spec: RunSpec, store: ResultStore, device: str, progress: bool, 
         "costs": {
             "trainable_params": state["trainable"],
             # the most memory the method kept between experiences (teachers, buffers, exemplars)
-            "extra_memory_mb": round(state["extra_bytes"] / 2**20, 3),
-            "peak_rss_mb": round(memory.peak / 2**20, 1) if status == "complete" else None,  # while this run executed
-            "process_peak_rss_mb": round(peak_rss_mb(), 1),  # high-water mark of the whole process so far
-            "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if device.startswith("cuda") else None,
-            "wall_seconds": round(time.perf_counter() - wall, 3),
+            "extra_memory_mb": round(costs["extra_bytes"] / 2**20, 3),
+            # while this run executed, the most of any of its processes
+            "peak_rss_mb": round(costs["peak_rss_bytes"] / 2**20, 1) if status == "complete" else None,
+            "process_peak_rss_mb": round(peak_rss_mb(), 1),  # high-water mark of the whole (last) process so far
+            "peak_gpu_mb": round(costs["peak_gpu_bytes"] / 2**20, 1) if costs["peak_gpu_bytes"] is not None else None,
+            "wall_seconds": round(costs["wall_seconds"], 3),  # summed over the run's processes
+            "processes": costs["processes"],  # 1, plus one per resume
             "inference_extras": state["inference_extras"],  # what inference needs beyond the model ("": nothing)
         },
         "provenance": {**provenance.collect(device, spec.precision, argv), "started": started, "ended": provenance.now()},
@@ -169,6 +186,10 @@ def _run_experiences(spec: RunSpec, store: ResultStore, device: str, progress: b
     model.to(device)  # a method may have added modules
     state["trainable"] = set_trainable(model, method) if method_cls.trains else 0
     evaluator = Evaluator(streams, loaded, spec, device, progress, method)
+    if options.log and method_cls.trains:
+        from .avalanche_api import TrainingLog
+
+        state["log"] = TrainingLog(options.log, store.run_dir(spec) / "logs", spec_label(spec), spec.to_dict())
 
     checkpoint = store.load_checkpoint(spec)
     raw, start = (checkpoint["raw"], checkpoint["completed"]) if checkpoint else (_empty_raw(streams), 0)
@@ -176,6 +197,7 @@ def _run_experiences(spec: RunSpec, store: ResultStore, device: str, progress: b
     if checkpoint:
         model.load_checkpoint_state(checkpoint["model"])
         method.load_state_dict(checkpoint["method"])
+        state["prior"] = checkpoint.get("costs") or {}  # checkpoints of older code carry none
         _log(f"  resuming from experience {start}/{streams.n_experiences}", quiet)
     else:
         if method_cls.infers_task_per_batch:  # the same measures at batch size 1
@@ -194,18 +216,19 @@ def _run_experiences(spec: RunSpec, store: ResultStore, device: str, progress: b
             classes = streams.experience_classes[exp]
             active = max(classes[-1] + 1, int(data.labels.max()) + 1)  # a joint learner sees every class at once
             seconds = train_experience(model, method, data, exp, active, spec.train, device, progress,
-                                       experience_classes=streams.experience_classes)
+                                       experience_classes=streams.experience_classes, log=state.get("log"))
         elif data is not None:  # learning without gradients (analytic methods; nothing for zero-shot)
             t = time.perf_counter()
             method.fit_experience(data, exp, evaluator.image_features)
             seconds = time.perf_counter() - t
         raw["train_seconds"].append(seconds)
         state["extra_bytes"] = max(state["extra_bytes"], state_bytes(method))
+        state["inference_extras"] = method.inference_extras()  # as it stands after learning (sizes known by now)
         t = time.perf_counter()
         # an untrained model keeps its features
         version = exp + 1 if (method_cls.trains or not options.share_evaluation) else 0
         _append_row(raw, evaluator.evaluate(exp + 1, version), time.perf_counter() - t)
-        store.save_progress(spec, {"spec_id": spec.id, "completed": exp + 1, "raw": raw,
+        store.save_progress(spec, {"spec_id": spec.id, "completed": exp + 1, "raw": raw, "costs": state["costs"](),
                                    "model": model.checkpoint_state(), "method": method.state_dict()},
                             exp + 1, streams.n_experiences)
 
@@ -220,9 +243,10 @@ class Summary:
     skipped: int = 0
     failed: int = 0
     claimed: int = 0  # held by another live runner
+    diverged: int = 0
 
     def add(self, outcome: str) -> None:
-        """Count one `run_one` outcome ("ran", "skipped", "claimed" or "failed")."""
+        """Count one `run_one` outcome ("ran", "skipped", "claimed", "failed" or "diverged")."""
         setattr(self, outcome, getattr(self, outcome) + 1)
 
 
@@ -242,13 +266,18 @@ def execute(specs: Sequence[RunSpec], store: ResultStore, device: str, progress:
     return summary
 
 
+def spec_label(spec: RunSpec) -> str:
+    """How a run is named in messages and logs."""
+    return f"{spec.method} x {spec.protocol} x {spec.model['arch']} seed {spec.seed} ({spec.id})"
+
+
 def run_one(spec: RunSpec, store: ResultStore, device: str, progress: bool, argv: List[str], quiet: bool,
             label: str = "", options: Optional[RunOptions] = None) -> str:
     """One run under its claim, whatever executes it (this process, a Slurm job, a Ray task).
 
-    Returns "ran", "skipped" (already complete), "claimed" (another live runner has it) or "failed".
+    Returns "ran", "skipped" (already complete), "claimed" (another live runner has it), "failed" or "diverged".
     """
-    label = f"{label} {spec.method} x {spec.protocol} x {spec.model['arch']} seed {spec.seed} ({spec.id})".strip()
+    label = f"{label} {spec_label(spec)}".strip()
     if store.is_complete(spec):
         _log(f"{label}: complete, skipped", quiet)
         return "skipped"
@@ -264,8 +293,13 @@ def run_one(spec: RunSpec, store: ResultStore, device: str, progress: bool, argv
     finally:
         claims.release(claim)
     if record["status"] == "complete":
-        shown = {k: round(record["metrics"][k], 4) for k in ("last", "avg", "zs_retention", "i2t_r1") if k in record["metrics"]}
+        shown = {k: round(record["metrics"][k], 4) for k in get_protocol(spec.protocol).headline_metrics()
+                 if k in record["metrics"]}
         _log(f"{label}: complete in {record['costs']['wall_seconds']:.1f}s {shown}", quiet)
         return "ran"
+    if record["status"] == "diverged":
+        _log(f"{label}: DIVERGED: {record['error']['message']}; recorded as diverged, never complete "
+             "(a lower train.lr or a train.grad_clip may train)", quiet)
+        return "diverged"
     _log(f"{label}: FAILED: {record['error']['type']}: {record['error']['message']}", quiet)
     return "failed"

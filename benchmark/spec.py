@@ -15,7 +15,7 @@ import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Literal, Optional, Sequence, Tuple
 
 from clipbench.protocols.catalog import ProtocolDef, SuiteDef
 
@@ -23,7 +23,8 @@ from .augment import RECIPES
 from .errors import ClipbenchError
 from .schedules import SCHEDULES
 from .models import weights_fingerprint
-from .yamlio import load_yaml, parse_scalar
+from .types import describe, field_types, matches
+from .yamlio import load_yaml_marked, parse_scalar
 
 DEFAULTS: Dict[str, Any] = {
     "model": {"arch": None, "pretrained": None},
@@ -99,6 +100,14 @@ def validate_train(train: Dict[str, Any], eval_settings: Dict[str, Any]) -> None
             raise ClipbenchError(f"{key}={value!r} is not allowed: expected {allowed}")
 
 
+def validate_seeds(seeds: Sequence[Any], source: str) -> None:
+    """Seeds are integers >= 0 (a builder seeding numpy with a negative one would fail mid-run): one
+    ClipbenchError line naming the seed and where it came from."""
+    for seed in seeds:
+        if not _integer(0)(seed):
+            raise ClipbenchError(f"seed {seed!r} in {source} is not allowed: expected an integer >= 0")
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """One run: method x protocol x model x seed with every setting resolved. Never mutated."""
@@ -148,19 +157,28 @@ def deep_merge(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
-def _leaf_keys(tree: Dict[str, Any], prefix: str = "") -> List[str]:
-    keys = []
+def _leaf_items(tree: Dict[str, Any], prefix: str = "") -> List[Tuple[str, Any]]:
+    items: List[Tuple[str, Any]] = []
     for k, v in tree.items():
         path = f"{prefix}{k}"
-        keys.extend(_leaf_keys(v, path + ".") if isinstance(v, dict) and v else [path])
-    return keys
+        items.extend(_leaf_items(v, path + ".") if isinstance(v, dict) and v else [(path, v)])
+    return items
 
 
-def _check_known(key: str, known: Sequence[str], source: str) -> None:
+def _leaf_keys(tree: Dict[str, Any], prefix: str = "") -> List[str]:
+    return [k for k, _ in _leaf_items(tree, prefix)]
+
+
+def _check_known(key: str, known: Sequence[str], source: str, value: Any = None, at: str = "") -> None:
+    """`key` is a known setting and, when `known` maps keys to types, `value` is of its type. `at` (file:line)
+    starts the error line when given."""
+    where = f"{at}: " if at else ""
     if key not in known:
         close = difflib.get_close_matches(key, known, n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise ClipbenchError(f"unknown setting '{key}' in {source}.{hint} Known settings: {', '.join(sorted(known))}")
+        raise ClipbenchError(f"{where}unknown setting '{key}' in {source}.{hint} Known settings: {', '.join(sorted(known))}")
+    if isinstance(known, dict) and not matches(value, known[key]):
+        raise ClipbenchError(f"{where}{key}={value!r} in {source} is not allowed: expected {describe(known[key])}")
 
 
 def _set_dotted(tree: Dict[str, Any], key: str, value: Any) -> None:
@@ -171,22 +189,34 @@ def _set_dotted(tree: Dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def known_settings(method_fields: Dict[str, Dict[str, Any]], protocols: Dict[str, ProtocolDef]) -> List[str]:
-    """Every key `--set` and `--config` accept."""
-    keys = [k for k in _leaf_keys(DEFAULTS) if not k.startswith(("methods", "protocols"))]
-    keys += [f"methods.{m}.{f}" for m, fs in method_fields.items() for f in fs]
+# the types of the settings outside train (train values are checked by `validate_train`)
+SETTING_TYPES: Dict[str, Any] = {"model.arch": str, "model.pretrained": Optional[str], "eval.batch_size": int,
+                                 "precision": Literal["fp32", "amp_bf16"], "data_root": Optional[str]}
+
+
+def known_settings(method_configs: Dict[str, type], protocols: Dict[str, ProtocolDef]) -> Dict[str, Any]:
+    """Every key `--set` and `--config` accept, with its type (`Any`: checked later, or unchecked): a
+    method's `Config` fields, a protocol's builder `params` (its declared ones, else those of its file)."""
+    keys: Dict[str, Any] = {k: SETTING_TYPES.get(k, Any) for k in _leaf_keys(DEFAULTS)
+                            if not k.startswith(("methods", "protocols"))}
+    keys.update({f"methods.{m}.{f}": t for m, config in method_configs.items() for f, t in field_types(config).items()})
     # a method's own training settings, over the general ones (a suite giving one method its reference's recipe)
-    keys += [f"methods.{m}.train.{k}" for m in method_fields for k in DEFAULTS["train"]]
-    keys += [f"protocols.{p}.{k}" for p, d in protocols.items() for k in d.params]
+    keys.update({f"methods.{m}.train.{k}": Any for m in method_configs for k in DEFAULTS["train"]})
+    for p, d in protocols.items():
+        declared = d.builder_params()
+        keys.update({f"protocols.{p}.{k}": t for k, t in (field_types(declared) if declared else
+                                                          {k: Any for k in d.params}).items()})
     return keys
 
 
-def dotted_tree(items: Dict[str, Any], known: Optional[Sequence[str]], source: str) -> Dict[str, Any]:
-    """A settings tree from `{dotted key: value}`, each key checked against `known` (None: unchecked)."""
+def dotted_tree(items: Dict[str, Any], known: Optional[Dict[str, Any]], source: str,
+                lines: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
+    """A settings tree from `{dotted key: value}`, each key and value checked against `known` (None:
+    unchecked); `lines` gives a key's file:line for the error."""
     tree: Dict[str, Any] = {}
     for key, value in items.items():
         if known is not None:
-            _check_known(key, known, source)
+            _check_known(key, known, source, value, (lines or {}).get(key, ""))
         _set_dotted(tree, key, value)
     return tree
 
@@ -195,18 +225,21 @@ def user_overrides(config_file: Optional[str], sets: Sequence[str], known: Seque
     """The `--config` file merged with `--set key=value` pairs, every key checked against `known`."""
     tree: Dict[str, Any] = {}
     if config_file:
-        doc = load_yaml(config_file) or {}
+        doc, marks = load_yaml_marked(config_file)
+        doc = doc or {}
         if not isinstance(doc, dict):
             raise ClipbenchError(f"{config_file}: expected a mapping of settings at the top level")
-        for key in _leaf_keys(doc):
-            _check_known(key, known, config_file)
+        for key, value in _leaf_items(doc):
+            line = marks.get(tuple(key.split(".")))
+            _check_known(key, known, config_file, value, f"{config_file}:{line}" if line else "")
         tree = deep_merge(tree, doc)
     for item in sets:
         if "=" not in item:
             raise ClipbenchError(f"--set expects key=value, got '{item}'")
         key, raw = item.split("=", 1)
-        _check_known(key.strip(), known, "--set")
-        _set_dotted(tree, key.strip(), parse_scalar(raw))
+        value = parse_scalar(raw)
+        _check_known(key.strip(), known, "--set", value)
+        _set_dotted(tree, key.strip(), value)
     return tree
 
 

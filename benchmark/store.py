@@ -8,34 +8,79 @@ killed process never leaves a half-written file.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
+import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
 from . import claims
+from .errors import StorageError, is_write_failure, storage_error
 from .models import model_slug
 from .spec import RunSpec
 
 SCHEMA_VERSION = 1
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write through `write(fh)` to a temporary file beside `path`, then rename it into place. A failed
+    write (read-only folder, full disk) is one StorageError naming `path` and the cause."""
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # the writer's host and pid in the name: a later runner removes it only once the writer is gone
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{claims.host_tag()}@{os.getpid()}.",
+                                   suffix=".tmp")
+    except OSError as err:
+        raise storage_error(path, err) from None
+    try:
+        # mkstemp creates 0600 and the rename keeps it: give the file the mode open() would (0644 under
+        # umask 022), so a team sharing a results folder can read each other's records
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(err, Exception) and is_write_failure(err):
+            raise storage_error(path, err) from None
         raise
+
+
+# a temporary file of `_atomic_write`: .<name>.<host tag>@<pid>.<random>.tmp (older ones: .<name>.<random>.tmp)
+_TEMPORARY = re.compile(r"\.([A-Za-z0-9_-]+)@(\d+)\.[a-z0-9_]+\.tmp$")
+
+
+def remove_stale_temporaries(root: Path, ttl: float = claims.DEFAULT_TTL) -> Tuple[int, int]:
+    """Remove the temporary files under `root` left by writes that were killed, keeping those of writers
+    still alive (the claims' rule: a process gone on this host, or silent for `ttl` seconds; a name without
+    its writer, from older versions, by age alone). Returns (files removed, bytes freed)."""
+    removed = freed = 0
+    for path in Path(root).glob("**/.*.tmp"):
+        match = _TEMPORARY.search(path.name)
+        try:
+            st = path.stat()
+            if claims.owner_gone(match and match.group(1), int(match.group(2)) if match else None,
+                                 time.time() - st.st_mtime, ttl):
+                path.unlink()
+                removed, freed = removed + 1, freed + st.st_size
+        except OSError:  # removed by another runner meanwhile, or not ours to remove
+            continue
+    return removed, freed
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -46,6 +91,10 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 def atomic_torch_save(path: Path, obj: Any) -> None:
     """torch.save atomically."""
     _atomic_write(Path(path), lambda fh: torch.save(obj, fh))
+
+
+def _warn(message: str) -> None:
+    print(f"clipbench: warning: {message}", file=sys.stderr, flush=True)
 
 
 def read_record_file(path: Path) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
@@ -66,6 +115,20 @@ class ResultStore:
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
+
+    def check_writable(self) -> None:
+        """Stop before anything runs when the results folder cannot be written: a file given as the folder,
+        a folder or file system that is read-only (one StorageError line naming it and the cause)."""
+        if self.root.exists() and not self.root.is_dir():
+            raise StorageError(f"results folder {self.root} is a file, not a folder: give --results a folder "
+                               "(it is created if missing)")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise storage_error(self.root, err) from None
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            read_only = os.statvfs(self.root).f_flag & os.ST_RDONLY
+            raise storage_error(self.root, OSError(errno.EROFS if read_only else errno.EACCES, "not writable"))
 
     def run_dir(self, spec: RunSpec) -> Path:
         model = model_slug(spec.model["arch"], spec.model.get("pretrained"))
@@ -121,18 +184,40 @@ class ResultStore:
         claims.refresh(self.claim_path(spec))
 
     def load_checkpoint(self, spec: RunSpec) -> Optional[Dict[str, Any]]:
-        path = self.run_dir(spec) / "checkpoint.pt"
-        if not path.is_file():
+        """The run's checkpoint, or None. One that cannot be read (truncated, not torch's format, not a
+        clipbench checkpoint) is the only saved state of the run: it is named in one line on stderr and
+        removed with the progress file, and the run restarts from its first experience instead of
+        failing at every rerun. An unreadable progress file alone is named too: resuming reads only
+        the checkpoint, and the progress file is written again after the next experience."""
+        path, progress = self.run_dir(spec) / "checkpoint.pt", self.run_dir(spec) / "progress.json"
+        state, why = None, None
+        if path.is_file():
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=False)
+                if not isinstance(state, dict) or not {"spec_id", "completed", "raw", "model", "method"} <= set(state):
+                    raise ValueError("not a clipbench checkpoint")
+            except Exception as err:  # torch raises RuntimeError, EOFError, UnpicklingError, ... on a damaged file
+                why = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if progress.is_file() and self.progress(spec) is None and why is None:
+            _warn(f"progress file {progress} cannot be read; the run "
+                  + ("resumes from its checkpoint" if state is not None else "starts from its first experience")
+                  + " and writes it again after the next experience")
+        if why is not None:
+            _warn(f"checkpoint {path} cannot be read ({why}); removed: the run restarts from its first experience")
+            self.clear_progress(spec)
             return None
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        if state is None:
+            return None
         return state if state.get("spec_id") == spec.id else None
 
     def progress(self, spec: RunSpec) -> Optional[Dict[str, Any]]:
+        """The run's progress file, or None when there is none or it cannot be read."""
         path = self.run_dir(spec) / "progress.json"
         try:
-            return json.loads(path.read_text()) if path.is_file() else None
-        except (OSError, json.JSONDecodeError):
+            doc = json.loads(path.read_text()) if path.is_file() else None
+        except (OSError, ValueError):
             return None
+        return doc if isinstance(doc, dict) and {"completed_experiences", "total_experiences"} <= set(doc) else None
 
     def clear_progress(self, spec: RunSpec) -> None:
         for name in ("checkpoint.pt", "progress.json"):

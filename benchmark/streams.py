@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 KINDS = ("class_incremental", "task_incremental")
+SCORINGS = ("", "all")  # by kind, or over every class of the stream (Streams.scoring)
 
 
 class ImageReader:
@@ -237,10 +238,15 @@ class Streams:
     reference: Optional[CaptionedImages] = None
     # per class, its templates, where classes differ (MTIL: each dataset has its own); default `templates`
     class_templates: List[List[str]] = field(default_factory=list)
+    # "all": every experience is scored over every class of the stream, seen or not, with no task id (RAIL's
+    # X-TAIL); "" scores by `kind` (see `scored_classes`)
+    scoring: str = ""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        if self.scoring not in SCORINGS:
+            raise ValueError(f"scoring must be one of {SCORINGS}, got {self.scoring!r}")
         if not self.class_templates:
             self.class_templates = [list(self.templates) for _ in self.class_names]
             # one template list for every class: one training template too (what `train_template` always held)
@@ -272,7 +278,10 @@ class Streams:
         Row 0 is before training; row i follows training on experiences 0..i-1. Class-incremental:
         every class seen so far, counting experience `exp` itself (so rows before an experience
         score it against the classes known up to it). Task-incremental: the task's own classes.
+        With `scoring` "all": every class of the stream, in every row.
         """
+        if self.scoring == "all":
+            return 0, len(self.class_names)
         if self.kind == "task_incremental":
             classes = self.experience_classes[exp]
             return classes[0], classes[-1] + 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Dict, Tuple
 
 import yaml
 
@@ -42,6 +42,36 @@ def load_yaml(path: str | Path) -> Any:
     except OSError as err:
         raise ClipbenchError(f"cannot read {path}: {err.strerror}") from None
     return load_yaml_text(text, str(path))
+
+
+Marks = Dict[Tuple[str, ...], int]  # key path in a document -> its 1-based line
+
+
+def _marks(node: yaml.Node, path: Tuple[str, ...], out: Marks, source: str) -> None:
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            here = path + (str(key.value),)
+            if here in out:  # YAML would keep the last silently
+                raise ClipbenchError(f"{source}:{key.start_mark.line + 1}: key '{key.value}' appears twice "
+                                     f"(first on line {out[here]}); keep one")
+            out[here] = key.start_mark.line + 1
+            _marks(value, here, out, source)
+
+
+def load_yaml_marked(path: str | Path) -> Tuple[Any, Marks]:
+    """A YAML file and the line of every mapping key in it (`("params", "n_experiences") -> 12`), so a
+    check of the document's keys can name the file and line of a mistake."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ClipbenchError(f"cannot read {path}: {err.strerror}") from None
+    doc = load_yaml_text(text, str(path))  # syntax errors, named with their line
+    marks: Marks = {}
+    node = yaml.compose(text, Loader=_Loader)
+    if node is not None:
+        _marks(node, (), marks, str(path))
+    return doc, marks
 
 
 def parse_scalar(text: str) -> Any:

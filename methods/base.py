@@ -155,10 +155,6 @@ class Method(SupervisedPlugin):
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Restore what `state_dict` returned."""
 
-    def inference_extras(self) -> str:
-        """Models this method needs at inference beside the CLIP model, in words ("": none)."""
-        return ""
-
 
 class WithTeacher(Method):
     """A method whose teacher is the model as it was before the current experience.

@@ -5,21 +5,31 @@ A protocol file (`defs/<name>.yaml`) names a builder and its parameters; a build
 (`suites/<name>.yaml`) names a model, protocols, methods (a list, or `all`), seeds, train/eval
 settings, and `settings:`, dotted keys like `--set`'s (`methods.zscl.l2: 0`), the one place for a
 suite's method hyperparameters.
+
+The catalog is the shipped `defs/` and `suites/` plus the user's own files: folders or files named by
+`--include` or the environment variable CLIPBENCH_INCLUDE (os.pathsep-separated; child processes and
+cluster workers inherit it), and files given where a name is accepted (`--protocol FILE.yaml`). In a
+folder, a file with a top-level `protocols:` key is a suite, any other a protocol; files whose name starts
+with `_` are fragments, read only through another file's `include:`. A protocol file may `include:` other
+files (paths relative to it) and override their keys (mappings merge, everything else replaces).
+Every key of every file is checked when it is read: an unknown key fails naming the file, the line and
+the nearest known key; a builder declares its parameters as a typed dataclass (`register_builder(...,
+params=...)`), checked the same way.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import os
+from dataclasses import dataclass, field, fields, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from clipbench.errors import ClipbenchError, unknown_name_error
 from clipbench.registry import Registry
 from clipbench.streams import KINDS, Streams
-from clipbench.yamlio import load_yaml
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).resolve().parent
 PROTOCOL_DIR = HERE / "defs"
 SUITE_DIR = HERE / "suites"
 
@@ -27,12 +37,15 @@ Builder = Callable[[Dict[str, Any], Optional[str], int], Streams]
 BUILDERS: Registry[Builder] = Registry("dataset builder", "clipbench.protocols.builders")
 
 
-def register_builder(name: str, version: int = 1) -> Callable[[Builder], Builder]:
+def register_builder(name: str, version: int = 1, params: Optional[type] = None) -> Callable[[Builder], Builder]:
     """Register a dataset builder under `name` (used by protocol files' `builder:` key). Bump `version`
-    whenever the streams it builds from the same files could change (it enters every run id)."""
+    whenever the streams it builds from the same files could change (it enters every run id). `params`:
+    the dataclass declaring its parameters (names, types, defaults; a `REQUIRED` tuple of names), against
+    which protocol files and `--set protocols.<name>.<param>` are checked."""
 
     def decorate(fn: Builder) -> Builder:
         fn.version = version  # type: ignore[attr-defined]
+        fn.params = params  # type: ignore[attr-defined]
         return BUILDERS.register(name, fn)
 
     return decorate
@@ -60,6 +73,14 @@ class ProtocolDef:
     train: Dict[str, Any] = field(default_factory=dict)  # protocol-level train defaults
     # the metrics its main leaderboard table shows and ranks (empty: the metrics declared headline)
     headline: Tuple[str, ...] = ()
+    # the metrics it reports (records, leaderboard): its file's `metrics:`, else every metric of its kind
+    metrics: Tuple[str, ...] = ()
+
+    def headline_metrics(self) -> Tuple[str, ...]:
+        """Its main table's metrics: its `headline:`, else those of its metrics declared headline."""
+        from .metrics import METRICS
+
+        return self.headline or tuple(m for m in self.metrics if METRICS.get(m).headline)
 
     def assets(self, data_root: Optional[str], params: Optional[Dict[str, Any]] = None) -> List[Dict[str, Any]]:
         """What the protocol reads and whether it is there (empty for builders that make their data)."""
@@ -67,6 +88,10 @@ class ProtocolDef:
         if self.builder not in ASSET_REPORTERS:
             return []
         return ASSET_REPORTERS.get(self.builder)(dict(params if params is not None else self.params), data_root)
+
+    def builder_params(self) -> Optional[type]:
+        """The dataclass declaring the builder's parameters (None when it declares none)."""
+        return getattr(BUILDERS.get(self.builder), "params", None)
 
     def builder_version(self) -> int:
         return int(getattr(BUILDERS.get(self.builder), "version", 1))
@@ -107,6 +132,33 @@ class SuiteDef:
     data_root: Optional[str] = None
     resources: Dict[str, Any] = field(default_factory=dict)  # per run on a cluster: cpus, gpus, mem_gb, time_min, partition
     settings: Dict[str, Any] = field(default_factory=dict)  # dotted key -> value, layered before --config and --set
+    source: str = ""  # the file it was read from
+    lines: Dict[str, int] = field(default_factory=dict, compare=False)  # settings key -> its line in `source`
+
+
+Where = Dict[Tuple[str, ...], Tuple[str, int]]  # key path -> (file, line) it was read from
+
+# keys read from files but not fields of the definitions
+PROTOCOL_FILE_KEYS = ("include",)
+SUITE_SECTIONS = ("model", "train", "eval", "resources")  # mappings whose keys are checked
+
+
+def _at(where: Where, source: Path, *keys: str) -> str:
+    """`file:line` of a key path (its nearest enclosing key that has a line), else the file."""
+    for n in range(len(keys), 0, -1):
+        if keys[:n] in where:
+            file, line = where[keys[:n]]
+            return f"{file}:{line}"
+    return str(source)
+
+
+def _check_keys(doc: Dict[str, Any], known: Sequence[str], what: str, where: Where, source: Path,
+                *prefix: str) -> None:
+    from clipbench.types import unknown_key
+
+    for key in doc:
+        if key not in known:
+            raise unknown_key(str(key), known, what, _at(where, source, *prefix, str(key)))
 
 
 def _require(doc: Any, keys: List[str], source: Path) -> Dict[str, Any]:
@@ -118,19 +170,25 @@ def _require(doc: Any, keys: List[str], source: Path) -> Dict[str, Any]:
     return doc
 
 
-def _headline(value: Any, source: Path) -> Tuple[str, ...]:
-    """A protocol's `headline:` list: registered metrics, at most one of each family (a metric and its
+def _reported(value: Any, kind: str, source: str) -> Tuple[str, ...]:
+    """A protocol's `metrics:` list (registered names), or every metric declared for its kind."""
+    from .metrics import check_metric_names, default_metrics
+
+    return default_metrics(kind) if value is None else check_metric_names(value, source)
+
+
+def _headline(value: Any, source: str, reported: Tuple[str, ...]) -> Tuple[str, ...]:
+    """A protocol's `headline:` list: metrics it reports, at most one of each family (a metric and its
     `_drop` twin rank alike, so a mean rank would count them twice)."""
-    from .metrics import METRICS
+    from .metrics import METRICS, check_metric_names
 
     if value is None:
         return ()
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ClipbenchError(f"{source}: headline must be a list of metric names, e.g. [last, avg, zs_retention]")
     families: Dict[str, str] = {}
-    for name in value:
-        if name not in METRICS:
-            raise ClipbenchError(f"{source}: headline: {unknown_name_error('metric', name, METRICS.names())}")
+    for name in check_metric_names(value, str(source), "headline"):
+        if name not in reported:
+            raise ClipbenchError(f"{source}: headline lists {name}, which is not in the protocol's metrics: "
+                                 f"add it there or drop it here")
         family = METRICS.get(name).family
         if family in families:
             raise ClipbenchError(f"{source}: headline lists {families[family]} and {name}, which rank alike "
@@ -139,43 +197,263 @@ def _headline(value: Any, source: Path) -> Tuple[str, ...]:
     return tuple(value)
 
 
+def read_protocol_doc(path: Path, _chain: Tuple[Path, ...] = ()) -> Tuple[Dict[str, Any], Where]:
+    """A protocol file with its `include:`s applied (each path relative to the including file, read first,
+    then overridden: mappings merge key by key, everything else replaces), and where each key came from."""
+    from clipbench.spec import deep_merge
+    from clipbench.yamlio import load_yaml_marked
+
+    path = path.resolve()
+    if path in _chain:
+        raise ClipbenchError(f"{_chain[-1]}: include cycle: " + " -> ".join(str(p) for p in _chain + (path,)))
+    doc, marks = load_yaml_marked(path)
+    if not isinstance(doc, dict):
+        raise ClipbenchError(f"{path}: expected a mapping at the top level")
+    where: Where = {k: (str(path), line) for k, line in marks.items()}
+    includes = doc.pop("include", None)
+    if includes is None:
+        return doc, where
+    if isinstance(includes, str):
+        includes = [includes]
+    if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
+        raise ClipbenchError(f"{_at(where, path, 'include')}: include: names a file (or a list of files), "
+                             "relative to this one")
+    merged: Dict[str, Any] = {}
+    merged_where: Where = {}
+    for ref in includes:
+        base_path = path.parent / Path(ref).expanduser()
+        if not base_path.is_file():
+            raise ClipbenchError(f"{_at(where, path, 'include')}: include: {ref} not found (looked for {base_path})")
+        base, base_where = read_protocol_doc(base_path, _chain + (path,))
+        merged, merged_where = deep_merge(merged, base), {**merged_where, **base_where}
+    return deep_merge(merged, doc), {**merged_where, **where}
+
+
+def _check_builder_params(doc: Dict[str, Any], where: Where, path: Path) -> None:
+    """The builder is registered and its `params:` fit its declared `Params` dataclass (names and types)."""
+    from clipbench.types import check_fields
+
+    try:
+        builder = BUILDERS.get(doc["builder"])
+    except ClipbenchError as err:
+        raise ClipbenchError(f"{_at(where, path, 'builder')}: {err}") from None
+    params = doc.get("params") or {}
+    if not isinstance(params, dict):
+        raise ClipbenchError(f"{_at(where, path, 'params')}: params: expected a mapping of the builder's parameters")
+    declared = getattr(builder, "params", None)
+    if declared is None:
+        return
+    check_fields(declared, params, f"the params of builder '{doc['builder']}'",
+                 lambda key: _at(where, path, "params", str(key)))
+    missing = [k for k in getattr(declared, "REQUIRED", ()) if k not in params]
+    if missing:
+        raise ClipbenchError(f"{_at(where, path, 'params')}: builder '{doc['builder']}' needs params: {', '.join(missing)}")
+
+
 def load_protocol_file(path: Path) -> ProtocolDef:
-    doc = _require(load_yaml(path), ["name", "version", "kind", "builder"], path)
+    """A protocol file, its includes applied, every key checked (file, line and did-you-mean on a mistake)."""
+    from clipbench.spec import DEFAULTS
+
+    path = Path(path)
+    doc, where = read_protocol_doc(path)
+    _check_keys(doc, [f.name for f in fields(ProtocolDef)] + list(PROTOCOL_FILE_KEYS), "a protocol file", where, path)
+    _require(doc, ["name", "version", "kind", "builder"], path)
     if doc["kind"] not in KINDS:
-        raise ClipbenchError(f"{path}: kind must be one of {', '.join(KINDS)}, got '{doc['kind']}'")
+        raise ClipbenchError(f"{_at(where, path, 'kind')}: kind must be one of {', '.join(KINDS)}, got '{doc['kind']}'")
+    _check_builder_params(doc, where, path)
+    train = doc.get("train") or {}
+    _check_keys(train, list(DEFAULTS["train"]), "train", where, path, "train")
+    reported = _reported(doc.get("metrics"), doc["kind"], _at(where, path, "metrics"))
     return ProtocolDef(
         name=doc["name"], version=int(doc["version"]), kind=doc["kind"], builder=doc["builder"],
         params=dict(doc.get("params") or {}), description=doc.get("description", ""),
-        train=dict(doc.get("train") or {}), headline=_headline(doc.get("headline"), path),
+        train=dict(train), headline=_headline(doc.get("headline"), _at(where, path, "headline"), reported),
+        metrics=reported,
     )
+
+
+def _suite_section_keys() -> Dict[str, List[str]]:
+    from clipbench.executors import Resources
+    from clipbench.spec import DEFAULTS
+
+    return {"model": list(DEFAULTS["model"]), "train": list(DEFAULTS["train"]), "eval": list(DEFAULTS["eval"]),
+            "resources": [f.name for f in fields(Resources)]}
 
 
 def load_suite_file(path: Path) -> SuiteDef:
-    doc = _require(load_yaml(path), ["name", "model", "protocols"], path)
+    """A suite file, every key checked (file, line and did-you-mean on a mistake). `protocols:` entries are
+    names, or protocol files (ending in .yaml, relative to the suite file), which join the catalog."""
+    from clipbench.yamlio import load_yaml_marked
+
+    path = Path(path)
+    doc, marks = load_yaml_marked(path)
+    where: Where = {k: (str(path), line) for k, line in marks.items()}
+    doc = _require(doc, ["name", "model", "protocols"], path)
+    _check_keys(doc, [f.name for f in fields(SuiteDef) if f.name not in ("source", "lines")], "a suite file", where, path)
     methods = doc.get("methods", "all")
     if methods != "all" and not (isinstance(methods, list) and all(isinstance(m, str) for m in methods)):
-        raise ClipbenchError(f"{path}: `methods:` is `all` or a list of method names; put hyperparameters under "
-                             "`settings:` as `methods.<name>.<field>: value`")
+        raise ClipbenchError(f"{_at(where, path, 'methods')}: `methods:` is `all` or a list of method names; put "
+                             "hyperparameters under `settings:` as `methods.<name>.<field>: value`")
+    for section, known in _suite_section_keys().items():
+        value = doc.get(section) or {}
+        if not isinstance(value, dict):
+            raise ClipbenchError(f"{_at(where, path, section)}: `{section}:` expects a mapping")
+        _check_keys(value, known, section, where, path, section)
     settings = doc.get("settings") or {}
     if not isinstance(settings, dict) or any(isinstance(v, dict) for v in settings.values()):
-        raise ClipbenchError(f"{path}: `settings:` maps dotted keys to values, e.g. `methods.zscl.l2: 0`")
+        raise ClipbenchError(f"{_at(where, path, 'settings')}: `settings:` maps dotted keys to values, "
+                             "e.g. `methods.zscl.l2: 0`")
+    protocols = doc["protocols"]
+    if not isinstance(protocols, list) or not all(isinstance(p, str) for p in protocols):
+        raise ClipbenchError(f"{_at(where, path, 'protocols')}: `protocols:` is a list of protocol names or files")
     return SuiteDef(
         name=doc["name"], description=doc.get("description", ""), model=dict(doc["model"]),
-        protocols=list(doc["protocols"]), methods=methods,
+        protocols=list(protocols), methods=methods,
         seeds=[int(s) for s in doc.get("seeds", [0])], train=dict(doc.get("train") or {}),
         eval=dict(doc.get("eval") or {}), data_root=doc.get("data_root"), resources=dict(doc.get("resources") or {}),
-        settings={str(k): v for k, v in settings.items()},
+        settings={str(k): v for k, v in settings.items()}, source=str(path),
+        lines={str(k): where[("settings", str(k))][1] for k in settings if ("settings", str(k)) in where},
     )
 
 
+# ---- the catalog: shipped files plus the user's ----------------------------------------------------------
+
+INCLUDE_ENV = "CLIPBENCH_INCLUDE"
+
+
+def include_entries() -> Tuple[str, ...]:
+    """The folders and files the user added to the catalog (CLIPBENCH_INCLUDE, os.pathsep-separated)."""
+    return tuple(p for p in os.environ.get(INCLUDE_ENV, "").split(os.pathsep) if p)
+
+
+def add_include(path: str | Path) -> Path:
+    """Add a folder of protocol and suite files, or one file, to the catalog of this process and of the
+    processes it starts (they inherit CLIPBENCH_INCLUDE)."""
+    resolved = Path(path).expanduser().resolve()
+    if not resolved.exists():
+        raise ClipbenchError(f"--include {path}: no such folder or file")
+    if str(resolved) not in include_entries():
+        os.environ[INCLUDE_ENV] = os.pathsep.join(include_entries() + (str(resolved),))
+    return resolved
+
+
+def looks_like_file(ref: str) -> bool:
+    """A name-or-file argument names a file when it ends in .yaml/.yml or holds a path separator."""
+    return ref.endswith((".yaml", ".yml")) or "/" in ref or os.sep in ref
+
+
+def _is_suite_file(path: Path) -> bool:
+    from clipbench.yamlio import load_yaml
+
+    doc = load_yaml(path)
+    return isinstance(doc, dict) and "protocols" in doc
+
+
+@dataclass
+class _Catalog:
+    protocols: Dict[str, ProtocolDef] = field(default_factory=dict)
+    suites: Dict[str, SuiteDef] = field(default_factory=dict)
+    files: Dict[Tuple[str, str], Path] = field(default_factory=dict)  # (kind, name) -> the file it came from
+
+    def add(self, kind: str, item: Any, path: Path, shipped: bool) -> None:
+        table = self.protocols if kind == "protocol" else self.suites
+        before = self.files.get((kind, item.name))
+        if before is not None and before != path:
+            whose = "the built-in" if before.is_relative_to(HERE) else "the"
+            raise ClipbenchError(f"{path}: {kind} '{item.name}' clashes with {whose} {kind} of that name ({before}); "
+                                 "rename it")
+        table[item.name] = item
+        self.files[(kind, item.name)] = path
+
+    def name_of(self, kind: str, path: Path) -> Optional[str]:
+        return next((n for (k, n), p in self.files.items() if k == kind and p == path), None)
+
+
+def _user_files(entries: Sequence[str]) -> List[Path]:
+    out: List[Path] = []
+    for entry in entries:
+        path = Path(entry)
+        if path.is_file():
+            out.append(path.resolve())
+        elif path.is_dir():
+            out += [p.resolve() for p in sorted(path.iterdir())
+                    if p.suffix in (".yaml", ".yml") and not p.name.startswith("_") and p.is_file()]
+        else:
+            raise ClipbenchError(f"{INCLUDE_ENV} names {entry}, which does not exist; fix or unset it")
+    return list(dict.fromkeys(out))
+
+
 @lru_cache(maxsize=None)
+def _load_catalog(entries: Tuple[str, ...]) -> _Catalog:
+    cat = _Catalog()
+    for path in sorted(PROTOCOL_DIR.glob("*.yaml")):
+        if not path.name.startswith("_"):
+            cat.add("protocol", load_protocol_file(path), path.resolve(), True)
+    for path in sorted(SUITE_DIR.glob("*.yaml")):
+        cat.add("suite", load_suite_file(path), path.resolve(), True)
+    for path in _user_files(entries):
+        kind = "suite" if _is_suite_file(path) else "protocol"
+        cat.add(kind, load_suite_file(path) if kind == "suite" else load_protocol_file(path), path, False)
+    for name, suite in list(cat.suites.items()):  # a suite's protocol files join the catalog
+        if any(looks_like_file(p) for p in suite.protocols):
+            cat.suites[name] = replace(suite, protocols=[_suite_protocol(cat, suite, p) for p in suite.protocols])
+    return cat
+
+
+def _suite_protocol(cat: _Catalog, suite: SuiteDef, ref: str) -> str:
+    if not looks_like_file(ref):
+        return ref
+    path = (Path(suite.source).parent / Path(ref).expanduser()).resolve()
+    if not path.is_file():
+        raise ClipbenchError(f"{suite.source}: protocols: {ref} not found (looked for {path})")
+    name = cat.name_of("protocol", path)
+    if name is None:
+        proto = load_protocol_file(path)
+        cat.add("protocol", proto, path, False)
+        name = proto.name
+    return name
+
+
+def _catalog() -> _Catalog:
+    return _load_catalog(include_entries())
+
+
 def _protocols() -> Dict[str, ProtocolDef]:
-    return {p.name: p for p in map(load_protocol_file, sorted(PROTOCOL_DIR.glob("*.yaml")))}
+    return _catalog().protocols
 
 
-@lru_cache(maxsize=None)
 def _suites() -> Dict[str, SuiteDef]:
-    return {s.name: s for s in map(load_suite_file, sorted(SUITE_DIR.glob("*.yaml")))}
+    return _catalog().suites
+
+
+def _named_file(ref: str, kind: str) -> str:
+    """The name of the protocol or suite in file `ref`, which joins the catalog."""
+    path = Path(ref).expanduser()
+    if not path.is_file():
+        raise ClipbenchError(f"{kind} file {ref} not found (a {kind} is a name from `clipbench list {kind}s` or a "
+                             "YAML file)")
+    path = add_include(path)
+    cat = _catalog()
+    name = cat.name_of(kind, path)
+    if name is None:
+        other = "suite" if kind == "protocol" else "protocol"
+        raise ClipbenchError(f"{ref} is a {other} file; pass it with --{other}")
+    return name
+
+
+def protocol_ref(ref: str) -> str:
+    """A protocol name as given, or the name of the protocol in file `ref` (which joins the catalog)."""
+    return _named_file(ref, "protocol") if looks_like_file(ref) else ref
+
+
+def suite_ref(ref: str) -> str:
+    """A suite name as given, or the name of the suite in file `ref` (which joins the catalog)."""
+    return _named_file(ref, "suite") if looks_like_file(ref) else ref
+
+
+def protocol_file(name: str) -> Optional[Path]:
+    """The file a protocol was read from (None for one registered in code)."""
+    return _catalog().files.get(("protocol", name))
 
 
 def get_protocol(name: str) -> ProtocolDef:

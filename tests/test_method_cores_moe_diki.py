@@ -89,12 +89,18 @@ def test_pinned_moe_adapters_cil():
     _check_gated_sum(experts=2, routers=1)
 
 
-def test_zero_adapters_leave_the_tiny_clip_unchanged_and_trained_ones_do_not(streams):
+def _tiny_encodings(streams):
+    """The tiny model, four test images, three prompts, and their encodings before any method touches it."""
     model = tiny_model(streams)
     images = model.preprocess(streams.test[0].images[:4])
     tokens = model.prompt_tokens[:3]
     with torch.no_grad():
         before = model.clip.encode_image(images), model.clip.encode_text(tokens)
+    return model, images, tokens, before
+
+
+def test_zero_adapters_leave_the_tiny_clip_unchanged_and_trained_ones_do_not(streams):
+    model, images, tokens, before = _tiny_encodings(streams)
     method = MoEAdaptersCIL()
     method.setup(model, streams)
     assert len(method.mixtures) == 4  # 2 image blocks and 2 text blocks
@@ -217,11 +223,7 @@ def test_pinned_diki():
 
 
 def test_zero_prefix_values_give_the_original_blocks(streams):
-    model = tiny_model(streams)
-    images = model.preprocess(streams.test[0].images[:4])
-    tokens = model.prompt_tokens[:3]
-    with torch.no_grad():
-        before = model.clip.encode_image(images), model.clip.encode_text(tokens)
+    model, images, tokens, before = _tiny_encodings(streams)
     method = DIKI()
     method.setup(model, streams)
     assert len(method.prefixes) == 4  # the tiny model has 2 blocks per encoder (depth 8 takes all)

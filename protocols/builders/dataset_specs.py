@@ -11,7 +11,8 @@ are there and how to get them.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -82,6 +83,19 @@ def split_by_class(data: LabelledImages, order: List[int], sizes: List[int]) -> 
 
 
 DEFAULT_TEMPLATES = ["a photo of a {c}."]
+Spec = Dict[str, Any]  # a dataset spec: {adapter: <format>, <the format's keys>}
+
+
+@dataclass
+class HeldoutParams:
+    """Parameters every builder over real datasets takes: held-out sets and subsampling."""
+
+    zeroshot: Dict[str, Spec] = field(default_factory=dict)  # name -> labelled dataset spec (+ templates, split)
+    retrieval: Dict[str, Spec] = field(default_factory=dict)  # name -> captioned dataset spec (+ folds)
+    reference: Optional[Spec] = None  # image-caption pairs for methods that use outside data
+    train_per_class: Optional[int] = None  # subsample each class (fixed by subsample_seed)
+    test_per_class: Optional[int] = None
+    subsample_seed: int = 0
 
 
 def heldout_sets(params: Dict[str, Any], data_root: Optional[str]) -> Dict[str, Any]:

@@ -2,17 +2,34 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from clipbench.streams import Streams
 
 from ..catalog import register_assets, register_builder
-from .dataset_specs import (DEFAULT_TEMPLATES, asset_report, experience_sizes, heldout_sets, heldout_specs, load_labelled, split_by_class, subsample)
+from .dataset_specs import (DEFAULT_TEMPLATES, HeldoutParams, Spec, asset_report, experience_sizes, heldout_sets, heldout_specs, load_labelled, split_by_class, subsample)
 
 
-@register_builder("datasets", version=2)
+@dataclass
+class DatasetsParams(HeldoutParams):
+    """The `datasets` builder's parameters (a protocol file's `params:`); the builder reads the mapping."""
+
+    REQUIRED: ClassVar[Tuple[str, ...]] = ("target",)
+    target: Spec = field(default_factory=dict)  # the labelled dataset split into experiences
+    class_order: Optional[List[int]] = None  # class ids in learning order (default: natural)
+    n_experiences: int = 1  # equal parts, unless `increments` or `increment` is given
+    increments: Optional[List[int]] = None  # classes of each experience
+    increment: Optional[int] = None  # classes of each experience after the `initial` one
+    initial: Optional[int] = None
+    templates: List[str] = field(default_factory=lambda: list(DEFAULT_TEMPLATES))
+    train_template: str = ""
+    kind: str = "class_incremental"
+
+
+@register_builder("datasets", version=2, params=DatasetsParams)
 def build_datasets(params: Dict[str, Any], data_root: Optional[str], seed: int) -> Streams:
     """A class- or task-incremental stream over one target dataset, with held-out sets.
 

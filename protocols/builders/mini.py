@@ -14,7 +14,7 @@ projections were aligned on. Changing it changes numbers: bump SPLIT_VERSION and
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -99,18 +99,31 @@ def _class_subsample(labels: np.ndarray, classes: List[int], per_class: int, rng
     return np.concatenate(picks)
 
 
-@register_builder("mini")
-def build_mini(params: Dict[str, Any], data_root: Optional[str], seed: int) -> Streams:
-    """params: n_experiences, train_per_class, test_per_class, class_order, reference_size.
+@dataclass
+class MiniParams:
+    """The `mini` builder's parameters (a protocol file's `params:`)."""
 
-    The subsample is fixed by `subsample_seed` (not the run seed), so seeds vary training only.
-    """
-    rng = np.random.default_rng(int(params.get("subsample_seed", 0)))
-    order: List[int] = list(params.get("class_order", range(10)))
-    n_exp = int(params.get("n_experiences", 5))
+    n_experiences: int = 5
+    class_order: List[int] = field(default_factory=lambda: list(range(10)))
+    train_per_class: int = 200
+    test_per_class: int = 100
+    subsample_seed: int = 0  # fixes the subsample (not the run seed), so seeds vary training only
+    reference_size: int = 0  # pairs of the alignment split kept as the reference set (0: all)
+    fashion_root: Optional[str] = None  # default: the Debian package's folder
+    tuxpaint_root: Optional[str] = None
+
+
+@register_builder("mini", params=MiniParams)
+def build_mini(params: Dict[str, Any], data_root: Optional[str], seed: int) -> Streams:
+    """params: `MiniParams`. The subsample is fixed by `subsample_seed` (not the run seed), so seeds vary
+    training only."""
+    p = MiniParams(**params)
+    rng = np.random.default_rng(p.subsample_seed)
+    order: List[int] = list(p.class_order)
+    n_exp = p.n_experiences
     per_exp = len(order) // n_exp
-    x_train, y_train = offline.fashion_mnist("train", params.get("fashion_root"))
-    x_test, y_test = offline.fashion_mnist("t10k", params.get("fashion_root"))
+    x_train, y_train = offline.fashion_mnist("train", p.fashion_root)
+    x_test, y_test = offline.fashion_mnist("t10k", p.fashion_root)
     rank = {c: i for i, c in enumerate(order)}  # class id -> position in the class order
 
     def stream(x, y, per_class):
@@ -121,18 +134,18 @@ def build_mini(params: Dict[str, Any], data_root: Optional[str], seed: int) -> S
             parts.append(LabelledImages(offline.gray_to_rgb(x[idx]), torch.tensor([rank[c] for c in y[idx]])))
         return parts
 
-    train = stream(x_train, y_train, int(params.get("train_per_class", 200)))
-    test = stream(x_test, y_test, int(params.get("test_per_class", 100)))
+    train = stream(x_train, y_train, p.train_per_class)
+    test = stream(x_test, y_test, p.test_per_class)
 
     emoji_root = data_root and f"{data_root}/emoji-datasource-google"
-    split = alignment_split(emoji_root, params.get("tuxpaint_root"))
+    split = alignment_split(emoji_root, p.tuxpaint_root)
     emoji_zs = labelled_from(split["heldout_emoji"], EMOJI_ZEROSHOT)
     emoji_zs.templates = TEMPLATES["emoji"]
     tux_zs = labelled_from(split["heldout_tux"], TUX_CATEGORIES)
     tux_zs.templates = TEMPLATES["tux"]
 
     reference = captioned(split["train"])
-    n_ref = int(params.get("reference_size", 0))
+    n_ref = p.reference_size
     if n_ref and n_ref < len(reference.captions):
         pick = torch.from_numpy(np.sort(np.random.default_rng(0).choice(len(reference.captions), n_ref, replace=False)))
         reference = CaptionedImages(reference.images[pick], [reference.captions[i] for i in pick], torch.arange(n_ref))

@@ -6,6 +6,7 @@ each image captioned twice ("a red circle", "a circle coloured red"). Determinis
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 import numpy as np
@@ -20,6 +21,21 @@ COLOURS = {
     "magenta": (220, 40, 220), "cyan": (40, 220, 230), "orange": (245, 140, 20), "white": (245, 245, 245),
 }
 SHAPES = ["circle", "square", "triangle", "cross"]
+
+
+@dataclass
+class ShapesParams:
+    """The `synthetic_shapes` builder's parameters (a protocol file's `params:`)."""
+
+    colours: List[str] = field(default_factory=lambda: list(COLOURS)[:6])  # target classes, in class order
+    n_experiences: int = 3
+    train_per_class: int = 24
+    test_per_class: int = 12
+    heldout_per_class: int = 12  # zero-shot shapes set, images per shape
+    retrieval_images: int = 24
+    reference_pairs: int = 24
+    image_size: int = 32
+    kind: str = "class_incremental"
 
 
 def _draw(rng: np.random.Generator, colour: str, shape: str, size: int) -> np.ndarray:
@@ -47,14 +63,14 @@ def _images(rng: np.random.Generator, pairs: List[tuple], size: int) -> torch.Te
     return torch.from_numpy(np.stack([_draw(rng, c, s, size) for c, s in pairs]))
 
 
-@register_builder("synthetic_shapes")
+@register_builder("synthetic_shapes", params=ShapesParams)
 def build_synthetic_shapes(params: Dict[str, Any], data_root: Optional[str], seed: int) -> Streams:
-    """params: colours (target classes, in class order), n_experiences, train_per_class,
-    test_per_class, heldout_per_class, retrieval_images, reference_pairs, image_size, kind."""
+    """params: `ShapesParams`."""
+    p = ShapesParams(**params)
     rng = np.random.default_rng(seed)
-    colours: List[str] = params.get("colours", list(COLOURS)[:6])
-    n_exp = int(params.get("n_experiences", 3))
-    size = int(params.get("image_size", 32))
+    colours: List[str] = p.colours
+    n_exp = p.n_experiences
+    size = p.image_size
     per_exp = len(colours) // n_exp
     templates = ["a photo of something {c}.", "a {c} shape."]
 
@@ -64,10 +80,10 @@ def build_synthetic_shapes(params: Dict[str, Any], data_root: Optional[str], see
         return LabelledImages(_images(rng, pairs, size), torch.tensor(labels, dtype=torch.long))
 
     exp_classes = [list(range(k * per_exp, (k + 1) * per_exp)) for k in range(n_exp)]
-    train = [labelled(cls, int(params.get("train_per_class", 24))) for cls in exp_classes]
-    test = [labelled(cls, int(params.get("test_per_class", 12))) for cls in exp_classes]
+    train = [labelled(cls, p.train_per_class) for cls in exp_classes]
+    test = [labelled(cls, p.test_per_class) for cls in exp_classes]
 
-    n_held = int(params.get("heldout_per_class", 12))
+    n_held = p.heldout_per_class
     held_labels = [s for s in range(len(SHAPES)) for _ in range(n_held)]
     held_pairs = [(list(COLOURS)[rng.integers(len(COLOURS))], SHAPES[s]) for s in held_labels]
     shapes_set = ZeroShotSet(
@@ -75,18 +91,18 @@ def build_synthetic_shapes(params: Dict[str, Any], data_root: Optional[str], see
         class_names=list(SHAPES), templates=["a photo of a {c}.", "a drawing of a {c}."],
     )
 
-    n_ret = int(params.get("retrieval_images", 24))
+    n_ret = p.retrieval_images
     ret_pairs = [(list(COLOURS)[rng.integers(len(COLOURS))], SHAPES[rng.integers(len(SHAPES))]) for _ in range(n_ret)]
     captions = [text for c, s in ret_pairs for text in (f"a {c} {s}", f"a {s} coloured {c}")]
     caption_image = torch.arange(n_ret).repeat_interleave(2)
     retrieval = CaptionedImages(_images(rng, ret_pairs, size), captions, caption_image)
 
-    n_ref = int(params.get("reference_pairs", 24))
+    n_ref = p.reference_pairs
     ref_pairs = [(list(COLOURS)[rng.integers(len(COLOURS))], SHAPES[rng.integers(len(SHAPES))]) for _ in range(n_ref)]
     reference = CaptionedImages(_images(rng, ref_pairs, size), [f"a {c} {s}" for c, s in ref_pairs], torch.arange(n_ref))
 
     return Streams(
-        kind=params.get("kind", "class_incremental"), class_names=list(colours), templates=templates,
+        kind=p.kind, class_names=list(colours), templates=templates,
         train=train, test=test, experience_classes=exp_classes,
         zeroshot_sets={"shapes": shapes_set}, retrieval_sets={"shape_captions": retrieval}, reference=reference,
     )

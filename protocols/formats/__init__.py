@@ -15,6 +15,8 @@ new file here (and its test): write `labelled` and/or `captioned`, then `registe
 | `karpathy_captions` | karpathy_captions.py | Flickr30k / COCO captions through the Karpathy-split JSON |
 | `csv`, `jsonl` | lists.py | your own lists: image with label, or image with caption |
 | `torchvision` | torchvision_dataset.py | any torchvision classification dataset by class name |
+| `coop_split` | coop_split.py | CoOp's fixed splits (`split_zhou_<Name>.json`) beside an image folder: X-TAIL, few-shot sets |
+| `tinyimagenet` | tinyimagenet.py | Tiny ImageNet as its zip unpacks (wnids.txt, train/<wnid>/images, val_annotations.txt) |
 """
 
 from __future__ import annotations
