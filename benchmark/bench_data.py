@@ -85,7 +85,7 @@ def _register_protocol(root: Path) -> None:
                 "n_experiences": 1, "test_per_class": 2, "templates": ["a photo of a {c}."]})
 
 
-def warm_start(root: Path, workers: int) -> Dict[str, Any]:
+def warm_start(root: Path, workers: int, arch: str = ARCH) -> Dict[str, Any]:
     """Seconds from a second run's start to its first training batch, and both runs' peak memory."""
     from .plan import plan
     from .runner import RunOptions, execute
@@ -105,7 +105,7 @@ def warm_start(root: Path, workers: int) -> Dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         store = ResultStore(tmp)
         options = RunOptions(workers=workers)
-        common = [f"model.arch={ARCH}", "train.iterations=1", "train.batch_size=8", "train.epochs=1"]
+        common = [f"model.arch={arch}", "train.iterations=1", "train.batch_size=8", "train.epochs=1"]
         avalanche_api.TensorBatches.__iter__ = timed_iter
         try:
             for k, lr in enumerate(("1e-5", "2e-5")):

@@ -88,9 +88,11 @@ def decode_streams(streams: Streams, preprocess: Preprocess, progress: bool = Fa
     """Decode, in place, every `ImageSources` of the streams (through `store` when given, which decodes each
     set once per machine and hands back memory-mapped images); sets already decoded are left as they are.
 
-    Raises one ClipbenchError naming every file that cannot be decoded, of every set, before anything trains.
+    Raises one ClipbenchError naming every file that cannot be decoded, of every set, before anything trains;
+    the sets the store decoded in this call are removed again (a refused run leaves nothing behind).
     """
     failures: List[Failure] = []
+    mark = len(store.written) if store is not None else 0
     for name, data in _image_sets(streams):
         if isinstance(data, (LabelledImages, CaptionedImages)) and isinstance(data.images, ImageSources):
             try:
@@ -99,5 +101,7 @@ def decode_streams(streams: Streams, preprocess: Preprocess, progress: bool = Fa
             except UndecodableImages as err:
                 failures += err.failures
     if failures:
+        if store is not None:  # the refused run writes nothing: the sets it decoded go too
+            store.remove(store.written[mark:])
         raise UndecodableImages(failures)
     return streams

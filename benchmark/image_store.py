@@ -96,6 +96,14 @@ class ImageStore:
         self.workers = int(workers) if workers else default_workers()
         self.progress = progress
         self.decoded = 0  # images this store decoded (the rest were read back)
+        self.written: List[Tuple[Path, Path]] = []  # (data, description) of each set this store decoded
+
+    def remove(self, sets: List[Tuple[Path, Path]]) -> None:
+        """Delete sets this store decoded (a refused run leaves nothing behind); the description goes first,
+        so no runner starts reading a set whose data is going."""
+        for data, meta in sets:
+            meta.unlink(missing_ok=True)
+            data.unlink(missing_ok=True)
 
     def key(self, sources: ImageSources, preprocess: Preprocess) -> str:
         digest = hashlib.sha256(json.dumps({"store": STORE_VERSION, "preprocess": preprocess.identity()},
@@ -156,6 +164,7 @@ class ImageStore:
             atomic_write_json(meta, {"shape": list(shape), "preprocess": preprocess.identity(),
                                      "first": sources.describe(0) if len(sources) else None})
             self.decoded += len(sources)
+            self.written.append((data, meta))
         finally:
             _JOB = ()
             tmp.unlink(missing_ok=True)

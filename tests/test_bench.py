@@ -29,3 +29,21 @@ def test_forward_passes_are_counted_through_the_mini_models_content_cache():
     out = grid_forward_ratio("mini", ["zeroshot"], "mini_fashion_ost", small)
     passes = out["grid_forward_passes"]
     assert 0 < passes["shared"] < passes["unshared"]
+
+
+def test_data_bench_reports_decode_ratio_warm_start_and_memory(tmp_path):
+    """`bench --data`'s parts on a small ImageFolder of real clip art (the tiny model for the runs): numbers
+    present and sane, the second run finds its images decoded (no timing is asserted)."""
+    import shutil
+
+    from clipbench.bench_data import decode_rates, warm_start
+    from real_images import sample_files
+
+    for k, f in enumerate(sample_files()[:12]):
+        (tmp_path / f"c{k % 2}").mkdir(exist_ok=True)
+        shutil.copy2(f, tmp_path / f"c{k % 2}" / f.name)
+    rates = decode_rates(tmp_path, workers=1, repeats=1)
+    assert rates["images"] == 12 and rates["decode_vs_torchvision"] > 0 and rates["store_images_per_s"] > 0
+    warm = warm_start(tmp_path, workers=1, arch="clipbench-tiny")
+    assert 0 < warm["warm_start_s"] < warm["first_run"]["to_first_batch_s"] + 60
+    assert warm["peak_rss_mb"] >= warm["second_run"]["peak_rss_mb"] > 0
