@@ -289,19 +289,3 @@ def run(quick: bool) -> Dict[str, Any]:
     out["gpu"] = train_throughput("ViT-B-32", "cuda", 256, 10 if quick else 30, "amp_bf16") if torch.cuda.is_available() else None
     out["seconds"] = round(time.perf_counter() - started, 1)
     return out
-
-
-def main(quick: bool, data: Optional[str] = None, data_only: bool = False, workers: Optional[int] = None,
-         repeats: int = 3) -> int:
-    """Print bench's JSON; `data`: an image folder for the data-path figures (`bench_data`, the `data` key)."""
-    if data_only and not data:
-        raise ClipbenchError("--data-only needs --data DIR")
-    if workers is not None and workers < 1:
-        raise ClipbenchError(f"--workers must be 1 or more, got {workers}")
-    out: Dict[str, Any] = {} if data_only else run(quick)
-    if data:
-        from .bench_data import run as data_run
-
-        out["data"] = data_run(data, workers, repeats)
-    print(json.dumps(out, indent=1))
-    return 0

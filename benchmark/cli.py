@@ -325,6 +325,24 @@ def _cmd_prepare(args) -> int:
     return 0
 
 
+def _cmd_bench(args) -> int:
+    """Print bench's JSON; `--data`: an image folder for the data-path figures (`bench_data`, the `data` key)."""
+    import json
+
+    from .bench import run as bench_run
+    from .bench_data import run as data_run
+
+    if args.data_only and not args.data:
+        raise ClipbenchError("--data-only needs --data DIR")
+    if args.workers is not None and args.workers < 1:
+        raise ClipbenchError(f"--workers must be 1 or more, got {args.workers}")
+    out = {} if args.data_only else bench_run(args.quick)
+    if args.data:
+        out["data"] = data_run(args.data, args.workers, args.repeats)
+    print(json.dumps(out, indent=1))
+    return 0
+
+
 def _cmd_new(args) -> int:
     from pathlib import Path
 
@@ -391,9 +409,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.command == "status":
             return _cmd_status(args)
         if args.command == "bench":
-            from .bench import main as bench_main
-
-            return bench_main(args.quick, args.data, args.data_only, args.workers, args.repeats)
+            return _cmd_bench(args)
         if args.command == "new":
             return _cmd_new(args)
         if args.command == "prepare":
