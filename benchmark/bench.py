@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import resource
 import statistics
 import subprocess
@@ -33,7 +32,6 @@ import torch
 import torch.nn.functional as F
 
 from .engine import CLIPClassifier, make_optimizer, train_experience
-from .errors import ClipbenchError
 from .evaluate import encode_images
 from .models import LoadedModel, load_model
 from .plan import plan
