@@ -73,8 +73,14 @@ class ProtocolDef:
     train: Dict[str, Any] = field(default_factory=dict)  # protocol-level train defaults
     # the metrics its main leaderboard table shows and ranks (empty: the metrics declared headline)
     headline: Tuple[str, ...] = ()
-    # the metrics it reports (records, leaderboard): its file's `metrics:`, else every metric of its kind
+    # the metrics it reports (records, leaderboard): its file's `metrics:`, else (empty) every metric of its kind
     metrics: Tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.metrics:  # a protocol made in code, not read from a file, reports what a file without `metrics:` would
+            from .metrics import default_metrics
+
+            object.__setattr__(self, "metrics", tuple(default_metrics(self.kind)))
 
     def headline_metrics(self) -> Tuple[str, ...]:
         """Its main table's metrics: its `headline:`, else those of its metrics declared headline."""
