@@ -174,6 +174,16 @@ def _cmd_run(args, argv: Sequence[str]) -> int:
     store = ResultStore(args.results)
     if args.dry_run:
         return _print_plan(args.suite, specs, store)
+    # every refusal before the first write (removing stale temporaries is one)
+    for flag, value in (("--workers", args.workers), ("--threads", args.threads)):
+        if value is not None and value < 1:
+            raise ClipbenchError(f"{flag} must be 1 or more, got {value}")
+    device = args.device or default_device()
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ClipbenchError("--device cuda: no CUDA device is visible to torch; use --device cpu")
     if unfinished(specs, store)[0]:  # a finished grid needs no write: then a read-only folder is fine
         store.check_writable()
         removed, freed = remove_stale_temporaries(store.root)
@@ -184,14 +194,6 @@ def _cmd_run(args, argv: Sequence[str]) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    device = args.device or default_device()
-    if device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ClipbenchError("--device cuda: no CUDA device is visible to torch; use --device cpu")
-    if args.workers is not None and args.workers < 1:
-        raise ClipbenchError(f"--workers must be 1 or more, got {args.workers}")
     if args.executor == "local":
         options = RunOptions(cache_dir=args.cache_dir, workers=args.workers, log=log)
         summary = execute(specs, store, device, progress=not args.quiet and sys.stderr.isatty(), argv=list(argv),
@@ -327,8 +329,6 @@ def _cmd_prepare(args) -> int:
 
 def _cmd_bench(args) -> int:
     """Print bench's JSON; `--data`: an image folder for the data-path figures (`bench_data`, the `data` key)."""
-    import json
-
     from .bench import run as bench_run
     from .bench_data import run as data_run
 

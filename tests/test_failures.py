@@ -64,6 +64,17 @@ def test_settings_that_cannot_train_are_refused_before_anything_runs(args, messa
     assert [p.name for p in results.rglob("*")] == ["keep.txt"]
 
 
+@pytest.mark.parametrize("flag", ["--workers", "--threads"])
+def test_a_refused_flag_leaves_even_stale_temporaries_alone(flag, results, capsys):
+    leftover = results / f".run.json.{claims.host_tag()}@{_dead_pid()}.abc.tmp"  # a killed write's, removable
+    results.mkdir()
+    leftover.write_text("{")
+    assert run_cli(*TINY, "--results", results, flag, "0") == 2
+    err = capsys.readouterr().err
+    assert f"{flag} must be 1 or more, got 0" in err and len(err.strip().splitlines()) == 1
+    assert [p.name for p in results.iterdir()] == [leftover.name], "refused up front: nothing written or removed"
+
+
 def run_interrupted(results, monkeypatch, *args: str) -> None:
     """A tiny run stopped by Ctrl-C (KeyboardInterrupt) right after its next experience's checkpoint."""
     save = ResultStore.save_progress
