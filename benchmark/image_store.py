@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from clipbench.streams import ImageSources
 
+from . import claims
 from .decode import Failure, UndecodableImages, decode_into
 from .preprocess import Preprocess
 from .store import atomic_write_json
@@ -130,7 +131,9 @@ class ImageStore:
     def _decode(self, sources: ImageSources, preprocess: Preprocess, data: Path, meta: Path, desc: str) -> None:
         global _JOB
         shape = (len(sources), 3, *preprocess.size)
-        tmp = data.with_name(f".{data.name}.{os.getpid()}.tmp")
+        # named as the result store names its temporaries (host and pid): a runner starting on the folder
+        # removes it once this process is gone (`store.remove_stale_temporaries`), never while it decodes
+        tmp = data.with_name(f".{data.name}.{claims.host_tag()}@{os.getpid()}.decoding.tmp")
         try:
             if len(sources):
                 np.memmap(tmp, dtype=np.uint8, mode="w+", shape=shape).flush()

@@ -88,14 +88,20 @@ def run_interrupted(results, monkeypatch, *args: str) -> None:
         assert run_cli(*TINY, "--results", results, "--quiet", "--set", *SMALL, *args) == 130
 
 
-def test_records_checkpoints_and_caches_follow_the_umask(results, monkeypatch):
-    leftover = results / "cache" / f".row0-0.json.{claims.host_tag()}@{_dead_pid()}.abc.tmp"  # a killed write's
-    leftover.parent.mkdir(parents=True)
-    leftover.write_text("{")
+def test_records_checkpoints_and_caches_follow_the_umask(results, tmp_path, monkeypatch):
+    dead = f"{claims.host_tag()}@{_dead_pid()}"
+    leftover = results / "cache" / f".row0-0.json.{dead}.abc.tmp"  # a killed write's
+    # and a killed decode's, in a decoded-image store kept outside the results folder
+    images = tmp_path / "shared-cache" / "images" / f".0123abcd.u8.{dead}.decoding.tmp"
+    for path in (leftover, images):
+        path.parent.mkdir(parents=True)
+        path.write_text("{")
+    monkeypatch.setenv("CLIPBENCH_CACHE", str(tmp_path / "shared-cache"))
     old = os.umask(0o022)
     try:
         run_interrupted(results, monkeypatch)  # to see the checkpoint too
         assert not leftover.exists(), "a runner starting on the folder removes a dead writer's temporary file"
+        assert not images.exists(), "... and those of its decoded-image store"
         [checkpoint] = results.glob("runs/**/checkpoint.pt")
         assert stat.S_IMODE(checkpoint.stat().st_mode) == 0o644
         assert run_cli(*TINY, "--results", results, "--quiet", "--set", *SMALL) == 0

@@ -6,6 +6,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import signal
 
 import numpy as np
 import pytest
@@ -90,6 +91,38 @@ def test_undecodable_files_leave_nothing_in_the_store(files, tmp_path):
         store.get(ImageSources(FileReader(), files + bad), PRE)
     assert all(str(p) in str(err.value) for p in bad) and "2 image(s) cannot be decoded" in str(err.value)
     assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file() and p.suffix != ".lock"]
+
+
+def _killed_while_decoding(cache, files):
+    import clipbench.image_store as image_store
+
+    def decode_then_die(*args):
+        image_store.decode_into.__wrapped__(*args)
+        os.kill(os.getpid(), signal.SIGKILL)  # kill -9 after the first chunk, the temporary file half written
+
+    decode_then_die.__wrapped__ = image_store.decode_into
+    image_store.decode_into = decode_then_die
+    ImageStore(cache, workers=1).get(ImageSources(FileReader(), files * 4), PRE)
+
+
+def test_a_decode_killed_midway_leaves_a_temporary_the_next_runner_removes(files, tmp_path):
+    from clipbench.store import remove_stale_temporaries
+
+    child = multiprocessing.get_context("fork").Process(target=_killed_while_decoding, args=(tmp_path / "cache", files))
+    child.start()
+    child.join(timeout=300)
+    assert child.exitcode == -signal.SIGKILL
+    [left] = (tmp_path / "cache").rglob("*.tmp")
+    size = len(files) * 4 * 3 * 48 * 48
+    assert left.stat().st_size == size
+    live = left.with_name(left.name.replace(f"@{child.pid}.", f"@{os.getpid()}."))  # the same, by a live decoder
+    shutil.copy(left, live)
+    assert remove_stale_temporaries(tmp_path) == (1, size)
+    assert not left.exists() and live.exists()
+    live.unlink()
+    store = ImageStore(tmp_path / "cache", workers=1)  # the set was never finished: decoded again
+    assert torch.equal(store.get(ImageSources(FileReader(), files * 4), PRE)[:len(files)],
+                       decode(ImageSources(FileReader(), files), PRE))
 
 
 def test_joined_images_slice_as_one_tensor_would():
