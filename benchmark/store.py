@@ -197,7 +197,8 @@ class ResultStore:
                 if not isinstance(state, dict) or not {"spec_id", "completed", "raw", "model", "method"} <= set(state):
                     raise ValueError("not a clipbench checkpoint")
             except Exception as err:  # torch raises RuntimeError, EOFError, UnpicklingError, ... on a damaged file
-                why = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                # torch's first sentence says what is wrong; the rest is advice about saving
+                why = str(err).strip().splitlines()[0].split(". ")[0] if str(err).strip() else type(err).__name__
         if progress.is_file() and self.progress(spec) is None and why is None:
             _warn(f"progress file {progress} cannot be read; the run "
                   + ("resumes from its checkpoint" if state is not None else "starts from its first experience")

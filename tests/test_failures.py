@@ -130,6 +130,7 @@ def test_unreadable_progress_or_checkpoint_is_named_and_the_rerun_completes(resu
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"clipbench: warning: checkpoint {checkpoint} cannot be read (")
     assert err[0].endswith("removed: the run restarts from its first experience")
+    assert "If you are seeing this error" not in err[0], "torch's cause, without its advice about saving"
     [record] = records(results).values()
     assert record["status"] == "complete" and len(record["raw"]["acc_matrix"]) == 4
     assert not checkpoint.exists() and not progress.exists()
