@@ -34,7 +34,7 @@ from tabulate import tabulate
 from clipbench.protocols.metrics import BATCH1_SUFFIX, METRICS, Metric, compute_metrics, headline_metrics, metric_of
 
 from .errors import ClipbenchError, unknown_name_error
-from .store import ResultStore
+from .store import SPEC_KEYS, ResultStore
 from .yamlio import load_yaml
 
 BOLD_LEVEL = 0.05  # one-sided Welch's t-test: bold unless significantly worse than the column's best
@@ -43,7 +43,6 @@ BOLD_RULE = (f"**Bold**: not significantly worse than the column's best mean (We
 COST_COLUMNS = [("trainable_params", "trainable params"), ("extra_memory_mb", "extra mem (MB)"),
                 ("peak_mb", "peak mem (MB)"), ("hours", "wall (h)")]
 LABEL_KEYS = 3  # settings named in a row label before "+N more"
-SPEC_KEYS = ("suite", "protocol", "method", "seed")  # what a record's spec must hold besides model.arch
 
 
 def escape(text: Any) -> str:
@@ -131,19 +130,9 @@ def _costs(record: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def _run(path: Path, record: Dict[str, Any]) -> Dict[str, Any]:
-    """The parts of a complete record the tables need; its metrics recomputed from `raw` with the current
-    code. Raises ValueError naming what is missing when the record lacks what every table needs."""
-    spec = record.get("spec")
-    if not isinstance(spec, dict):
-        raise ValueError("no spec")
-    for key in SPEC_KEYS:
-        if key not in spec:
-            raise ValueError(f"no spec.{key}")
-    if not isinstance(spec.get("model"), dict) or "arch" not in spec["model"]:
-        raise ValueError("no spec.model.arch")
-    raw = record.get("raw")
-    if not isinstance(raw, dict) or not raw.get("acc_matrix"):
-        raise ValueError("no raw accuracy matrix")
+    """The parts of a complete record the tables need (the store has checked it holds them); its metrics
+    recomputed from `raw` with the current code. Raises ValueError when they cannot be."""
+    spec, raw = record["spec"], record["raw"]
     try:
         metrics = compute_metrics(raw, reported_metrics(spec["protocol"]))["values"]
     except (KeyError, IndexError, TypeError, ValueError, ZeroDivisionError) as err:

@@ -97,8 +97,29 @@ def _warn(message: str) -> None:
     print(f"clipbench: warning: {message}", file=sys.stderr, flush=True)
 
 
+SPEC_KEYS = ("suite", "protocol", "method", "seed")  # what a complete record's spec holds besides model.arch
+
+
+def _incomplete_parts(record: Dict[str, Any]) -> Optional[str]:
+    """What a record that says `complete` lacks of what every table needs (its spec and raw accuracy matrix)."""
+    spec = record.get("spec")
+    if not isinstance(spec, dict):
+        return "no spec"
+    for key in SPEC_KEYS:
+        if key not in spec:
+            return f"no spec.{key}"
+    if not isinstance(spec.get("model"), dict) or "arch" not in spec["model"]:
+        return "no spec.model.arch"
+    raw = record.get("raw")
+    if not isinstance(raw, dict) or not raw.get("acc_matrix"):
+        return "no raw accuracy matrix"
+    return None
+
+
 def read_record_file(path: Path) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
-    """(record, None) for a readable run record, (None, why) for one that cannot be read."""
+    """(record, None) for a readable run record, (None, why) for one that cannot be read: not JSON, not an
+    object, or `complete` without the spec and raw results a table needs (so `status`, `run` and the
+    leaderboard all call it corrupt)."""
     try:
         record = json.loads(Path(path).read_text())
     except OSError as err:
@@ -107,7 +128,8 @@ def read_record_file(path: Path) -> Tuple[Optional[Dict[str, Any]], Optional[str
         return None, f"not valid JSON ({err})"
     if not isinstance(record, dict):
         return None, "not a JSON object"
-    return record, None
+    missing = _incomplete_parts(record) if record.get("status") == "complete" else None
+    return (None, f"complete but {missing}") if missing else (record, None)
 
 
 class ResultStore:

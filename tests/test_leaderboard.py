@@ -252,7 +252,7 @@ def test_corrupt_record_is_named_never_dropped(demo, tmp_path, capsys):
     assert run_cli("leaderboard", "--results", demo, "--out", out) == 0
     err = capsys.readouterr().err
     assert f"corrupt record {broken}: not valid JSON" in err
-    assert "runs/proto/beta/odd/run.json: no spec.seed" in err
+    assert "runs/proto/beta/odd/run.json: complete but no spec.seed" in err
     text = (out / "demo.md").read_text()
     section = text.split("## Records that could not be read")[1]
     assert "runs/proto/alpha/r0/run.json" in section and "no spec.seed" in section

@@ -49,21 +49,32 @@ def test_raw_holds_per_class_accuracy_over_all_classes_per_row(results):
     assert METRICS.get("ut_acc").compute(raw)["ut_acc"] == pytest.approx(acc)
 
 
-def test_corrupt_record_is_reported_by_status_and_leaderboard(results, capsys):
-    assert run_cli("run", "--method", "zeroshot", "--protocol", "tiny_shapes", "--suite", "tiny", "--results", results,
-                   "--quiet") == 0
+def _truncate(text: str) -> str:
+    return text[:-200]
+
+
+def _drop_raw(text: str) -> str:  # valid JSON that says complete, without what a table needs
+    return json.dumps({k: v for k, v in json.loads(text).items() if k != "raw"})
+
+
+@pytest.mark.parametrize("damage, why", [(_truncate, "not valid JSON"),
+                                         (_drop_raw, "complete but no raw accuracy matrix")])
+def test_corrupt_record_is_reported_by_status_and_leaderboard(damage, why, results, capsys):
+    run = ["run", "--method", "zeroshot", "--protocol", "tiny_shapes", "--suite", "tiny", "--results", results, "--quiet"]
+    assert run_cli(*run) == 0
     [path] = sorted(results.glob("runs/**/run.json"))
-    path.write_text(path.read_text()[:-200])  # truncated
+    path.write_text(damage(path.read_text()))
     capsys.readouterr()
     assert run_cli("status", "--suite", "tiny", "--results", results) == 0
     out = capsys.readouterr().out
     line = next(l for l in out.splitlines() if "zeroshot" in l and "tiny_shapes " in l)
-    assert line.split()[0] == "corrupt" and str(path) in line and "not valid JSON" in line
+    assert line.split()[0] == "corrupt" and str(path) in line and why in line
     assert "1 corrupt" in out
     assert run_cli("leaderboard", "--results", results, "--print") == 0
     captured = capsys.readouterr()
-    assert f"corrupt record {path}" in captured.err and "No complete runs found" in captured.out
+    assert f"corrupt record {path}" in captured.err and why in captured.err and "No complete runs found" in captured.out
     assert load(results).corrupt[0][0].endswith("run.json")
+    assert run_cli(*run) == 0 and json.loads(path.read_text())["status"] == "complete"  # `run` redoes it
 
 
 def test_per_class_accuracy_scores_every_class():
