@@ -262,6 +262,10 @@ def _check_builder_params(doc: Dict[str, Any], where: Where, path: Path) -> None
         return
     check_fields(declared, params, f"the params of builder '{doc['builder']}'",
                  lambda key: _at(where, path, "params", str(key)))
+    from .formats import check_spec, dataset_specs_in
+
+    for keys, spec in dataset_specs_in(params):  # and the keys inside every dataset spec
+        check_spec(spec, lambda key, keys=keys: _at(where, path, "params", *keys, *((key,) if key else ())))
     missing = [k for k in getattr(declared, "REQUIRED", ()) if k not in params]
     if missing:
         raise ClipbenchError(f"{_at(where, path, 'params')}: builder '{doc['builder']}' needs params: {', '.join(missing)}")

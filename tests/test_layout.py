@@ -80,6 +80,8 @@ def test_protocols_has_no_vague_module_names():
 
 def _extend_package(monkeypatch, registry, package, folder: Path) -> None:
     """Make `folder` part of `package` and let `registry` discover again, leaving the real one as it was."""
+    # discover the real modules first: imported during the test, they would never register again after it
+    registry.names()
     monkeypatch.setattr(package, "__path__", list(package.__path__) + [str(folder)])
     monkeypatch.setattr(registry, "_items", dict(registry._items))
     monkeypatch.setattr(registry, "_discovered", False)

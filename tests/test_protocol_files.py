@@ -91,6 +91,30 @@ def test_protocol_file_mistakes_name_file_line_and_fix(tmp_path, text, message):
         load_protocol_file(_protocol_file(tmp_path, text))
 
 
+FOLDER = ("name: mine\nversion: 1\nkind: class_incremental\nbuilder: datasets\nparams:\n  target:\n"
+          "    adapter: image_folder\n    root: /data/mine\n")
+
+
+@pytest.mark.parametrize("text, message", [
+    # a misspelt key inside a dataset spec would be ignored: the run would measure other data than the file says
+    (FOLDER + "    test_fration: 0.2\n", r"mine.yaml:9: unknown key 'test_fration' in a dataset spec of format "
+                                        r"'image_folder'. Did you mean 'test_fraction'\?"),
+    (FOLDER + "    trian_root: /data/train\n", r"mine.yaml:9: unknown key 'trian_root' .*Did you mean 'train_root'\?"),
+    (FOLDER + "  zeroshot:\n    other:\n      adapter: csv\n      list: a.csv\n      templats: ['{c}']\n",
+     r"mine.yaml:13: unknown key 'templats' in a dataset spec of format 'csv'. Did you mean 'templates'\?"),
+    (FOLDER.replace("image_folder", "image_fodler"), r"mine.yaml:7: unknown dataset format 'image_fodler'"),
+])
+def test_dataset_spec_mistakes_name_file_line_and_fix(tmp_path, text, message):
+    with pytest.raises(ClipbenchError, match=message):
+        load_protocol_file(_protocol_file(tmp_path, text))
+
+
+def test_every_key_a_format_reads_is_accepted(tmp_path):
+    text = FOLDER + ("    train_root: /data/train\n    test_root: /data/test\n    class_ids: [a, b]\n"
+                     "    limit_per_class: 3\n    templates: ['{c}']\n    names: [A, B]\n")
+    assert load_protocol_file(_protocol_file(tmp_path, text)).params["target"]["limit_per_class"] == 3
+
+
 def test_required_builder_params(tmp_path):
     text = "name: mine\nversion: 1\nkind: class_incremental\nbuilder: datasets\nparams:\n  n_experiences: 2\n"
     with pytest.raises(ClipbenchError, match=r"mine.yaml:5: builder 'datasets' needs params: target"):

@@ -43,7 +43,9 @@ class Format:
     - `path_keys`: the spec keys that hold paths (what `--dry-run` checks and the data fingerprint reads);
     - `how`: how to get the data, said when it is missing;
     - `fetch(spec, data_root)`: download when the spec says `download: true` (optional);
-    - `read_paths(spec, data_root)`: the files and folders the format reads, when narrower than `path_keys`.
+    - `read_paths(spec, data_root)`: the files and folders the format reads, when narrower than `path_keys`;
+    - `keys`: the other spec keys it reads (besides `COMMON_KEYS` and `path_keys`);
+    - `split_keys`: suffixes of keys it reads per split, e.g. `_root` for `train_root` and `test_root`.
     """
 
     name: str
@@ -53,6 +55,8 @@ class Format:
     captioned: Optional[Callable[[Spec, Optional[str]], CaptionedImages]] = None
     fetch: Optional[Callable[[Spec, Optional[str]], None]] = None
     read_paths: Optional[Callable[[Spec, Optional[str]], List[Path]]] = None
+    keys: Tuple[str, ...] = ()
+    split_keys: Tuple[str, ...] = ()
 
 
 FORMATS: Registry[Format] = Registry("dataset format", "clipbench.protocols.formats")
@@ -67,6 +71,38 @@ def get_format(spec: Spec) -> Format:
     if "adapter" not in spec:
         raise ClipbenchError(f"dataset spec {spec} names no `adapter` (one of {', '.join(FORMATS.names())})")
     return FORMATS.get(spec["adapter"])
+
+
+# keys any dataset spec may hold, read around its format (`builders/dataset_specs.py`, the builders)
+COMMON_KEYS = ("adapter", "how", "download", "names", "templates", "split", "folds", "test_fraction", "whole_split")
+SPLITS = ("train", "test", "val", "all")  # the splits a per-split key may name (and the spec's own `split`)
+
+
+def check_spec(spec: Spec, where: Callable[[Optional[str]], str]) -> None:
+    """Every key of a dataset spec is one its format reads: a typo (`test_fration`) would otherwise be
+    ignored and the run would measure other data than the file says. One line naming the place
+    (`where(key)`: file and line; `where(None)`: the spec's), the key and the nearest known key."""
+    from clipbench.types import unknown_key
+
+    try:
+        fmt = get_format(spec)
+    except ClipbenchError as err:
+        raise ClipbenchError(f"{where('adapter')}: {err}") from None
+    splits = SPLITS + ((str(spec["split"]),) if "split" in spec else ())
+    known = [*COMMON_KEYS, *fmt.path_keys, *fmt.keys, *(s + suffix for s in splits for suffix in fmt.split_keys)]
+    for key in spec:
+        if key not in known:
+            raise unknown_key(str(key), known, f"a dataset spec of format '{fmt.name}'", where(str(key)))
+
+
+def dataset_specs_in(value: Any, path: Tuple[str, ...] = ()) -> List[Tuple[Tuple[str, ...], Spec]]:
+    """(key path, spec) of every dataset spec (a mapping with an `adapter`) inside builder params."""
+    if isinstance(value, dict):
+        found = [(path, value)] if "adapter" in value else []
+        return found + [hit for k, v in value.items() if k != "adapter" for hit in dataset_specs_in(v, path + (str(k),))]
+    if isinstance(value, list):
+        return [hit for i, v in enumerate(value) for hit in dataset_specs_in(v, path + (str(i),))]
+    return []
 
 
 def resolve(data_root: Optional[str], value: Any) -> Path:

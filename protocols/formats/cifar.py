@@ -68,4 +68,5 @@ def read_paths(spec: Spec, data_root: Optional[str]) -> List[Path]:
     return [_folder(resolve(data_root, spec["root"]), int(spec.get("variant", 100)))]
 
 
-register_format(Format("cifar", HOW, ("root",), labelled=labelled, fetch=fetch, read_paths=read_paths))
+register_format(Format("cifar", HOW, ("root",), labelled=labelled, fetch=fetch, read_paths=read_paths,
+                       keys=("variant",)))

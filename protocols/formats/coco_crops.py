@@ -42,4 +42,5 @@ def labelled(spec: Spec, split: str, data_root: Optional[str]) -> Labelled:
                 spec.get(f"{split}_limit"))
 
 
-register_format(Format("coco_crops", HOW, ("root",), labelled=labelled))
+register_format(Format("coco_crops", HOW, ("root",), labelled=labelled, keys=("min_area",),
+                       split_keys=("_split", "_limit")))

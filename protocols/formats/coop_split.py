@@ -74,4 +74,5 @@ def labelled(spec: Spec, split: str, data_root: Optional[str]) -> Labelled:
                 str(spec.get(f"{split}_split", split)))
 
 
-register_format(Format("coop_split", HOW, ("split_file", "images"), labelled=labelled))
+register_format(Format("coop_split", HOW, ("split_file", "images"), labelled=labelled,
+                       split_keys=("_split",)))

@@ -51,4 +51,5 @@ def fetch(spec: Spec, data_root: Optional[str]) -> None:
         download_with(lambda: cls(root=str(folder.parent.parent), download=True), folder)
 
 
-register_format(Format("image_folder", HOW, ("root", "class_ids_file"), labelled=labelled, fetch=fetch))
+register_format(Format("image_folder", HOW, ("root", "class_ids_file"), labelled=labelled, fetch=fetch,
+                       keys=("class_ids", "limit_per_class", "torchvision"), split_keys=("_root",)))

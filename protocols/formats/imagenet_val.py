@@ -59,4 +59,5 @@ def labelled(spec: Spec, split: str, data_root: Optional[str]) -> Labelled:
     return read(resolve(data_root, spec["images"]), resolve(data_root, spec["index_file"]), class_ids(spec, data_root))
 
 
-register_format(Format("imagenet_val", HOW, ("images", "index_file", "class_ids_file"), labelled=labelled))
+register_format(Format("imagenet_val", HOW, ("images", "index_file", "class_ids_file"), labelled=labelled,
+                       keys=("class_ids",)))

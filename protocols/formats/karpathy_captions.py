@@ -40,4 +40,5 @@ def captioned(spec: Spec, data_root: Optional[str]) -> CaptionedImages:
                 spec.get("limit"))
 
 
-register_format(Format("karpathy_captions", HOW, ("split_json", "image_root"), captioned=captioned))
+register_format(Format("karpathy_captions", HOW, ("split_json", "image_root"), captioned=captioned,
+                       keys=("limit",)))

@@ -83,4 +83,5 @@ def read_paths(spec: Spec, data_root: Optional[str]) -> List[Path]:
 
 
 for _name in ("csv", "jsonl"):
-    register_format(Format(_name, HOW, ("list",), labelled=labelled, captioned=captioned, read_paths=read_paths))
+    register_format(Format(_name, HOW, ("list",), labelled=labelled, captioned=captioned, read_paths=read_paths,
+                           split_keys=("_list",)))

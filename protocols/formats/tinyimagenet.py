@@ -83,4 +83,4 @@ def labelled(spec: Spec, split: str, data_root: Optional[str]) -> Labelled:
     return read(resolve(data_root, spec["root"]), split, spec.get("names_by_wnid"))
 
 
-register_format(Format("tinyimagenet", HOW, ("root",), labelled=labelled))
+register_format(Format("tinyimagenet", HOW, ("root",), labelled=labelled, keys=("names_by_wnid",)))

@@ -101,4 +101,5 @@ def read_paths(spec: Spec, data_root: Optional[str]) -> List[Path]:
     return [root / FOLDERS[spec["name"]]] if spec.get("name") in FOLDERS else [root]
 
 
-register_format(Format("torchvision", HOW, ("root",), labelled=labelled, read_paths=read_paths))
+register_format(Format("torchvision", HOW, ("root",), labelled=labelled, read_paths=read_paths, keys=("name",),
+                       split_keys=("_split", "_limit")))
