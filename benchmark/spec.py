@@ -275,6 +275,8 @@ def resolve_specs(suite: SuiteDef, method_cls: Any, protocol: ProtocolDef, seeds
     config_values = deep_merge(method_cls.config_fields(), own)
     config = method_cls.Config(**config_values)  # validates (e.g. `part`)
     params = deep_merge(protocol.params, settings["protocols"].get(protocol.name, {}))
+    if params != protocol.params:  # a dataset spec set by the suite's settings, --config or --set
+        protocol.check_dataset_specs(params, "the suite's settings, --config or --set")
     data = protocol.data_fingerprint(settings["data_root"], params, fingerprints)
     code = code_versions(protocol)
     return [

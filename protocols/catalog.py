@@ -99,6 +99,14 @@ class ProtocolDef:
         """The dataclass declaring the builder's parameters (None when it declares none)."""
         return getattr(BUILDERS.get(self.builder), "params", None)
 
+    def check_dataset_specs(self, params: Dict[str, Any], source: str) -> None:
+        """Every key inside the dataset specs of `params` (this protocol's, with settings from `source` applied)
+        is one its format reads (files are checked line by line when read; this covers settings)."""
+        from .formats import check_spec, dataset_specs_in
+
+        for keys, spec in dataset_specs_in(params):
+            check_spec(spec, lambda key, keys=keys: f"{source}: protocols.{self.name}." + ".".join((*keys, key or "")).rstrip("."))
+
     def builder_version(self) -> int:
         return int(getattr(BUILDERS.get(self.builder), "version", 1))
 

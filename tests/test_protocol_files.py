@@ -109,6 +109,17 @@ def test_dataset_spec_mistakes_name_file_line_and_fix(tmp_path, text, message):
         load_protocol_file(_protocol_file(tmp_path, text))
 
 
+def test_dataset_spec_key_set_on_the_command_line_is_checked(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv(catalog.INCLUDE_ENV, "")  # restored after the test, whatever the CLI adds
+    path = _protocol_file(tmp_path, FOLDER)
+    results = tmp_path / "results"
+    assert run_cli("run", "--method", "zeroshot", "--suite", "tiny", "--protocol", path, "--results", results,
+                   "--set", "protocols.mine.target={test_fration: 0.3}") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "protocols.mine.target.test_fration" in err
+    assert "Did you mean 'test_fraction'?" in err and not results.exists()
+
+
 def test_every_key_a_format_reads_is_accepted(tmp_path):
     text = FOLDER + ("    train_root: /data/train\n    test_root: /data/test\n    class_ids: [a, b]\n"
                      "    limit_per_class: 3\n    templates: ['{c}']\n    names: [A, B]\n")
