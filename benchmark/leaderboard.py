@@ -654,7 +654,7 @@ def write(results: Path, out: Path, suite: Optional[str] = None) -> List[Path]:
                          f"Every metric and each row's accuracy matrix: [{escape(protocol)}]({page}).\n\n"
                          f"![curves of target accuracy and zero-shot retention]({pic})\n")
             put(out / page, protocol_page(proto, out))
-            written.extend(sorted((out / slug(suite_name) / slug(protocol)).glob("*.png")))
+            written.extend(out / slug(suite_name) / slug(protocol) / f"{e.file_stem}.png" for e in proto)  # its heatmaps
         parts += reported_tables(reported, suite_entries, suite_name, notes)
         corrupt = _corrupt_of(loaded.corrupt, set(protocols), all_protocols)
         if corrupt:
@@ -663,7 +663,17 @@ def write(results: Path, out: Path, suite: Optional[str] = None) -> List[Path]:
             parts.append(notes.render() + "\n")
         parts.append(provenance_footer([r for e in suite_entries for r in e.runs]) + "\n")
         put(out / f"{slug(suite_name)}.md", "\n".join(parts))
+        _prune(out / slug(suite_name), written)
     return written
+
+
+def _prune(folder: Path, written: Sequence[Path]) -> None:
+    """Remove the pages and pictures under a suite's folder that this write did not make: those of runs,
+    methods or protocols no longer in the records (they are generated files; the records are the data)."""
+    keep = {p.resolve() for p in written}
+    for path in folder.rglob("*"):
+        if path.is_file() and path.suffix in (".md", ".png") and path.resolve() not in keep:
+            path.unlink()
 
 
 def protocol_page(entries: Sequence[Entry], out: Path) -> str:

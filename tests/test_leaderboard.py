@@ -3,6 +3,7 @@ metrics and mean rank, metrics recomputed from raw, reported rows beside the met
 corrupt records, --check."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -231,6 +232,19 @@ def test_pictures_open_and_match_the_pages(demo, tmp_path):
     alpha = page.split("### alpha")[1]
     last_row = next(l for l in alpha.splitlines() if l.startswith("| 2 "))
     assert [c.strip() for c in last_row.strip("|").split("|")] == ["2", "0.720", "0.920"]  # mean of 0.82 -/+ 0.1
+
+
+def test_rewriting_removes_the_pictures_and_pages_of_runs_gone(demo, tmp_path):
+    out = tmp_path / "lb"
+    write(demo, out)
+    (out / "notes.txt").write_text("mine")  # not a generated page or picture: kept
+    for path in demo.glob("runs/proto/gamma/*"):
+        shutil.rmtree(path)
+    write(demo, out)
+    assert not [p for p in out.rglob("*") if "gamma" in p.name]
+    assert len(list((out / "demo" / "proto").glob("*.png"))) == 3 and (out / "notes.txt").exists()
+    (out / "notes.txt").unlink()
+    assert run_cli("leaderboard", "--results", demo, "--out", out, "--check") == 0  # as a fresh write
 
 
 def test_check_passes_then_catches_a_stale_file(demo, tmp_path, capsys):
