@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from helpers import SMALL, records, run_cli, snapshot
 
@@ -38,6 +39,8 @@ def test_run_all_tiny_writes_complete_records_then_rewrites_nothing(results, cap
         prov = rec["provenance"]
         assert {"git_commit", "git_dirty", "versions", "device", "precision", "argv", "started", "ended"} <= set(prov)
         assert {"python", "torch", "open_clip", "avalanche", "clipbench"} <= set(prov["versions"])
+        # the kernel family a CPU run is bit-exact on
+        assert prov["cpu"]["torch_capability"] == torch.backends.cpu.get_cpu_capability() and prov["cpu"]["model"]
     before = snapshot(results)
     assert run_cli("run", "--all", "--suite", "tiny", "--protocol", "tiny_shapes_til", "--results", results,
                    "--set", *small) == 0

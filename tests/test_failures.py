@@ -242,8 +242,10 @@ def test_costs_accumulate_over_the_processes_of_a_resumed_run(results, monkeypat
 def test_ctrl_c_is_one_line_exit_130_and_the_run_resumes(results):
     args = [*TINY, "--quiet", "--results", str(results), "--set", "train.epochs=12",
             "protocols.tiny_shapes.train_per_class=16"]
+    # SIGINT as a terminal has it, even when the tests themselves run in the background (which ignores it)
     proc = subprocess.Popen([sys.executable, "-m", "clipbench.cli", *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and not list(results.glob("runs/**/progress.json")):
         time.sleep(0.02)

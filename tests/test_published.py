@@ -5,9 +5,10 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import run_cli
 
-from clipbench.published import SAMPLE, check, compare
+from clipbench.published import SAMPLE, check, compare, main, made_on
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,6 +38,23 @@ def test_check_reruns_a_record_and_names_every_difference(tmp_path):
     problems = compare(changed, rerun)
     assert f"setting train.lr 0.5 vs {rerun['spec']['train']['lr']!r}" in problems
     assert "metric zs_acc only in the rerun" in problems
+
+
+def test_a_difference_made_on_another_kernel_family_says_so(tmp_path, capsys):
+    published = tmp_path / "published"
+    assert run_cli("run", "--method", "finetune", "--protocol", "tiny_shapes", "--suite", "tiny", "--quiet",
+                   "--results", published) == 0
+    sample = ["finetune:tiny_shapes:0"]
+    assert made_on(published, [("finetune", "tiny_shapes", 0)]) == {torch.backends.cpu.get_cpu_capability()}
+    [path] = published.glob("runs/**/run.json")
+    record = json.loads(path.read_text())
+    record["provenance"]["cpu"]["torch_capability"] = "AVX512"  # as if made on another machine
+    record["raw"]["acc_matrix"][-1][0] += 0.01  # ... whose rounding moved a number
+    path.write_text(json.dumps(record))
+    assert main(["--published", str(published), "--sample", *sample]) == 1
+    out = capsys.readouterr().out
+    assert "metric last: published" in out
+    assert f"made on AVX512 kernels, this machine has {torch.backends.cpu.get_cpu_capability()}" in out
 
 
 @pytest.mark.slow
