@@ -102,10 +102,9 @@ class ProtocolDef:
     def check_dataset_specs(self, params: Dict[str, Any], source: str) -> None:
         """Every key inside the dataset specs of `params` (this protocol's, with settings from `source` applied)
         is one its format reads (files are checked line by line when read; this covers settings)."""
-        from .formats import check_spec, dataset_specs_in
+        from .formats import check_dataset_specs
 
-        for keys, spec in dataset_specs_in(params):
-            check_spec(spec, lambda key, keys=keys: f"{source}: protocols.{self.name}." + ".".join((*keys, key or "")).rstrip("."))
+        check_dataset_specs(params, lambda keys: f"{source}: protocols.{self.name}." + ".".join(keys))
 
     def builder_version(self) -> int:
         return int(getattr(BUILDERS.get(self.builder), "version", 1))
@@ -270,10 +269,9 @@ def _check_builder_params(doc: Dict[str, Any], where: Where, path: Path) -> None
         return
     check_fields(declared, params, f"the params of builder '{doc['builder']}'",
                  lambda key: _at(where, path, "params", str(key)))
-    from .formats import check_spec, dataset_specs_in
+    from .formats import check_dataset_specs
 
-    for keys, spec in dataset_specs_in(params):  # and the keys inside every dataset spec
-        check_spec(spec, lambda key, keys=keys: _at(where, path, "params", *keys, *((key,) if key else ())))
+    check_dataset_specs(params, lambda keys: _at(where, path, "params", *keys))  # and inside every dataset spec
     missing = [k for k in getattr(declared, "REQUIRED", ()) if k not in params]
     if missing:
         raise ClipbenchError(f"{_at(where, path, 'params')}: builder '{doc['builder']}' needs params: {', '.join(missing)}")

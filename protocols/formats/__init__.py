@@ -78,10 +78,10 @@ COMMON_KEYS = ("adapter", "how", "download", "names", "templates", "split", "fol
 SPLITS = ("train", "test", "val", "all")  # the splits a per-split key may name (and the spec's own `split`)
 
 
-def check_spec(spec: Spec, where: Callable[[Optional[str]], str]) -> None:
+def check_spec(spec: Spec, where: Callable[[str], str]) -> None:
     """Every key of a dataset spec is one its format reads: a typo (`test_fration`) would otherwise be
-    ignored and the run would measure other data than the file says. One line naming the place
-    (`where(key)`: file and line; `where(None)`: the spec's), the key and the nearest known key."""
+    ignored and the run would measure other data than the file says. One line naming the place of the
+    key (`where(key)`, e.g. its file and line), the key and the nearest known key."""
     from clipbench.types import unknown_key
 
     try:
@@ -95,13 +95,20 @@ def check_spec(spec: Spec, where: Callable[[Optional[str]], str]) -> None:
             raise unknown_key(str(key), known, f"a dataset spec of format '{fmt.name}'", where(str(key)))
 
 
-def dataset_specs_in(value: Any, path: Tuple[str, ...] = ()) -> List[Tuple[Tuple[str, ...], Spec]]:
+def check_dataset_specs(params: Dict[str, Any], where: Callable[[Tuple[str, ...]], str]) -> None:
+    """`check_spec` on every dataset spec inside builder params; `where(key path)` names a key's place
+    (the path from the params down to the key, e.g. ("zeroshot", "other", "templats"))."""
+    for path, spec in _dataset_specs_in(params):
+        check_spec(spec, lambda key, path=path: where((*path, key)))
+
+
+def _dataset_specs_in(value: Any, path: Tuple[str, ...] = ()) -> List[Tuple[Tuple[str, ...], Spec]]:
     """(key path, spec) of every dataset spec (a mapping with an `adapter`) inside builder params."""
     if isinstance(value, dict):
         found = [(path, value)] if "adapter" in value else []
-        return found + [hit for k, v in value.items() if k != "adapter" for hit in dataset_specs_in(v, path + (str(k),))]
+        return found + [hit for k, v in value.items() if k != "adapter" for hit in _dataset_specs_in(v, path + (str(k),))]
     if isinstance(value, list):
-        return [hit for i, v in enumerate(value) for hit in dataset_specs_in(v, path + (str(i),))]
+        return [hit for i, v in enumerate(value) for hit in _dataset_specs_in(v, path + (str(i),))]
     return []
 
 
