@@ -34,10 +34,9 @@ from tqdm import tqdm
 
 from clipbench.streams import ImageSources
 
-from . import claims
 from .decode import Failure, UndecodableImages, decode_into
 from .preprocess import Preprocess
-from .store import atomic_write_json
+from .store import atomic_write_json, temporary_prefix
 
 STORE_VERSION = 1
 CHUNK = 64  # images per task handed to a worker: large enough to amortise the hand-off, small for progress
@@ -131,9 +130,8 @@ class ImageStore:
     def _decode(self, sources: ImageSources, preprocess: Preprocess, data: Path, meta: Path, desc: str) -> None:
         global _JOB
         shape = (len(sources), 3, *preprocess.size)
-        # named as the result store names its temporaries (host and pid): a runner starting on the folder
-        # removes it once this process is gone (`store.remove_stale_temporaries`), never while it decodes
-        tmp = data.with_name(f".{data.name}.{claims.host_tag()}@{os.getpid()}.decoding.tmp")
+        # named as the result store names its temporaries: removed by a later runner once this process is gone
+        tmp = data.with_name(f"{temporary_prefix(data)}decoding.tmp")
         try:
             if len(sources):
                 np.memmap(tmp, dtype=np.uint8, mode="w+", shape=shape).flush()

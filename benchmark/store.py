@@ -34,14 +34,18 @@ def _umask() -> int:
     return mask
 
 
+def temporary_prefix(path: Path) -> str:
+    """The name start of a temporary file written for `path`: `.<name>.<host tag>@<pid>.`; with it, a runner
+    starting on the folder removes the file once its writer is gone (`remove_stale_temporaries`)."""
+    return f".{path.name}.{claims.host_tag()}@{os.getpid()}."
+
+
 def _atomic_write(path: Path, write) -> None:
     """Write through `write(fh)` to a temporary file beside `path`, then rename it into place. A failed
     write (read-only folder, full disk) is one StorageError naming `path` and the cause."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        # the writer's host and pid in the name: a later runner removes it only once the writer is gone
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{claims.host_tag()}@{os.getpid()}.",
-                                   suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temporary_prefix(path), suffix=".tmp")
     except OSError as err:
         raise storage_error(path, err) from None
     try:
