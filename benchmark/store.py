@@ -184,9 +184,8 @@ class ResultStore:
         for path in sorted(self.run_dir(spec).parent.glob(f"seed{spec.seed}-*/run.json")):
             if path.parent == self.run_dir(spec):
                 continue
-            try:
-                record = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError):
+            record = read_record_file(path)[0]  # a corrupt one is never a stale twin
+            if record is None:
                 continue
             theirs = {k: v for k, v in record.get("spec", {}).items() if k not in ("data", "code")}
             if record.get("status") == "complete" and theirs == mine:
