@@ -38,6 +38,7 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+@lru_cache(maxsize=1)
 def cpu_kernels() -> Dict[str, Any]:
     """The CPU and the kernel family torch dispatches to on it (AVX512, AVX2, DEFAULT, ...). A CPU run is
     bit-exact only on the same family: another one rounds differently (measured on `prepare mini`'s
@@ -86,7 +87,7 @@ def collect(device: str, precision: str, argv: List[str]) -> Dict[str, Any]:
         "host": socket.gethostname(),
         "precision": precision,
         "torch_threads": torch.get_num_threads(),
-        "cpu": cpu_kernels(),
+        "cpu": dict(cpu_kernels()),  # read once per process; a copy, so a record never shares the cached dict
         "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
         "argv": list(argv),
     }

@@ -119,8 +119,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     for problem in problems:
         print(problem)
-    others = made_on(Path(args.published), sample) - {here["torch_capability"]}
-    if problems and others:  # another kernel family rounds differently: say so beside the differences
+    others = made_on(Path(args.published), sample) - {here["torch_capability"]} if problems else set()
+    if others:  # another kernel family rounds differently: say so beside the differences
         print(f"note: the published runs were made on {', '.join(sorted(others))} kernels, this machine has "
               f"{here['torch_capability']}; a CPU run is bit-exact only on the same kernel family")
     print(f"check-published: {len(sample)} sampled run(s) of {args.published}: "
