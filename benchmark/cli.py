@@ -161,9 +161,7 @@ def _cmd_list(args) -> int:
 def _cmd_run(args, argv: Sequence[str]) -> int:
     from clipbench.protocols.catalog import get_suite
 
-    from pathlib import Path
-
-    from .image_store import default_cache_dir
+    from .image_store import cache_dir
     from .plan import plan, shard
     from .runner import RunOptions, default_device, execute, unfinished
     from .store import ResultStore, remove_stale_temporaries
@@ -189,7 +187,7 @@ def _cmd_run(args, argv: Sequence[str]) -> int:
             raise ClipbenchError("--device cuda: no CUDA device is visible to torch; use --device cpu")
     if unfinished(specs, store)[0]:  # a finished grid needs no write: then a read-only folder is fine
         store.check_writable()
-        cache = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir(store.root)
+        cache = cache_dir(args.cache_dir, store.root)
         for folder in [store.root] + ([cache] if store.root.resolve() not in cache.resolve().parents else []):
             removed, freed = remove_stale_temporaries(folder)
             if removed:

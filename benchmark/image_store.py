@@ -52,6 +52,11 @@ def default_cache_dir(results: Optional[str | Path] = None) -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "clipbench"
 
 
+def cache_dir(explicit: Optional[str | Path], results: str | Path) -> Path:
+    """Where a run keeps decoded images: `--cache-dir` when given, else `default_cache_dir(results)`."""
+    return Path(explicit).expanduser() if explicit else default_cache_dir(results)
+
+
 def default_workers() -> int:
     """`$CLIPBENCH_WORKERS`, else every core this process may use."""
     if os.environ.get("CLIPBENCH_WORKERS", "").isdigit() and int(os.environ["CLIPBENCH_WORKERS"]) > 0:

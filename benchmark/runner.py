@@ -28,7 +28,7 @@ from .costs import PeakMemory, accumulated, peak_rss_mb, state_bytes
 from .decode import decode_streams
 from .errors import ClipbenchError, Diverged
 from .evaluator import Evaluator, Row, row_zero
-from .image_store import ImageStore, default_cache_dir
+from .image_store import ImageStore, cache_dir
 from .models import LoadedModel, load_model
 from .plan import method_registry
 from .spec import RunSpec
@@ -176,7 +176,7 @@ def _run_experiences(spec: RunSpec, store: ResultStore, device: str, progress: b
     if options.on_model_loaded is not None:
         options.on_model_loaded(loaded)
     # image files -> the model's own preprocessing, decoded once per machine and memory-mapped
-    images = ImageStore(options.cache_dir or default_cache_dir(store.root), options.workers, progress)
+    images = ImageStore(cache_dir(options.cache_dir, store.root), options.workers, progress)
     decode_streams(streams, loaded.preprocess, progress, store=images)
     model = CLIPClassifier(loaded, streams.class_names, streams.train_templates()).to(device)
     model.eval()
