@@ -94,6 +94,21 @@ def _parser() -> argparse.ArgumentParser:
     nw.add_argument("--captions", help="protocol: a CSV with the header image,caption (paths relative to it)")
     nw.add_argument("--out", help="protocol: the file to write (default: ./NAME.yaml)")
 
+    da = sub.add_parser("data", help="fetch, lay out and verify the datasets a suite reads")
+    da_sub = da.add_subparsers(dest="data_command", required=True)
+    for name, text in (("fetch", "download what can be downloaded (checksums checked), say what must be fetched by hand"),
+                       ("check", "for every dataset the suite reads: found, and whether it is the reference's split")):
+        d = da_sub.add_parser(name, help=text)
+        d.add_argument("--suite", default=DEFAULT_SUITE, help="suite name or file")
+        d.add_argument("--root", help="the data root (default: the suite's data_root)")
+        _include(d)
+        if name == "fetch":
+            d.add_argument("--only", nargs="+", action="extend", metavar="SOURCE", help="only these sources (e.g. cifar100)")
+            d.add_argument("--mirror", metavar="URL", help="fetch every file from URL/<file name> instead of its origin")
+            d.add_argument("--allow-unchecked", action="store_true",
+                           help="also fetch archives whose publisher gives no checksum (FGVC-Aircraft, Tiny ImageNet)")
+            d.add_argument("--workers", type=int, default=4, help="parallel downloads (default 4)")
+
     lb = sub.add_parser("leaderboard", help="markdown, CSV, JSON and pictures from the run records")
     lb.add_argument("--results", default=DEFAULT_RESULTS, help="folder holding runs/ (default: results)")
     lb.add_argument("--suite", help="only this suite (a name or a suite file)")
@@ -368,6 +383,24 @@ def _cmd_new(args) -> int:
     return 0
 
 
+def _cmd_data(args) -> int:
+    from clipbench.protocols.catalog import get_suite
+
+    root = args.root if args.root is not None else get_suite(args.suite).data_root
+    if args.data_command == "check":
+        from .data_check import check
+
+        return check(args.suite, root)
+    from .data_fetch import fetch
+
+    if args.workers < 1:
+        raise ClipbenchError(f"--workers must be 1 or more, got {args.workers}")
+    if args.mirror and not args.mirror.startswith(("http://", "https://", "file://")):
+        raise ClipbenchError(f"--mirror expects an http(s):// or file:// URL, got '{args.mirror}'")
+    return fetch(args.suite, root, args.only or (), args.mirror, args.allow_unchecked, args.workers,
+                 progress=sys.stderr.isatty())
+
+
 def _cmd_leaderboard(args) -> int:
     from pathlib import Path
 
@@ -419,6 +452,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             return _cmd_prepare(args)
         if args.command == "leaderboard":
             return _cmd_leaderboard(args)
+        if args.command == "data":
+            return _cmd_data(args)
     except ClipbenchError as err:
         print(f"clipbench: error: {err}", file=sys.stderr)
         return 2

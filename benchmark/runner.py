@@ -152,12 +152,24 @@ def execute_run(spec: RunSpec, store: ResultStore, device: str, progress: bool, 
             "inference_extras": state["inference_extras"],  # what inference needs beyond the model ("": nothing)
         },
         "provenance": {**provenance.collect(device, spec.precision, argv), "started": started, "ended": provenance.now()},
+        # per dataset with published sizes: the reference split, or how it differs (`clipbench data check`)
+        "data_check": _data_check(spec),
         "error": error,
     }
     store.write_record(spec, record)
     if status == "complete":
         store.clear_progress(spec)
     return record
+
+
+def _data_check(spec: RunSpec) -> Dict[str, str]:
+    """`clipbench data check`'s verdicts on the run's datasets; a check that cannot run says why, never fails the run."""
+    from .data_check import record_verdicts
+
+    try:
+        return record_verdicts(spec.protocol, spec.protocol_params, spec.data_root)
+    except Exception as err:  # the run itself already read its data: this is only a note
+        return {"error": f"{type(err).__name__}: {err}"}
 
 
 def _run_experiences(spec: RunSpec, store: ResultStore, device: str, progress: bool, quiet: bool,

@@ -34,9 +34,19 @@ BEFORE_INCLUDE = {
 }
 
 
+def _without_sources(value):
+    """`value` without dataset specs' `source:` keys (added later: they name where `clipbench data fetch` downloads
+    the files from, and change no data read)."""
+    if isinstance(value, dict):
+        return {k: _without_sources(v) for k, v in value.items() if not (k == "source" and "adapter" in value)}
+    if isinstance(value, list):
+        return [_without_sources(v) for v in value]
+    return value
+
+
 def _fingerprint(name: str) -> str:
     p = get_protocol(name)
-    d = {"name": p.name, "version": p.version, "kind": p.kind, "builder": p.builder, "params": p.params,
+    d = {"name": p.name, "version": p.version, "kind": p.kind, "builder": p.builder, "params": _without_sources(p.params),
          "train": p.train, "headline": list(p.headline), "description": p.description}
     return hashlib.sha256(json.dumps(d, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
