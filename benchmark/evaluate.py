@@ -96,8 +96,13 @@ def class_embeddings(loaded: LoadedModel, class_names: List[str], templates: Tem
     `tokens`: the prompts already tokenized (see `encode_texts`)."""
     per_class = per_class_templates(len(class_names), templates)
     feats = encode_texts(loaded, class_prompts(class_names, per_class), batch_size, device, precision, tokens)
+    return prompt_ensemble(feats, per_class)
+
+
+def prompt_ensemble(feats: torch.Tensor, per_class: List[List[str]]) -> torch.Tensor:
+    """Normalised prompt embeddings [sum of templates, D], class by class -> each class's renormalised mean."""
     if len({len(ts) for ts in per_class}) == 1:
-        feats = feats.view(len(class_names), len(per_class[0]), -1).mean(dim=1)
+        feats = feats.view(len(per_class), len(per_class[0]), -1).mean(dim=1)
     else:
         feats = torch.stack([g.mean(dim=0) for g in torch.split(feats, [len(ts) for ts in per_class])])
     return torch.nn.functional.normalize(feats, dim=-1)

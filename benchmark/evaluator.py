@@ -20,7 +20,8 @@ from clipbench.streams import JoinedImages, Streams
 
 from .errors import Diverged
 from .evaluate import (accuracy, class_embeddings, class_prompts, encode_images, encode_texts, per_class_accuracy,
-                       retrieval_recall_folds, similarity_recall_folds, top1_accuracy)
+                       per_class_templates, prompt_ensemble, retrieval_recall_folds, similarity_recall_folds,
+                       top1_accuracy)
 from .models import LoadedModel
 from .spec import RunSpec
 from .store import ResultStore, atomic_write_json
@@ -106,7 +107,7 @@ class Evaluator:
         """
         if version != 0 and self.method is not None and self.method.infers_task_per_batch:
             row_b = self._routed_row(row, self.batch)
-            row_b.batch1 = self._routed_row(row, 1)
+            row_b.batch1 = self._routed_row_each(row)
             return row_b
         if version != self._version:
             self._cached, self._version = self._features(), version
@@ -166,6 +167,68 @@ class Evaluator:
             sim = scores(cap.images, ("retrieval", name),
                          lambda: encode_texts(self.loaded, cap.captions, self.batch, tokens=tokens, **kw))
             retrieval[name] = similarity_recall_folds(sim, cap.caption_image, cap.folds)
+        return Row(acc, zeroshot, retrieval)
+
+
+    def _routed_row_each(self, row: int) -> Row:
+        """Row `row` at evaluation batch size 1, computed in batches: every image's own route (`route_each`,
+        as `route_batch` gives it for that image alone), then the images of one route group encoded together
+        under their merged route and the texts once per route key (`texts_under_routes`). The same numbers
+        as `_routed_row(row, 1)`, which encodes one image at a time."""
+        s, kw = self.streams, dict(device=self.device, precision=self.precision)
+        loaded, method, batch = self.loaded, self.method, self.batch
+        texts: Dict[Any, torch.Tensor] = {}
+
+        def scores(images: torch.Tensor, what: Any, job: Dict[str, Any]) -> torch.Tensor:
+            if len(images) == 0:
+                return torch.empty(0, 0)
+            routes: List[Any] = []
+            for a in range(0, len(images), batch):
+                routes += method.route_each(loaded, images[a:a + batch])
+            groups: Dict[Any, List[int]] = {}
+            for i, route in enumerate(routes):
+                groups.setdefault(route.image_group, []).append(i)
+            features: List[Optional[torch.Tensor]] = [None] * len(images)
+            for members in groups.values():
+                for a in range(0, len(members), batch):
+                    idx = members[a:a + batch]
+                    with method.merge_routes([routes[i] for i in idx]):
+                        f = encode_images(loaded, images[torch.tensor(idx)], len(idx), **kw)
+                    for i, fi in zip(idx, f):
+                        features[i] = fi
+            firsts: Dict[Any, Any] = {}
+            for route in routes:
+                firsts.setdefault((what, route.key), route)
+            todo = [k for k in firsts if k not in texts]
+            encoded = method.texts_under_routes([firsts[k] for k in todo], job["encode"], job["tokens"],
+                                                job["encode_tokens"], job["finish"])
+            texts.update(zip(todo, encoded))
+            out = torch.stack([features[i] @ texts[(what, route.key)].T for i, route in enumerate(routes)])
+            return _finite(out, "scores", row)
+
+        def encode_tokens(chunk: torch.Tensor) -> torch.Tensor:
+            return encode_texts(loaded, [""] * len(chunk), len(chunk), tokens=chunk, **kw)
+
+        def classes(names: List[str], templates: Any) -> Dict[str, Any]:
+            per_class = per_class_templates(len(names), templates)
+            tokens = loaded.tokenizer(class_prompts(names, per_class))
+            return {"tokens": tokens, "encode_tokens": encode_tokens,
+                    "encode": lambda: class_embeddings(loaded, names, templates, batch, tokens=tokens, **kw),
+                    "finish": lambda raw: prompt_ensemble(raw, per_class)}
+
+        acc = []
+        for j, test in enumerate(s.test):
+            lo, hi = s.scored_classes(row, j)
+            acc.append(top1_accuracy(scores(test.images, ("classes", lo, hi),
+                                            classes(s.class_names[lo:hi], s.class_templates[lo:hi])), test.labels, lo))
+        zeroshot = {name: top1_accuracy(scores(zs.data.images, ("zeroshot", name), classes(zs.class_names, zs.templates)),
+                                        zs.data.labels) for name, zs in s.zeroshot_sets.items()}
+        retrieval = {}
+        for name, cap in s.retrieval_sets.items():
+            tokens = loaded.tokenizer(list(cap.captions))
+            job = {"tokens": tokens, "encode_tokens": encode_tokens, "finish": lambda raw: raw,
+                   "encode": lambda: encode_texts(loaded, cap.captions, batch, tokens=tokens, **kw)}
+            retrieval[name] = similarity_recall_folds(scores(cap.images, ("retrieval", name), job), cap.caption_image, cap.folds)
         return Row(acc, zeroshot, retrieval)
 
 

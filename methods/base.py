@@ -61,11 +61,20 @@ class Route:
 
     `key` names what the texts depend on: texts encoded under routes with equal keys are equal, so the
     evaluator encodes them once per key (a task id; DIKI's key also holds its continuous text weight).
+    `group` names what images may share a forward pass: at batch size 1, images whose routes have equal
+    groups are encoded together under `Method.merge_routes` of their routes (None: the key).
     """
 
     key: Hashable
     enter: Callable[[], None]  # make the model compute this route
     exit: Callable[[], None]  # back to the model's state outside this batch
+    group: Hashable = None
+    # per image, what `merge_routes` needs beyond the group (DIKI: the image's own prefix weight)
+    detail: Any = None
+
+    @property
+    def image_group(self) -> Hashable:
+        return self.key if self.group is None else self.group
 
     def __enter__(self) -> "Route":
         self.enter()
@@ -147,6 +156,31 @@ class Method(SupervisedPlugin):
         `infers_task_per_batch`. On that path the texts are the class prompts' (or captions')
         embeddings under the route; `class_features` is not used."""
         raise NotImplementedError(f"{self.name} does not infer the task from a test batch")
+
+    def route_each(self, loaded: Any, images: torch.Tensor) -> List[Route]:
+        """Each image's route as `route_batch` infers it from that image alone (evaluation at batch size 1),
+        for a chunk of images at once. Default: one `route_batch` call per image; a method overrides it to
+        make every image's choice in one pass (the numbers must stay those of one image at a time)."""
+        return [self.route_batch(loaded, images[i:i + 1]) for i in range(len(images))]
+
+    def merge_routes(self, routes: List[Route]) -> Route:
+        """One route under which images of one group (each route from `route_each`, in order) are encoded
+        together exactly as each alone would be. Default: the first (a group's routes are one route)."""
+        return routes[0]
+
+    def texts_under_routes(self, routes: List[Route], encode: Callable[[], torch.Tensor],
+                           tokens: Optional[torch.Tensor] = None,
+                           encode_tokens: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+                           finish: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> List[torch.Tensor]:
+        """The texts scored against images, encoded under each route: `encode()` under it (default). A method
+        whose routes differ only by a per-sample weight may instead encode `tokens` once per route in shared
+        batches (`encode_tokens(tokens)`: raw features of a token chunk; `finish(raw)`: the texts' features,
+        e.g. the prompt ensemble's mean), which gives the same features."""
+        out = []
+        for route in routes:
+            with route:
+                out.append(encode())
+        return out
 
     def state_dict(self) -> Dict[str, Any]:
         """What the method keeps between experiences (teachers, buffers); saved in checkpoints."""

@@ -194,6 +194,16 @@ class DDAS:
         candidates = ([self.reference] if self.reference is not None else []) + self.tasks
         return select([batch_loss(ae, f) for ae in candidates], self.reference is not None, self.threshold)
 
+    @torch.no_grad()
+    def choose_each(self, images: torch.Tensor) -> List[Optional[int]]:
+        """`choose` for each image alone (a test batch of one), the features of all computed at once."""
+        if not self.tasks:
+            return [None] * len(images)
+        f = self.features(images)
+        candidates = ([self.reference] if self.reference is not None else []) + self.tasks
+        return [select([batch_loss(ae, f[i:i + 1]) for ae in candidates], self.reference is not None, self.threshold)
+                for i in range(len(f))]
+
     def state_dict(self) -> Dict[str, object]:
         return {"reference": self.reference, "tasks": list(self.tasks)}
 

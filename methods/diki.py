@@ -201,6 +201,51 @@ class DIKI(Method):
         return Route(key=(task, float(text_weight)), enter=lambda: self.set_route(task, weight, text_weight),
                      exit=lambda: self.set_route(None))
 
+    def route_each(self, loaded, images: torch.Tensor) -> List[Route]:
+        """Each image's route at batch size 1: its own best task and weight, for texts and image alike. Images
+        of one task share a forward pass (`merge_routes`: each keeps its own weight)."""
+        if not self.gaussians:
+            return [Route(key=None, enter=lambda: None, exit=lambda: None) for _ in range(len(images))]
+        self.set_route(None)
+        with torch.no_grad():
+            f = F.normalize(loaded.clip.encode_image(loaded.model_input(images)).float(), dim=-1)
+        logp = log_likelihoods(f, self.gaussians)
+        routes = []
+        for i in range(len(images)):
+            _, weight, task = choose(logp[i:i + 1])  # a batch of one: its own vote
+            routes.append(Route(key=(task, float(weight.mean())), group=task, detail=weight,
+                                enter=lambda task=task, w=weight: self.set_route(task, w, w.mean()),
+                                exit=lambda: self.set_route(None)))
+        return routes
+
+    def merge_routes(self, routes: List[Route]) -> Route:
+        task, weights = routes[0].group, torch.cat([r.detail for r in routes])
+        return Route(key=None, group=task, enter=lambda: self.set_route(task, weights, None),
+                     exit=lambda: self.set_route(None))
+
+    def texts_under_routes(self, routes, encode, tokens=None, encode_tokens=None, finish=None):
+        """Texts under many routes of one task in shared batches: the tokens repeated once per route, each copy
+        with its route's text weight (the prefix output is scaled per sample)."""
+        if tokens is None or any(r.key is None for r in routes):
+            return super().texts_under_routes(routes, encode)
+        out: List[Optional[torch.Tensor]] = [None] * len(routes)
+        per_pass = max(1, 256 // len(tokens))  # routes encoded together
+        by_task: Dict[int, List[int]] = {}
+        for i, r in enumerate(routes):
+            by_task.setdefault(r.key[0], []).append(i)
+        for task, members in by_task.items():
+            for a in range(0, len(members), per_pass):
+                idx = members[a:a + per_pass]
+                weights = torch.tensor([routes[i].key[1] for i in idx], dtype=torch.float32)
+                self.set_route(task, None, weights.repeat_interleave(len(tokens)))
+                try:
+                    raw = encode_tokens(tokens.repeat(len(idx), 1))
+                finally:
+                    self.set_route(None)
+                for i, part in zip(idx, raw.split(len(tokens))):
+                    out[i] = finish(part)
+        return out
+
     def inference_extras(self) -> str:
         return "none (a second pass of the frozen image encoder, without prefixes, per test batch for the Gaussians)"
 

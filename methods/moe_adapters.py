@@ -252,7 +252,12 @@ class MoEAdapters(MoEAdaptersCIL):
         super().after_training_exp(strategy, **kwargs)
 
     def route_batch(self, loaded, images: torch.Tensor) -> Route:
-        task = self.ddas.choose(images)
+        return self._route(self.ddas.choose(images))
+
+    def route_each(self, loaded, images: torch.Tensor) -> List[Route]:
+        return [self._route(task) for task in self.ddas.choose_each(images)]
+
+    def _route(self, task: Optional[int]) -> Route:
         return Route(key=task, enter=lambda: self.set_task(task), exit=lambda: self.set_task(None))
 
     def inference_extras(self) -> str:

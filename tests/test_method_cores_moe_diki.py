@@ -12,7 +12,7 @@ from torch import nn
 from clipbench.engine import set_trainable, train_experience
 from clipbench.errors import ClipbenchError
 from clipbench.methods import ddas
-from clipbench.methods.base import Route
+from clipbench.methods.base import Method, Route
 from clipbench.methods.diki import DIKI, PrefixAttention, choose, gaussian, log_likelihoods
 from clipbench.methods.moe_adapters import MixtureOfAdapters, MoEAdapters, MoEAdaptersCIL, noisy_top_k_gating
 from clipbench.models import load_model
@@ -263,6 +263,8 @@ class _Recording:
     """A stand-in batch-wise method: routes nothing, records every batch it was asked about."""
 
     infers_task_per_batch = True
+    # batch size 1 through the base class's defaults: one `route_batch` per image
+    route_each, merge_routes, texts_under_routes = Method.route_each, Method.merge_routes, Method.texts_under_routes
 
     def __init__(self):
         self.batches = []
@@ -309,3 +311,35 @@ def test_batch_wise_methods_record_both_batch_sizes(results):
     for metric in ("last", "zs_retention", "zs_retention.shapes", "i2t_r1"):
         assert f"{metric}@bs1" in rec["metrics"] and metric in rec["metrics"]
     assert rec["metric_versions"]["last@bs1"] == rec["metric_versions"]["last"]
+
+
+@pytest.mark.parametrize("name", ["diki", "moe_adapters"])
+def test_batch_one_in_batches_equals_one_image_at_a_time(streams, name):
+    """`Evaluator._routed_row_each` (every image's own route, images of one route group encoded together, texts
+    per route in shared batches) gives the numbers of a true batch-size-1 evaluation (`_routed_row(row, 1)`,
+    one image per forward pass), after two experiences, when routes differ between images."""
+    from clipbench.methods.base import METHODS
+
+    cls = METHODS.get(name)
+    seed_everything(0, "model")
+    loaded = load_model("clipbench-tiny", None)
+    from clipbench.engine import CLIPClassifier
+
+    model = CLIPClassifier(loaded, streams.class_names, streams.train_template)
+    method = cls(cls.Config(**({"ddas_iterations": 5, "ddas_reference_iterations": 5} if name == "moe_adapters" else {})))
+    method.setup(model, streams)
+    set_trainable(model, method)
+    train = dict(TRAIN, lr=1.0 if name == "diki" else 1e-3, optimizer="sgd" if name == "diki" else "adamw")
+    for exp in range(2):
+        seed_everything(0, exp)
+        classes = streams.experience_classes[exp]
+        train_experience(model, method, streams.train[exp], exp, classes[-1] + 1, train, "cpu", False,
+                         experience_classes=streams.experience_classes)
+    spec = SimpleNamespace(eval={"batch_size": 6}, precision="fp32")
+    evaluator = Evaluator(streams, loaded, spec, "cpu", False, method)
+    routes = method.route_each(loaded, streams.test[0].images)
+    exact = evaluator._routed_row(2, 1)
+    fast = evaluator._routed_row_each(2)
+    assert fast.acc == exact.acc and fast.zeroshot == exact.zeroshot and fast.retrieval == exact.retrieval
+    assert len(routes) == len(streams.test[0].images)
+    assert len({r.key for r in routes}) > 1  # images take different routes (DIKI: their own weights; DDAS: tasks)
