@@ -38,3 +38,21 @@ def strip_volatile(record: dict) -> dict:
 
 def metric_ids(metrics: Dict[str, float]) -> List[str]:
     return sorted(metrics)
+
+
+TINY_COLOURS = ["red", "green", "blue", "yellow", "magenta", "cyan"]  # tiny_shapes' classes
+
+
+def write_descriptions(path: Path, class_names: List[str] = TINY_COLOURS, per_pair: int = 2) -> Path:
+    """A small generated file in ENGINE's descriptor format {class: {other class: [features]}} (tests only)."""
+    doc = {a: {b: [f"Feature {i} of {a} unlike {b}" for i in range(per_pair)] for b in class_names}
+           for a in class_names}
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def method_settings(name: str, tmp_path: Path) -> List[str]:
+    """The `--set` values a method needs to run on the tiny suite at all (ENGINE: its descriptor file)."""
+    if name == "engine":
+        return [f"methods.engine.descriptions={write_descriptions(tmp_path / 'tiny_des.json')}"]
+    return []

@@ -9,7 +9,7 @@ import torch
 
 from clipbench.methods.base import METHODS
 from clipbench.store import ResultStore
-from helpers import SMALL, records, run_cli, strip_volatile
+from helpers import SMALL, method_settings, records, run_cli, strip_volatile
 
 ARGS = ["run", "--protocol", "tiny_shapes", "--suite", "tiny", "--quiet", "--set", *SMALL]
 
@@ -18,7 +18,8 @@ class Crash(RuntimeError):
     pass
 
 
-@pytest.mark.parametrize("name", ["icarl_zscl", "lwf_vr", "lwf_zscl", "zscl", "agem", "ewc", "magmax", "keeplora"])
+@pytest.mark.parametrize("name", ["icarl_zscl", "lwf_vr", "lwf_zscl", "zscl", "agem", "ewc", "magmax", "keeplora",
+                                  "engine", "bofa"])
 def test_crash_at_third_experience_then_resume_equals_uninterrupted(name, tmp_path, monkeypatch):
     cls = METHODS.get(name)
     original = cls.before_training_exp
@@ -29,16 +30,17 @@ def test_crash_at_third_experience_then_resume_equals_uninterrupted(name, tmp_pa
         return original(self, strategy, **kwargs)
 
     crashed, clean = tmp_path / "crashed", tmp_path / "clean"
+    args = [*ARGS, *method_settings(name, tmp_path)]  # more --set values (ENGINE: its descriptor file)
     monkeypatch.setattr(ResultStore, "clear_progress", lambda self, spec: None)  # keep the final weights to compare
     monkeypatch.setattr(cls, "before_training_exp", crash_at_third)
-    assert run_cli(*ARGS, "--method", name, "--results", crashed) == 1
+    assert run_cli(*args, "--method", name, "--results", crashed) == 1
     [failed] = records(crashed).values()
     assert failed["status"] == "failed" and "stopped on purpose" in failed["error"]["message"]
     [progress] = crashed.glob("runs/**/progress.json")
     assert json.loads(progress.read_text())["completed_experiences"] == 2  # kept: the rerun starts from it
     monkeypatch.setattr(cls, "before_training_exp", original)
-    assert run_cli(*ARGS, "--method", name, "--results", crashed) == 0  # resumes from experience 2
-    assert run_cli(*ARGS, "--method", name, "--results", clean) == 0
+    assert run_cli(*args, "--method", name, "--results", crashed) == 0  # resumes from experience 2
+    assert run_cli(*args, "--method", name, "--results", clean) == 0
     [resumed] = records(crashed).values()
     [reference] = records(clean).values()
     assert strip_volatile(resumed) == strip_volatile(reference)

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from clipbench.methods.base import METHODS, Method, MethodConfig
-from helpers import SMALL, records, run_cli
+from helpers import SMALL, method_settings, records, run_cli
 
 
 @pytest.mark.parametrize("name", METHODS.names())
@@ -20,9 +20,9 @@ def test_method_declares_its_contract(name):
 
 
 @pytest.mark.parametrize("name", METHODS.names())
-def test_method_completes_on_tiny_suite(name, results):
+def test_method_completes_on_tiny_suite(name, results, tmp_path):
     assert run_cli("run", "--method", name, "--protocol", "tiny_shapes", "--suite", "tiny", "--results", results,
-                   "--quiet", "--set", *SMALL) == 0
+                   "--quiet", "--set", *SMALL, *method_settings(name, tmp_path)) == 0
     [rec] = records(results).values()
     assert rec["status"] == "complete", rec.get("error")
     assert len(rec["raw"]["acc_matrix"]) == 4 and "last" in rec["metrics"]
