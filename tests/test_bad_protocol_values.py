@@ -51,42 +51,43 @@ def refused(capsys, *argv: Any) -> str:
     return err.strip()
 
 
-# (case, params over the working ones, target spec keys over the working ones, the message, located on a line)
+# (case, params over the working ones, target spec keys over the working ones, the message, the key on whose line
+# it is named: None where the problem is not one parameter's, and the file alone is named)
 BAD_VALUES = [
-    ("increments [0, 3]", {"increments": [0, 3]}, {}, "increments=[0, 3] is not allowed: expected a non-empty list of class counts", True),
-    ("increments [-1, 4]", {"increments": [-1, 4]}, {}, "each an integer >= 1", True),
-    ("increments [4, -1]", {"increments": [4, -1]}, {}, "each an integer >= 1", True),
-    ("increments []", {"increments": []}, {}, "expected a non-empty list of class counts", True),
-    ("increments not covering", {"increments": [1, 1]}, {}, "increments [1, 1] add up to 2 classes, but the target has 3", True),
-    ("n_experiences 0", {"n_experiences": 0}, {}, "n_experiences=0 is not allowed: expected an integer >= 1", True),
-    ("n_experiences not dividing", {"n_experiences": 2}, {}, "n_experiences 2 does not split the 3 classes", True),
+    ("increments [0, 3]", {"increments": [0, 3]}, {}, "increments=[0, 3] is not allowed: expected a non-empty list of class counts", "increments"),
+    ("increments [-1, 4]", {"increments": [-1, 4]}, {}, "each an integer >= 1", "increments"),
+    ("increments [4, -1]", {"increments": [4, -1]}, {}, "each an integer >= 1", "increments"),
+    ("increments []", {"increments": []}, {}, "expected a non-empty list of class counts", "increments"),
+    ("increments not covering", {"increments": [1, 1]}, {}, "increments [1, 1] add up to 2 classes, but the target has 3", "increments"),
+    ("n_experiences 0", {"n_experiences": 0}, {}, "n_experiences=0 is not allowed: expected an integer >= 1", "n_experiences"),
+    ("n_experiences not dividing", {"n_experiences": 2}, {}, "n_experiences 2 does not split the 3 classes", "n_experiences"),
     ("n_experiences not dividing class_order", {"class_order": [0, 1, 2], "n_experiences": 2}, {},
-     "n_experiences 2 does not split the 3 classes class_order lists", True),
-    ("initial without increment", {"initial": 1}, {}, "give increment too", True),
-    ("test_fraction 0", {}, {"test_fraction": 0}, "test_fraction=0 is not allowed: expected a number between 0 and 1", True),
-    ("test_fraction 1", {}, {"test_fraction": 1}, "0 leaves no test images, 1 no train images", True),
-    ("test_fraction -0.5", {}, {"test_fraction": -0.5}, "test_fraction=-0.5 is not allowed", True),
-    ("test_fraction text", {}, {"test_fraction": "a fifth"}, "test_fraction='a fifth' is not allowed", True),
-    ("train_per_class -1", {"train_per_class": -1}, {}, "train_per_class=-1 is not allowed: expected an integer >= 1", True),
-    ("test_per_class 0", {"test_per_class": 0}, {}, "test_per_class=0 is not allowed", True),
-    ("limit_per_class 0", {}, {"limit_per_class": 0}, "limit_per_class=0 is not allowed", True),
-    ("class_order unknown id", {"class_order": [0, 1, 7]}, {}, "class id 7 is not a class of the target, which has 3 classes", True),
-    ("class_order repeated id", {"class_order": [0, 1, 1]}, {}, "class id 1 appears 2 times", True),
-    ("class_order negative id", {"class_order": [-1, 0, 1]}, {}, "class ids, integers >= 0", True),
-    ("class_order empty", {"class_order": []}, {}, "a non-empty list of class ids", True),
-    ("template {0}", {"templates": ["a photo of a {0}."]}, {}, "has {0}: the only field is {c}", True),
-    ("template {x}", {"templates": ["a photo of a {x}."]}, {}, "has {x}: the only field is {c}", True),
-    ("template unbalanced", {"templates": ["a photo of a {c."]}, {}, "has an unbalanced brace", True),
-    ("template without {c}", {"templates": ["a photo."]}, {}, "has no {c}: every class would get the same prompt", True),
-    ("templates empty", {"templates": []}, {}, "give at least one template", True),
-    ("templates not a list", {"templates": "a photo of a {c}."}, {}, "is not allowed", True),
-    ("train_template without {c}", {"train_template": "a photo."}, {}, "has no {c}", True),
+     "n_experiences 2 does not split the 3 classes class_order lists", "n_experiences"),
+    ("initial without increment", {"initial": 1}, {}, "give increment too", "initial"),
+    ("test_fraction 0", {}, {"test_fraction": 0}, "test_fraction=0 is not allowed: expected a number between 0 and 1", "test_fraction"),
+    ("test_fraction 1", {}, {"test_fraction": 1}, "0 leaves no test images, 1 no train images", "test_fraction"),
+    ("test_fraction -0.5", {}, {"test_fraction": -0.5}, "test_fraction=-0.5 is not allowed", "test_fraction"),
+    ("test_fraction text", {}, {"test_fraction": "a fifth"}, "test_fraction='a fifth' is not allowed", "test_fraction"),
+    ("train_per_class -1", {"train_per_class": -1}, {}, "train_per_class=-1 is not allowed: expected an integer >= 1", "train_per_class"),
+    ("test_per_class 0", {"test_per_class": 0}, {}, "test_per_class=0 is not allowed", "test_per_class"),
+    ("limit_per_class 0", {}, {"limit_per_class": 0}, "limit_per_class=0 is not allowed", "limit_per_class"),
+    ("class_order unknown id", {"class_order": [0, 1, 7]}, {}, "class id 7 is not a class of the target, which has 3 classes", "class_order"),
+    ("class_order repeated id", {"class_order": [0, 1, 1]}, {}, "class id 1 appears 2 times", "class_order"),
+    ("class_order negative id", {"class_order": [-1, 0, 1]}, {}, "class ids, integers >= 0", "class_order"),
+    ("class_order empty", {"class_order": []}, {}, "a non-empty list of class ids", "class_order"),
+    ("template {0}", {"templates": ["a photo of a {0}."]}, {}, "has {0}: the only field is {c}", "templates"),
+    ("template {x}", {"templates": ["a photo of a {x}."]}, {}, "has {x}: the only field is {c}", "templates"),
+    ("template unbalanced", {"templates": ["a photo of a {c."]}, {}, "has an unbalanced brace", "templates"),
+    ("template without {c}", {"templates": ["a photo."]}, {}, "has no {c}: every class would get the same prompt", "templates"),
+    ("templates empty", {"templates": []}, {}, "give at least one template", "templates"),
+    ("templates not a list", {"templates": "a photo of a {c}."}, {}, "is not allowed", "templates"),
+    ("train_template without {c}", {"train_template": "a photo."}, {}, "has no {c}", "train_template"),
     ("zero-shot template without {c}", {"zeroshot": {"art": {"adapter": "image_folder", "root": "ART", "split": "all",
-                                                             "templates": ["clip art."]}}}, {}, "has no {c}", True),
-    ("kind unknown", {"kind": "domain_incremental"}, {}, "expected one of class_incremental, task_incremental", True),
-    ("names too few", {}, {"names": ["a", "b"]}, "2 names for the 3 classes the dataset has", True),
-    ("names the same prompt", {}, {"names": ["Cat", "cat", "dog"]}, "classes 'Cat' and 'cat' get the same prompt", False),
-    ("no test images", {"train_per_class": 3}, {"test_fraction": 0.1}, "has no test images, so it would be scored 0.0", False),
+                                                             "templates": ["clip art."]}}}, {}, "has no {c}", "templates"),
+    ("kind unknown", {"kind": "domain_incremental"}, {}, "expected one of class_incremental, task_incremental", "kind"),
+    ("names too few", {}, {"names": ["a", "b"]}, "target.names: 2 names for the 3 classes the dataset has", "names"),
+    ("names the same prompt", {}, {"names": ["Cat", "cat", "dog"]}, "classes 'Cat' and 'cat' get the same prompt", None),
+    ("no test images", {"train_per_class": 3}, {"test_fraction": 0.1}, "has no test images, so it would be scored 0.0", None),
 ]
 
 
@@ -102,8 +103,9 @@ def test_a_bad_value_is_refused_when_the_protocol_is_read_or_planned(case, param
         load_protocol_file(path).check_data(None, 0)
     line = str(err.value)
     assert message in line and line.startswith(str(path)) and "\n" not in line, line
-    if located:  # the parameter's own line
-        assert line.startswith(f"{path}:"), line
+    if located:  # the parameter's own line (its last mention: a zero-shot set's templates follow the target's)
+        number = max(n for n, text in enumerate(path.read_text().splitlines(), 1) if text.strip().startswith(f"{located}:"))
+        assert line.startswith(f"{path}:{number}: "), line
 
 
 @pytest.mark.parametrize("case", ["template without {c}", "class_order unknown id", "no test images"])

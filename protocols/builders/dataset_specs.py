@@ -24,12 +24,14 @@ from ..formats import FORMATS, get_format, read_paths, resolve, spec_paths
 from ..values import PositiveInt, at_least
 
 
-def load_labelled(spec: Dict[str, Any], split: str, data_root: Optional[str]) -> Tuple[LabelledImages, List[str]]:
+def load_labelled(spec: Dict[str, Any], split: str, data_root: Optional[str],
+                  at: str = "") -> Tuple[LabelledImages, List[str]]:
     """A labelled split through the spec's format; `names` in the spec override the dataset's class names.
 
     A dataset with no official split (EuroSAT, Caltech101, SUN397) gives `test_fraction`: a fixed
     permutation (seed 0) sends that share of every class to the test split, the rest to train. The
-    images are listed, not decoded, so each is decoded once whatever split it lands in.
+    images are listed, not decoded, so each is decoded once whatever split it lands in. `at`: the spec's key
+    path in the builder's params (`target`), so a value that does not fit the data is named at its line.
     """
     fmt = get_format(spec)
     if fmt.labelled is None:
@@ -48,7 +50,7 @@ def load_labelled(spec: Dict[str, Any], split: str, data_root: Optional[str]) ->
     else:
         data, names = fmt.labelled(spec, split, data_root)
     if "names" in spec and len(spec["names"]) != len(names):
-        raise BadValue("names", f"{len(spec['names'])} names for the {len(names)} classes the dataset has; give one "
+        raise BadValue(f"{at}.names" if at else "names", f"{len(spec['names'])} names for the {len(names)} classes the dataset has; give one "
                        "name per class, in the dataset's class order")
     return data, [str(n) for n in spec.get("names", names)]
 
@@ -105,7 +107,7 @@ class HeldoutParams:
 def heldout_sets(params: Dict[str, Any], data_root: Optional[str]) -> Dict[str, Any]:
     zeroshot = {}
     for name, spec in (params.get("zeroshot") or {}).items():
-        data, names = load_labelled(spec, spec.get("split", "test"), data_root)
+        data, names = load_labelled(spec, spec.get("split", "test"), data_root, f"zeroshot.{name}")
         zeroshot[name] = ZeroShotSet(data, names, list(spec.get("templates", DEFAULT_TEMPLATES)))
     retrieval = {name: load_captioned(spec, data_root) for name, spec in (params.get("retrieval") or {}).items()}
     reference = load_captioned(params["reference"], data_root) if params.get("reference") else None

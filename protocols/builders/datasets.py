@@ -55,8 +55,8 @@ def build_datasets(params: Dict[str, Any], data_root: Optional[str], seed: int) 
     """
     target = params["target"]
     rng = np.random.default_rng(int(params.get("subsample_seed", 0)))
-    train, names = load_labelled(target, "train", data_root)
-    test, _ = load_labelled(target, "test", data_root)
+    train, names = load_labelled(target, "train", data_root, "target")
+    test, _ = load_labelled(target, "test", data_root, "target")
     train = subsample(train, params.get("train_per_class"), rng)
     test = subsample(test, params.get("test_per_class"), rng)
     order = [int(c) for c in params.get("class_order") or range(len(names))]

@@ -53,8 +53,8 @@ def build_mtil(params: Dict[str, Any], data_root: Optional[str], seed: int) -> S
     train, test, class_names, exp_classes, class_templates = [], [], [], [], []
     for name in params["order"]:
         spec = params["datasets"][name]
-        tr, names = load_labelled(spec, "train", data_root)
-        te, _ = load_labelled(spec, "test", data_root)
+        tr, names = load_labelled(spec, "train", data_root, f"datasets.{name}")
+        te, _ = load_labelled(spec, "test", data_root, f"datasets.{name}")
         tr, te = subsample(tr, params.get("train_per_class"), rng), subsample(te, params.get("test_per_class"), rng)
         offset = len(class_names)
         train.append(LabelledImages(tr.images, tr.labels + offset))
