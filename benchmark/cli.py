@@ -188,6 +188,7 @@ def _cmd_run(args, argv: Sequence[str]) -> int:
     if args.shard:
         specs = shard(specs, *_parse_shard(args.shard))
     store = ResultStore(args.results)
+    cache_dir(args.cache_dir, store.root)  # a file given as --cache-dir stops here, dry run included
     if args.dry_run:
         return _print_plan(args.suite, specs, store)
     # every refusal before the first write (removing stale temporaries is one)

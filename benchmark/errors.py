@@ -24,6 +24,20 @@ def unknown_name_error(kind: str, name: str, known: Iterable[str]) -> ClipbenchE
     return ClipbenchError(f"unknown {kind} '{name}'.{hint} Known {kind}s: {', '.join(known) or '(none)'}.")
 
 
+class BadValue(ClipbenchError):
+    """A protocol parameter that does not fit the data, found when its streams are built (a class id the
+    dataset does not have, experiences that do not cover its classes). `key`: the parameter's path inside the
+    protocol's `params:` (`"class_order"`, `"target.names"`), so the plan can name its file and line."""
+
+    def __init__(self, key: str, message: str):
+        self.key = key
+        super().__init__(f"{key}: {message}")
+
+
+class MissingData(ClipbenchError):
+    """Files a protocol reads are not there (a dry run lists them; a run stops naming the path)."""
+
+
 class Diverged(Exception):
     """A non-finite loss in training or non-finite features at evaluation: the run stops with
     `status: diverged` (a run's outcome, not bad input). `experience` and `step` count from 1;

@@ -35,6 +35,7 @@ from tqdm import tqdm
 from clipbench.streams import ImageSources
 
 from .decode import Failure, UndecodableImages, decode_into
+from .errors import StorageError
 from .preprocess import Preprocess
 from .store import atomic_write_json, temporary_prefix
 
@@ -53,8 +54,16 @@ def default_cache_dir(results: Optional[str | Path] = None) -> Path:
 
 
 def cache_dir(explicit: Optional[str | Path], results: str | Path) -> Path:
-    """Where a run keeps decoded images: `--cache-dir` when given, else `default_cache_dir(results)`."""
-    return Path(explicit).expanduser() if explicit else default_cache_dir(results)
+    """Where a run keeps decoded images: `--cache-dir` when given, else `default_cache_dir(results)`. A file where
+    the folder (or a folder above it) should be is one StorageError line, before anything runs."""
+    if not explicit:
+        return default_cache_dir(results)
+    path = Path(explicit).expanduser()
+    blocking = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise StorageError(f"--cache-dir {explicit}: {blocking} is a file, not a folder; give --cache-dir a folder "
+                           "(it is created if missing)")
+    return path
 
 
 def default_workers() -> int:

@@ -3,6 +3,7 @@ anything runs; sharding a plan over runners; and the state of a planned run in a
 
 from __future__ import annotations
 
+import json
 from typing import Dict, List, Optional, Sequence
 
 from clipbench.protocols.catalog import ProtocolDef, SuiteDef, get_protocol, get_suite
@@ -57,6 +58,12 @@ def plan(suite_name: str, methods: Optional[Sequence[str]] = None, protocols: Op
             if protocol.kind not in method_cls.supports:
                 continue
             specs.extend(resolve_specs(suite, method_cls, protocol, seeds, overrides, strict_weights, fingerprints))
+    checked = set()
+    for spec in specs:  # each protocol's data once per distinct params and data_root, before anything runs
+        key = (spec.protocol, json.dumps(spec.protocol_params, sort_keys=True, default=str), spec.data_root)
+        if key not in checked:
+            checked.add(key)
+            get_protocol(spec.protocol).check_data(spec.data_root, spec.seed, spec.protocol_params)
     return specs
 
 

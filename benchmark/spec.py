@@ -20,7 +20,7 @@ from .augment import RECIPES
 from .errors import ClipbenchError
 from .schedules import SCHEDULES
 from .models import weights_fingerprint
-from .types import describe, field_types, matches
+from .types import field_types, problem
 from .yamlio import deep_merge, load_yaml_marked, parse_scalar
 
 if TYPE_CHECKING:  # only named in annotations: the catalog reads this module's DEFAULTS
@@ -170,8 +170,9 @@ def _check_known(key: str, known: Sequence[str], source: str, value: Any = None,
         close = difflib.get_close_matches(key, known, n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
         raise ClipbenchError(f"{where}unknown setting '{key}' in {source}.{hint} Known settings: {', '.join(sorted(known))}")
-    if isinstance(known, dict) and not matches(value, known[key]):
-        raise ClipbenchError(f"{where}{key}={value!r} in {source} is not allowed: expected {describe(known[key])}")
+    found = problem(value, known[key]) if isinstance(known, dict) else None
+    if found:
+        raise ClipbenchError(f"{where}{key}={value!r} in {source} is not allowed: {found}")
 
 
 def _set_dotted(tree: Dict[str, Any], key: str, value: Any) -> None:

@@ -20,6 +20,67 @@ import torch.nn.functional as F
 
 KINDS = ("class_incremental", "task_incremental")
 SCORINGS = ("", "all")  # by kind, or over every class of the stream (Streams.scoring)
+TEMPLATE_EXAMPLE = "a photo of a {c}."
+
+
+def template_problem(template: Any) -> Optional[str]:
+    """What is wrong with a prompt template (None: nothing). A template is text with the class name's place
+    written `{c}` (Python's str.format): without it every class gets the same prompt and every image is
+    predicted as class 0; `{0}`, `{x}` or an unbalanced brace fail when the prompt is made."""
+    import string
+
+    if not isinstance(template, str):
+        return f"a template is text with {{c}} where the class name goes, e.g. '{TEMPLATE_EXAMPLE}'"
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError:
+        return (f"template {template!r} has an unbalanced brace: write the class name's place as {{c}} and a "
+                "literal brace as {{ or }}")
+    others = [f for f in fields if f != "c"]
+    if others:
+        return f"template {template!r} has {{{others[0]}}}: the only field is {{c}}, the class name"
+    if "c" not in fields:
+        return (f"template {template!r} has no {{c}}: every class would get the same prompt; write the class "
+                f"name's place as {{c}}, e.g. '{TEMPLATE_EXAMPLE}'")
+    try:
+        template.format(c="x")
+    except ValueError as err:
+        return f"template {template!r} does not format ({err}): write the class name's place as {{c}}"
+    return None
+
+
+def templates_problem(templates: Any) -> Optional[str]:
+    """What is wrong with a list of templates (None: nothing): one at least, each valid."""
+    if not isinstance(templates, (list, tuple)) or not templates:
+        return f"give at least one template, e.g. ['{TEMPLATE_EXAMPLE}']"
+    return next((p for p in map(template_problem, templates) if p), None)
+
+
+def prompt_key(text: str) -> str:
+    """A prompt as CLIP's tokenizer reads it: HTML entities decoded, whitespace collapsed, lower case (open_clip's
+    `SimpleTokenizer` and uncased text towers do this), so two prompts with one key give one text embedding."""
+    import html
+
+    return " ".join(html.unescape(html.unescape(text)).split()).lower()
+
+
+def same_prompts(names: Sequence[str], templates: Sequence[Sequence[str]]) -> Optional[Tuple[str, str, str]]:
+    """The first two classes (and their prompt) whose prompts read the same to the tokenizer, or None.
+    `templates[k]`: the templates of class k."""
+    seen: Dict[Tuple[str, ...], str] = {}
+    for name, ts in zip(names, templates):
+        key = tuple(prompt_key(t.format(c=name)) for t in ts)
+        if key in seen:
+            return seen[key], name, ts[0].format(c=name)
+        seen[key] = name
+    return None
+
+
+def duplicate_classes_error(what: str, found: Tuple[str, str, str]) -> str:
+    first, second, prompt = found
+    return (f"{what}: classes {first!r} and {second!r} get the same prompt ({prompt!r}, as the tokenizer reads "
+            "it: lower case, spaces collapsed), so one of them could never be predicted; rename or merge them "
+            "(a dataset spec's `names:` renames classes)")
 
 
 class ImageReader:
@@ -262,6 +323,49 @@ class Streams:
     @property
     def n_experiences(self) -> int:
         return len(self.train)
+
+    def check(self, what: str) -> None:
+        """Refuse streams that would give wrong metrics with no warning (one ClipbenchError line starting with
+        `what`, e.g. "protocol 'x'"): an experience with no train or no test images (scored 0.0 and averaged
+        into last/avg), a template without {c} or that does not format, two classes of one experience or of
+        one zero-shot set whose prompts read the same, an empty held-out set, a caption that is empty."""
+        from clipbench.errors import ClipbenchError
+
+        if not (len(self.train) == len(self.test) == len(self.experience_classes)) or not self.train:
+            raise ClipbenchError(f"{what}: {len(self.train)} train, {len(self.test)} test sets for "
+                                 f"{len(self.experience_classes)} experiences; a stream needs one of each per experience")
+        for templates in [*self.class_templates, [self.train_template] if self.train_template else []]:
+            found = templates_problem(templates) if templates else None
+            if found:
+                raise ClipbenchError(f"{what}: {found}")
+        for k, classes in enumerate(self.experience_classes):
+            names = [self.class_names[c] for c in classes]
+            shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+            for split, data in (("train", self.train[k]), ("test", self.test[k])):
+                if len(data) == 0:
+                    raise ClipbenchError(f"{what}: experience {k + 1} (classes {shown}) has no {split} images, so it "
+                                         "would be scored 0.0: add images to its classes, or change the split "
+                                         "(test_fraction, train_per_class / test_per_class) or the class order")
+            same = same_prompts(names, [self.class_templates[c] for c in classes])
+            if same:
+                raise ClipbenchError(duplicate_classes_error(f"{what}: experience {k + 1}", same))
+        for name, zs in self.zeroshot_sets.items():
+            found = templates_problem(zs.templates)
+            if found:
+                raise ClipbenchError(f"{what}: zero-shot set {name}: {found}")
+            if len(zs.data) == 0:
+                raise ClipbenchError(f"{what}: zero-shot set {name} has no images; check its files and split")
+            same = same_prompts(zs.class_names, [zs.templates] * len(zs.class_names))
+            if same:
+                raise ClipbenchError(duplicate_classes_error(f"{what}: zero-shot set {name}", same))
+        for name, cap in {**self.retrieval_sets, **({"reference": self.reference} if self.reference else {})}.items():
+            if len(cap.images) == 0 or not cap.captions:
+                raise ClipbenchError(f"{what}: {'' if name == 'reference' else 'retrieval set '}{name} has no "
+                                     "images or no captions; check its files and split")
+            empty = next((k for k, c in enumerate(cap.captions) if not str(c).strip()), None)
+            if empty is not None:
+                raise ClipbenchError(f"{what}: {'' if name == 'reference' else 'retrieval set '}{name}: caption "
+                                     f"{empty + 1} is empty; give every image a caption or drop the row")
 
     def train_templates(self) -> List[str]:
         """Per class, the template its training prompt uses: the protocol's `train_template`, else the

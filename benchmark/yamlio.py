@@ -35,14 +35,22 @@ def load_yaml_text(text: str, source: str) -> Any:
         raise ClipbenchError(f"malformed YAML in {source}: {err}") from None
 
 
+def read_text(path: Path) -> str:
+    """A text file as UTF-8; unreadable or not UTF-8, one ClipbenchError line naming the file (and line)."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ClipbenchError(f"cannot read {path}: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        line = path.read_bytes()[: err.start].count(b"\n") + 1
+        raise ClipbenchError(f"{path}:{line}: byte 0x{err.object[err.start]:02x} is not UTF-8: save the file as "
+                             "UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+
+
 def load_yaml(path: str | Path) -> Any:
     """Read and parse a YAML file (see `load_yaml_text`)."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise ClipbenchError(f"cannot read {path}: {err.strerror}") from None
-    return load_yaml_text(text, str(path))
+    return load_yaml_text(read_text(path), str(path))
 
 
 Marks = Dict[Tuple[str, ...], int]  # key path in a document -> its 1-based line
@@ -63,10 +71,7 @@ def load_yaml_marked(path: str | Path) -> Tuple[Any, Marks]:
     """A YAML file and the line of every mapping key in it (`("params", "n_experiences") -> 12`), so a
     check of the document's keys can name the file and line of a mistake."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise ClipbenchError(f"cannot read {path}: {err.strerror}") from None
+    text = read_text(path)
     doc = load_yaml_text(text, str(path))  # syntax errors, named with their line
     marks: Marks = {}
     node = yaml.compose(text, Loader=_Loader)

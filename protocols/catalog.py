@@ -75,6 +75,8 @@ class ProtocolDef:
     headline: Tuple[str, ...] = ()
     # the metrics it reports (records, leaderboard): its file's `metrics:`, else (empty) every metric of its kind
     metrics: Tuple[str, ...] = ()
+    source: str = ""  # the file it was read from ("" when made in code)
+    lines: Dict[str, str] = field(default_factory=dict, compare=False)  # "params.<key>" -> its "file:line"
 
     def __post_init__(self) -> None:
         if not self.metrics:  # a protocol made in code, not read from a file, reports what a file without `metrics:` would
@@ -101,10 +103,46 @@ class ProtocolDef:
 
     def check_dataset_specs(self, params: Dict[str, Any], source: str) -> None:
         """Every key inside the dataset specs of `params` (this protocol's, with settings from `source` applied)
-        is one its format reads (files are checked line by line when read; this covers settings)."""
+        is one its format reads, with a value its rules allow (files are checked line by line when read; this
+        covers settings), and the builder's parameters fit together."""
         from .formats import check_dataset_specs
 
         check_dataset_specs(params, lambda keys: f"{source}: protocols.{self.name}." + ".".join(keys))
+        _check_together(self.builder_params(), params, lambda key: f"{source}: protocols.{self.name}.{key}")
+
+    def where(self, key: str = "") -> str:
+        """`file:line` of `params.<key>` in the protocol's file (its nearest enclosing key's line; the file
+        alone when unknown), or the protocol's name when it was made in code."""
+        if not self.source:
+            return f"protocol '{self.name}'"
+        parts = f"params.{key}".split(".") if key else []
+        for n in range(len(parts), 0, -1):
+            place = self.lines.get(".".join(parts[:n]))
+            if place:
+                return place
+        return self.source
+
+    def check_data(self, data_root: Optional[str], seed: int, params: Optional[Dict[str, Any]] = None) -> None:
+        """Build the streams once before anything runs (files are listed, not decoded) and refuse what would
+        fail mid-run or give wrong metrics (`build`'s checks): a class id the data lacks, experiences that do
+        not cover its classes, an experience without test images, classes whose prompts read the same. Data
+        that is not there yet is left to the run (it may download it; a dry run lists it). One line naming the
+        protocol file, and the line of the parameter when the problem is one parameter's."""
+        from clipbench.errors import BadValue, MissingData
+
+        params = dict(params if params is not None else self.params)
+        if any(not row["found"] for row in self.assets(data_root, params)):
+            return
+        try:
+            self.build(data_root, seed, _without_downloads(params))
+        except BadValue as err:
+            raise ClipbenchError(f"{self.where(err.key)}: protocol '{self.name}': {err}") from None
+        except MissingData:
+            return
+        except ClipbenchError as err:
+            raise ClipbenchError(f"{self.where()}: {err}" if self.source else str(err)) from None
+        except Exception:  # noqa: BLE001 - not bad input that can be named here: the run records it as it always did
+            return
 
     def builder_version(self) -> int:
         return int(getattr(BUILDERS.get(self.builder), "version", 1))
@@ -127,7 +165,26 @@ class ProtocolDef:
         streams = BUILDERS.get(self.builder)(dict(params if params is not None else self.params), data_root, seed)
         if streams.kind != self.kind:
             raise ClipbenchError(f"protocol '{self.name}' declares kind {self.kind} but its builder made {streams.kind}")
+        streams.check(f"protocol '{self.name}'")
         return streams
+
+
+def _without_downloads(value: Any) -> Any:
+    """Builder params with every dataset spec's `download` turned off (planning never downloads)."""
+    if isinstance(value, dict):
+        return {k: (False if k == "download" and "adapter" in value else _without_downloads(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_downloads(v) for v in value]
+    return value
+
+
+def _check_together(declared: Optional[type], params: Dict[str, Any], where: Callable[[str], str]) -> None:
+    """A builder's `Params.check(params)`: values that are each fine but do not fit together."""
+    found = getattr(declared, "check", None)
+    problem = found(params) if found is not None else None
+    if problem:
+        key, text = problem
+        raise ClipbenchError(f"{where(key)}: {key}: {text}")
 
 
 @dataclass
@@ -283,19 +340,23 @@ def load_protocol_file(path: Path) -> ProtocolDef:
 
     path = Path(path)
     doc, where = read_protocol_doc(path)
-    _check_keys(doc, [f.name for f in fields(ProtocolDef)] + list(PROTOCOL_FILE_KEYS), "a protocol file", where, path)
+    _check_keys(doc, [f.name for f in fields(ProtocolDef) if f.name not in ("source", "lines")] + list(PROTOCOL_FILE_KEYS),
+                "a protocol file", where, path)
     _require(doc, ["name", "version", "kind", "builder"], path)
     if doc["kind"] not in KINDS:
         raise ClipbenchError(f"{_at(where, path, 'kind')}: kind must be one of {', '.join(KINDS)}, got '{doc['kind']}'")
     _check_builder_params(doc, where, path)
     train = doc.get("train") or {}
     _check_keys(train, list(DEFAULTS["train"]), "train", where, path, "train")
+    # values that are each fine but do not fit together (every key is known by now)
+    _check_together(BUILDERS.get(doc["builder"]).params, doc.get("params") or {}, lambda key: _at(where, path, "params", key))
     reported = _reported(doc.get("metrics"), doc["kind"], _at(where, path, "metrics"))
     return ProtocolDef(
         name=doc["name"], version=int(doc["version"]), kind=doc["kind"], builder=doc["builder"],
         params=dict(doc.get("params") or {}), description=doc.get("description", ""),
         train=dict(train), headline=_headline(doc.get("headline"), _at(where, path, "headline"), reported),
-        metrics=reported,
+        metrics=reported, source=str(path),
+        lines={".".join(k): f"{file}:{line}" for k, (file, line) in where.items() if k[0] == "params"},
     )
 
 

@@ -6,12 +6,13 @@ order, cut into at most five experiences of near-equal class counts) and, whole,
 set (the pretrained model's accuracy on the same classes, before and after each experience); the
 captions file is a retrieval set. Paths are written absolute, so the file works from any folder.
 Everything is checked before the file is written: the folder is an ImageFolder with at least
-`MIN_PER_CLASS` images per class, and the CSV has `image` and `caption` columns naming files that exist.
+`MIN_PER_CLASS` images per class (class folders as runs read them: `formats.image_folder.class_folders`),
+class names that give distinct prompts, and the CSV (UTF-8) has `image` and `caption` columns, a caption on
+every row and image files that exist.
 """
 
 from __future__ import annotations
 
-import csv
 import re
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -19,9 +20,12 @@ from typing import Dict, List, Optional
 import yaml
 
 from clipbench.errors import ClipbenchError
+from clipbench.streams import duplicate_classes_error, same_prompts
 
 from .catalog import get_protocol, protocol_names
 from .formats import IMAGE_SUFFIXES
+from .formats.image_folder import class_folders, images_in
+from .formats.lists import read_rows
 
 MAX_EXPERIENCES = 5
 MIN_PER_CLASS = 3  # a 20% test split keeps at least one image per class (round(3 x 0.2) = 1)
@@ -33,10 +37,8 @@ def image_folder_classes(root: Path) -> Dict[str, int]:
     """Class folder -> image count; one line naming the problem when `root` is not an ImageFolder."""
     if not root.is_dir():
         raise ClipbenchError(f"--images {root}: no such folder; give a folder with one sub-folder of images per class")
-    counts = {d.name: sum(1 for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-              for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")}
+    counts = {name: len(images_in(root / name)) for name in class_folders(root)}  # the classes a run reads
     loose = sum(1 for f in root.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-    counts = {k: v for k, v in counts.items() if v}
     if len(counts) < 2:
         what = f"{loose} image(s) directly inside it" if loose else "no class sub-folders with images"
         raise ClipbenchError(f"--images {root} is not an ImageFolder ({what}): put each class's images in a "
@@ -45,6 +47,9 @@ def image_folder_classes(root: Path) -> Dict[str, int]:
     if few:
         raise ClipbenchError(f"--images {root}: class folder(s) {', '.join(few)} hold fewer than {MIN_PER_CLASS} "
                              "images; add images or remove the folder")
+    same = same_prompts(list(counts), [TEMPLATES] * len(counts))
+    if same:
+        raise ClipbenchError(duplicate_classes_error(f"--images {root}", same))
     return counts
 
 
@@ -52,10 +57,10 @@ def check_captions(path: Path) -> int:
     """The number of caption rows; one line naming the problem when the CSV cannot serve as a retrieval set."""
     if not path.is_file():
         raise ClipbenchError(f"--captions {path}: no such file; give a CSV with the header image,caption")
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows or not {"image", "caption"} <= set(rows[0]):
-        raise ClipbenchError(f"--captions {path}: needs the header image,caption and at least one row")
+    try:
+        rows = read_rows(path, "caption")  # as runs read it
+    except ClipbenchError as err:
+        raise ClipbenchError(f"--captions {err}") from None
     missing = [r["image"] for r in rows if not (path.parent / r["image"]).is_file()]
     if missing:
         raise ClipbenchError(f"--captions {path}: {len(missing)} image(s) not found beside it, e.g. {missing[0]} "
@@ -88,11 +93,12 @@ def protocol_text(name: str, images: Path, captions: Optional[Path]) -> str:
            "description": f"{images.name}: {len(classes)} classes in {len(increments)} experiences"
                           + (f"; retrieval on {captions.name}" if captions else ""),
            "headline": headline, "params": params}
-    header = (f"# Written by `clipbench new protocol {name}`: {len(classes)} classes "
-              f"({', '.join(classes)}), {sum(classes.values())} images.\n"
+    shown = ", ".join(n if n.isprintable() else repr(n) for n in classes)  # a comment line holds no line break
+    header = (f"# Written by `clipbench new protocol {name}`: {len(classes)} classes ({shown}), "
+              f"{sum(classes.values())} images.\n"
               "# Target: the folder, 20% of each class held out for testing, in experiences of `increments`\n"
-              "# classes; zero-shot: the whole folder; retrieval: the captions CSV. Edit freely; bump `version`\n"
-              "# when you change what a run measures.\n")
+              "# classes; zero-shot: the whole folder" + ("; retrieval: the captions CSV" if captions else "") +
+              ". Edit freely;\n# bump `version` when you change what a run measures.\n")
     return header + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True)
 
 

@@ -82,7 +82,8 @@ def _protocol_file(tmp_path, text: str, name: str = "mine.yaml") -> Path:
     return path
 
 
-SHAPES = "name: mine\nversion: 1\nkind: class_incremental\nbuilder: synthetic_shapes\nparams:\n  colours: [red, green]\n"
+# three colours for the builder's default 3 experiences (two were refused once experiences had to cover the classes)
+SHAPES = "name: mine\nversion: 1\nkind: class_incremental\nbuilder: synthetic_shapes\nparams:\n  colours: [red, green, blue]\n"
 
 
 @pytest.mark.parametrize("text, message", [

@@ -12,23 +12,26 @@ are there and how to get them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Dict, List, Optional, Tuple
+from typing import Annotated, Any, ClassVar, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 
-from clipbench.errors import ClipbenchError
+from clipbench.errors import BadValue, ClipbenchError
 from clipbench.streams import CaptionedImages, LabelledImages, ZeroShotSet
 
 from ..formats import FORMATS, get_format, read_paths, resolve, spec_paths
+from ..values import PositiveInt, at_least
 
 
-def load_labelled(spec: Dict[str, Any], split: str, data_root: Optional[str]) -> Tuple[LabelledImages, List[str]]:
+def load_labelled(spec: Dict[str, Any], split: str, data_root: Optional[str],
+                  at: str = "") -> Tuple[LabelledImages, List[str]]:
     """A labelled split through the spec's format; `names` in the spec override the dataset's class names.
 
     A dataset with no official split (EuroSAT, Caltech101, SUN397) gives `test_fraction`: a fixed
     permutation (seed 0) sends that share of every class to the test split, the rest to train. The
-    images are listed, not decoded, so each is decoded once whatever split it lands in.
+    images are listed, not decoded, so each is decoded once whatever split it lands in. `at`: the spec's key
+    path in the builder's params (`target`), so a value that does not fit the data is named at its line.
     """
     fmt = get_format(spec)
     if fmt.labelled is None:
@@ -46,6 +49,9 @@ def load_labelled(spec: Dict[str, Any], split: str, data_root: Optional[str]) ->
         data = whole.subset(test_mask if split == "test" else ~test_mask)
     else:
         data, names = fmt.labelled(spec, split, data_root)
+    if "names" in spec and len(spec["names"]) != len(names):
+        raise BadValue(f"{at}.names" if at else "names", f"{len(spec['names'])} names for the {len(names)} classes the dataset has; give one "
+                       "name per class, in the dataset's class order")
     return data, [str(n) for n in spec.get("names", names)]
 
 
@@ -93,35 +99,55 @@ class HeldoutParams:
     zeroshot: Dict[str, Spec] = field(default_factory=dict)  # name -> labelled dataset spec (+ templates, split)
     retrieval: Dict[str, Spec] = field(default_factory=dict)  # name -> captioned dataset spec (+ folds)
     reference: Optional[Spec] = None  # image-caption pairs for methods that use outside data
-    train_per_class: Optional[int] = None  # subsample each class (fixed by subsample_seed)
-    test_per_class: Optional[int] = None
-    subsample_seed: int = 0
+    train_per_class: Optional[PositiveInt] = None  # subsample each class (fixed by subsample_seed)
+    test_per_class: Optional[PositiveInt] = None
+    subsample_seed: Annotated[int, at_least(0)] = 0
 
 
 def heldout_sets(params: Dict[str, Any], data_root: Optional[str]) -> Dict[str, Any]:
     zeroshot = {}
     for name, spec in (params.get("zeroshot") or {}).items():
-        data, names = load_labelled(spec, spec.get("split", "test"), data_root)
+        data, names = load_labelled(spec, spec.get("split", "test"), data_root, f"zeroshot.{name}")
         zeroshot[name] = ZeroShotSet(data, names, list(spec.get("templates", DEFAULT_TEMPLATES)))
     retrieval = {name: load_captioned(spec, data_root) for name, spec in (params.get("retrieval") or {}).items()}
     reference = load_captioned(params["reference"], data_root) if params.get("reference") else None
     return {"zeroshot_sets": zeroshot, "retrieval_sets": retrieval, "reference": reference}
 
 
-def experience_sizes(n_classes: int, params: Dict[str, Any]) -> List[int]:
+def experience_sizes(n_classes: int, params: Dict[str, Any], what: str = "the stream has") -> List[int]:
     """`increments: [..]`, or `initial` + `increment`, or `n_experiences` equal parts."""
-    if "increments" in params:
-        sizes = [int(x) for x in params["increments"]]
-    elif "increment" in params:
-        first = int(params.get("initial", params["increment"]))
-        rest = n_classes - first
-        sizes = [first] + [int(params["increment"])] * (rest // int(params["increment"]))
-    else:
-        n = int(params.get("n_experiences", 1))
-        sizes = [n_classes // n] * n
-    if sum(sizes) != n_classes:
-        raise ClipbenchError(f"experiences of {sizes} classes do not cover the {n_classes} classes")
-    return sizes
+    problem = experience_sizes_problem(n_classes, params, what)
+    if problem:
+        key = next(k for k in ("increments", "increment", "n_experiences") if params.get(k) is not None or k == "n_experiences")
+        raise BadValue(key, problem)
+    return _sizes(n_classes, params)
+
+
+def _sizes(n_classes: int, params: Dict[str, Any]) -> List[int]:
+    if params.get("increments") is not None:
+        return [int(x) for x in params["increments"]]
+    if params.get("increment") is not None:
+        first = int(params.get("initial") or params["increment"])
+        return [first] + [int(params["increment"])] * (max(n_classes - first, 0) // int(params["increment"]))
+    n = int(params.get("n_experiences") or 1)
+    return [n_classes // n] * n
+
+
+def experience_sizes_problem(n_classes: int, params: Dict[str, Any], what: str) -> Optional[str]:
+    """Why the experiences of `params` do not cover `n_classes` classes exactly, with the fix (None: they do).
+    `what` says where the count comes from ("class_order lists", "the target has")."""
+    sizes = _sizes(n_classes, params)
+    if sum(sizes) == n_classes and all(n >= 1 for n in sizes):
+        return None
+    if params.get("increments") is not None:
+        return (f"increments {sizes} add up to {sum(sizes)} classes, but {what} {n_classes}: make them add up to "
+                f"{n_classes}")
+    if params.get("increment") is not None:
+        return (f"{sizes[0]} classes, then steps of {params['increment']}, do not cover the {n_classes} classes "
+                f"{what}: pick initial and increment so that initial + k x increment = {n_classes}, or give increments")
+    n = int(params.get("n_experiences") or 1)
+    return (f"n_experiences {n} does not split the {n_classes} classes {what} into equal parts: use a divisor of "
+            f"{n_classes}, or give increments (a list of class counts adding up to {n_classes})")
 
 
 def heldout_specs(params: Dict[str, Any]) -> List[Tuple[str, Dict[str, Any]]]:
@@ -134,13 +160,17 @@ def heldout_specs(params: Dict[str, Any]) -> List[Tuple[str, Dict[str, Any]]]:
 
 def asset_report(specs: List[Tuple[str, Dict[str, Any]]], data_root: Optional[str]) -> List[Dict[str, Any]]:
     """Every file or folder the dataset specs read: where, whether found, how to get it, and (`reads`) the
-    files and folders whose contents the data fingerprint covers."""
+    files and folders whose contents the data fingerprint covers. A file that is there but names files that
+    are not (a list's images) is not found, and `how` says which."""
     rows = []
     for label, spec in specs:
         fmt = get_format(spec)
         reads = [str(p) for p in read_paths(spec, data_root)]
+        inside = fmt.unreadable(spec, data_root) if fmt.unreadable is not None else None
         for key, value in spec_paths(spec):
             path = resolve(data_root, value)
-            rows.append({"asset": label, "key": key, "path": str(path), "found": path.exists(),
-                         "how": spec.get("how", fmt.how), "reads": reads})
+            found = path.exists() and not inside
+            rows.append({"asset": label, "key": key, "path": str(path), "found": found,
+                         "how": inside if path.exists() and inside else spec.get("how", fmt.how), "reads": reads})
+            inside = None if path.exists() else inside  # said once
     return rows

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Annotated, Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -26,6 +26,7 @@ from clipbench.streams import CaptionedImages, LabelledImages, Streams, ZeroShot
 
 from .. import offline
 from ..catalog import register_assets, register_builder
+from ..values import ClassIds, PositiveInt, at_least, equal_parts_problem
 
 SPLIT_VERSION = 1
 IMAGE_SIZE = 96
@@ -103,14 +104,28 @@ def _class_subsample(labels: np.ndarray, classes: List[int], per_class: int, rng
 class MiniParams:
     """The `mini` builder's parameters (a protocol file's `params:`)."""
 
-    n_experiences: int = 5
-    class_order: List[int] = field(default_factory=lambda: list(range(10)))
-    train_per_class: int = 200
-    test_per_class: int = 100
-    subsample_seed: int = 0  # fixes the subsample (not the run seed), so seeds vary training only
-    reference_size: int = 0  # pairs of the alignment split kept as the reference set (0: all)
+    n_experiences: PositiveInt = 5
+    class_order: ClassIds = field(default_factory=lambda: list(range(10)))
+    train_per_class: PositiveInt = 200
+    test_per_class: PositiveInt = 100
+    subsample_seed: Annotated[int, at_least(0)] = 0  # fixes the subsample (not the run seed), so seeds vary training only
+    reference_size: Annotated[int, at_least(0)] = 0  # pairs of the alignment split kept as the reference set (0: all)
     fashion_root: Optional[str] = None  # default: the Debian package's folder
     tuxpaint_root: Optional[str] = None
+
+    @staticmethod
+    def check(params: Dict[str, Any]) -> Optional[Tuple[str, str]]:
+        """(key, problem) of values that do not fit together or Fashion-MNIST (None: fine)."""
+        order = params.get("class_order", list(range(10)))
+        if any(c >= len(offline.FASHION_CLASSES) for c in order):
+            return "class_order", f"Fashion-MNIST has {len(offline.FASHION_CLASSES)} classes, ids 0 to 9"
+        problem = equal_parts_problem(len(order), params.get("n_experiences", 5))
+        if problem:
+            return "n_experiences", problem
+        for key, most in (("train_per_class", 6000), ("test_per_class", 1000)):
+            if params.get(key, 0) > most:
+                return key, f"Fashion-MNIST has {most} images per class in that split; use at most {most}"
+        return None
 
 
 @register_builder("mini", params=MiniParams)

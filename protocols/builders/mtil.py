@@ -5,7 +5,7 @@ class_incremental`) and RAIL's X-TAIL (`kind: class_incremental`, `scoring: all`
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Dict, List, Optional, Tuple
+from typing import Any, ClassVar, Dict, List, Literal, Optional, Tuple
 
 import numpy as np
 
@@ -13,6 +13,7 @@ from clipbench.errors import ClipbenchError
 from clipbench.streams import KINDS, SCORINGS, LabelledImages, Streams
 
 from ..catalog import register_assets, register_builder
+from ..values import UniqueNames
 from .dataset_specs import (DEFAULT_TEMPLATES, HeldoutParams, Spec, asset_report, heldout_sets, heldout_specs, load_labelled, subsample)
 
 
@@ -21,13 +22,23 @@ class MtilParams(HeldoutParams):
     """The `mtil` builder's parameters (a protocol file's `params:`); the builder reads the mapping."""
 
     REQUIRED: ClassVar[Tuple[str, ...]] = ("order", "datasets")
-    order: List[str] = field(default_factory=list)  # dataset names, in task order
+    order: UniqueNames = field(default_factory=list)  # dataset names, in task order
     datasets: Dict[str, Spec] = field(default_factory=dict)  # name -> labelled dataset spec (+ templates)
-    kind: str = "task_incremental"  # or class_incremental: scored over every class seen so far
-    scoring: str = ""  # "all": over every class of every dataset, seen or not, in every row
+    kind: Literal["task_incremental", "class_incremental"] = "task_incremental"  # class_incremental: over every class seen
+    scoring: Literal["", "all"] = ""  # "all": over every class of every dataset, seen or not, in every row
+
+    @staticmethod
+    def check(params: Dict[str, Any]) -> Optional[Tuple[str, str]]:
+        """(key, problem) of values that do not fit together (None: fine): every task of `order` is a dataset."""
+        unknown = [n for n in params.get("order") or [] if n not in (params.get("datasets") or {})]
+        if unknown:
+            return "order", (f"task {unknown[0]!r} is not one of the datasets ({', '.join(map(str, params.get('datasets') or {}))}); "
+                             "name each task by its key under datasets:")
+        return None
 
 
-@register_builder("mtil", version=2, params=MtilParams)
+# version 3: an image folder's hidden and image-less sub-folders are no classes, hidden files no images
+@register_builder("mtil", version=3, params=MtilParams)
 def build_mtil(params: Dict[str, Any], data_root: Optional[str], seed: int) -> Streams:
     """ZSCL's multi-domain task-incremental learning: one task per dataset, in `order`, each trained
     and scored over its own classes with its own templates (a dataset's classes use that dataset's
@@ -42,8 +53,8 @@ def build_mtil(params: Dict[str, Any], data_root: Optional[str], seed: int) -> S
     train, test, class_names, exp_classes, class_templates = [], [], [], [], []
     for name in params["order"]:
         spec = params["datasets"][name]
-        tr, names = load_labelled(spec, "train", data_root)
-        te, _ = load_labelled(spec, "test", data_root)
+        tr, names = load_labelled(spec, "train", data_root, f"datasets.{name}")
+        te, _ = load_labelled(spec, "test", data_root, f"datasets.{name}")
         tr, te = subsample(tr, params.get("train_per_class"), rng), subsample(te, params.get("test_per_class"), rng)
         offset = len(class_names)
         train.append(LabelledImages(tr.images, tr.labels + offset))

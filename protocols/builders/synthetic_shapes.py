@@ -7,7 +7,7 @@ each image captioned twice ("a red circle", "a circle coloured red"). Determinis
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Annotated, Any, Dict, List, Literal, Optional, Tuple
 
 import numpy as np
 import torch
@@ -15,6 +15,7 @@ import torch
 from clipbench.streams import CaptionedImages, LabelledImages, Streams, ZeroShotSet
 
 from ..catalog import register_builder
+from ..values import PositiveInt, UniqueNames, at_least, equal_parts_problem
 
 COLOURS = {
     "red": (220, 30, 30), "green": (30, 190, 40), "blue": (40, 60, 230), "yellow": (235, 220, 40),
@@ -27,15 +28,25 @@ SHAPES = ["circle", "square", "triangle", "cross"]
 class ShapesParams:
     """The `synthetic_shapes` builder's parameters (a protocol file's `params:`)."""
 
-    colours: List[str] = field(default_factory=lambda: list(COLOURS)[:6])  # target classes, in class order
-    n_experiences: int = 3
-    train_per_class: int = 24
-    test_per_class: int = 12
-    heldout_per_class: int = 12  # zero-shot shapes set, images per shape
-    retrieval_images: int = 24
-    reference_pairs: int = 24
-    image_size: int = 32
-    kind: str = "class_incremental"
+    colours: UniqueNames = field(default_factory=lambda: list(COLOURS)[:6])  # target classes, in class order
+    n_experiences: PositiveInt = 3
+    train_per_class: PositiveInt = 24
+    test_per_class: PositiveInt = 12
+    heldout_per_class: PositiveInt = 12  # zero-shot shapes set, images per shape
+    retrieval_images: PositiveInt = 24
+    reference_pairs: PositiveInt = 24
+    image_size: Annotated[int, at_least(8)] = 32
+    kind: Literal["class_incremental", "task_incremental"] = "class_incremental"
+
+    @staticmethod
+    def check(params: Dict[str, Any]) -> Optional[Tuple[str, str]]:
+        """(key, problem) of values that do not fit together (None: fine)."""
+        colours = params.get("colours", list(COLOURS)[:6])
+        unknown = [c for c in colours if c not in COLOURS]
+        if unknown:
+            return "colours", f"{unknown[0]!r} is not a colour this builder draws; use some of {', '.join(COLOURS)}"
+        problem = equal_parts_problem(len(colours), params.get("n_experiences", 3))
+        return ("n_experiences", problem) if problem else None
 
 
 def _draw(rng: np.random.Generator, colour: str, shape: str, size: int) -> np.ndarray:

@@ -21,11 +21,11 @@ new file here (and its test): write `labelled` and/or `captioned`, then `registe
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from clipbench.errors import ClipbenchError
+from clipbench.errors import ClipbenchError, MissingData
 from clipbench.registry import Registry
 from clipbench.streams import CaptionedImages, LabelledImages
 
@@ -45,7 +45,11 @@ class Format:
     - `fetch(spec, data_root)`: download when the spec says `download: true` (optional);
     - `read_paths(spec, data_root)`: the files and folders the format reads, when narrower than `path_keys`;
     - `keys`: the other spec keys it reads (besides `COMMON_KEYS` and `path_keys`);
-    - `split_keys`: suffixes of keys it reads per split, e.g. `_root` for `train_root` and `test_root`.
+    - `split_keys`: suffixes of keys it reads per split, e.g. `_root` for `train_root` and `test_root`;
+    - `types`: the type and value rule of its keys (`clipbench.protocols.values`), a split key by its suffix
+      (`"_limit"`), checked where a protocol file or setting gives them;
+    - `unreadable(spec, data_root)`: what is wrong inside files that exist (a list naming images that are not
+      there), for `--dry-run`; None when nothing is.
     """
 
     name: str
@@ -57,6 +61,8 @@ class Format:
     read_paths: Optional[Callable[[Spec, Optional[str]], List[Path]]] = None
     keys: Tuple[str, ...] = ()
     split_keys: Tuple[str, ...] = ()
+    types: Dict[str, Any] = field(default_factory=dict)
+    unreadable: Optional[Callable[[Spec, Optional[str]], Optional[str]]] = None
 
 
 FORMATS: Registry[Format] = Registry("dataset format", "clipbench.protocols.formats")
@@ -78,11 +84,18 @@ COMMON_KEYS = ("adapter", "how", "source", "download", "names", "templates", "sp
 SPLITS = ("train", "test", "val", "all")  # the splits a per-split key may name (and the spec's own `split`)
 
 
+def _common_types() -> Dict[str, Any]:
+    from ..values import Fraction, PositiveInt, Templates
+
+    return {"adapter": str, "how": str, "download": bool, "names": List[Any], "templates": Templates, "split": str,
+            "folds": PositiveInt, "test_fraction": Fraction, "whole_split": str}
+
+
 def check_spec(spec: Spec, where: Callable[[str], str]) -> None:
     """Every key of a dataset spec is one its format reads: a typo (`test_fration`) would otherwise be
     ignored and the run would measure other data than the file says. One line naming the place of the
     key (`where(key)`, e.g. its file and line), the key and the nearest known key."""
-    from clipbench.types import unknown_key
+    from clipbench.types import check, unknown_key
 
     try:
         fmt = get_format(spec)
@@ -93,6 +106,12 @@ def check_spec(spec: Spec, where: Callable[[str], str]) -> None:
     for key in spec:
         if key not in known:
             raise unknown_key(str(key), known, f"a dataset spec of format '{fmt.name}'", where(str(key)))
+    types = {**_common_types(), **fmt.types}
+    for key, value in spec.items():
+        suffix = next((s for s in fmt.split_keys if str(key).endswith(s) and s in types), None)
+        annotation = types.get(str(key), types.get(suffix) if suffix else None)
+        if annotation is not None:
+            check(str(key), value, annotation, where(str(key)))
 
 
 def check_dataset_specs(params: Dict[str, Any], where: Callable[[Tuple[str, ...]], str]) -> None:
@@ -118,8 +137,8 @@ def resolve(data_root: Optional[str], value: Any) -> Path:
     return p if p.is_absolute() or data_root is None else Path(data_root).expanduser() / p
 
 
-def missing(what: str, path: Path, how: str) -> ClipbenchError:
-    return ClipbenchError(f"{what} not found at {path}: {how}")
+def missing(what: str, path: Path, how: str) -> MissingData:
+    return MissingData(f"{what} not found at {path}: {how}")
 
 
 def require_dir(path: Path, what: str, how: str) -> Path:

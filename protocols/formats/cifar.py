@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Literal, Optional
 
 import numpy as np
 import torch
@@ -69,4 +69,4 @@ def read_paths(spec: Spec, data_root: Optional[str]) -> List[Path]:
 
 
 register_format(Format("cifar", HOW, ("root",), labelled=labelled, fetch=fetch, read_paths=read_paths,
-                       keys=("variant",)))
+                       keys=("variant",), types={"variant": Literal[10, 100]}))

@@ -16,6 +16,7 @@ import torch
 
 from clipbench.streams import FileReader, ImageSources, LabelledImages
 
+from ..values import PositiveInt
 from . import Format, Labelled, Spec, missing, register_format, resolve
 
 HOW = "COCO-2014 images and annotations_trainval2014.zip from cocodataset.org"
@@ -43,4 +44,4 @@ def labelled(spec: Spec, split: str, data_root: Optional[str]) -> Labelled:
 
 
 register_format(Format("coco_crops", HOW, ("root",), labelled=labelled, keys=("min_area",),
-                       split_keys=("_split", "_limit")))
+                       split_keys=("_split", "_limit"), types={"min_area": float, "_split": str, "_limit": PositiveInt}))

@@ -16,6 +16,7 @@ import torch
 
 from clipbench.streams import CaptionedImages, FileReader, ImageSources
 
+from ..values import PositiveInt
 from . import Format, Spec, register_format, require_dir, require_file, resolve
 
 HOW = "Karpathy's caption_datasets.zip plus the Flickr30k or COCO images"
@@ -41,4 +42,4 @@ def captioned(spec: Spec, data_root: Optional[str]) -> CaptionedImages:
 
 
 register_format(Format("karpathy_captions", HOW, ("split_json", "image_root"), captioned=captioned,
-                       keys=("limit",)))
+                       keys=("limit",), types={"limit": PositiveInt}))

@@ -19,6 +19,7 @@ import torch
 from clipbench.errors import ClipbenchError
 from clipbench.streams import ImageReader, ImageSources, LabelledImages
 
+from ..values import PositiveInt
 from . import Format, Labelled, Spec, missing, register_format, resolve
 
 HOW = "torchvision downloads it when the spec says download: true"
@@ -102,4 +103,4 @@ def read_paths(spec: Spec, data_root: Optional[str]) -> List[Path]:
 
 
 register_format(Format("torchvision", HOW, ("root",), labelled=labelled, read_paths=read_paths, keys=("name",),
-                       split_keys=("_split", "_limit")))
+                       split_keys=("_split", "_limit"), types={"name": str, "_split": str, "_limit": PositiveInt}))
