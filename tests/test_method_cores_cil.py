@@ -50,7 +50,7 @@ def _c3box_simplecil_logits(train_x: np.ndarray, train_y: np.ndarray, test_x: np
     return x @ w.T
 
 
-def test_simplecil_prototype_classifier_matches_c3box():
+def test_pinned_simplecil():
     g = torch.Generator().manual_seed(0)
     model = FakeModel(48, 6)
     method = SimpleCIL(SimpleCILConfig(batch_size=7))  # batches do not change the features
@@ -144,7 +144,7 @@ def _rapf_tiny_setup(threshold: float):
     return model, method
 
 
-def test_rapf_hard_pairs_and_batch_loss_match_the_code():
+def test_pinned_rapf():
     """One batch of task 1: the method's extra terms plus the engine's cross-entropy equal the code's loss
     (main.py's batch body with `forward`), value and adapter gradient, under the same random draws."""
     torch.manual_seed(0)
@@ -272,7 +272,7 @@ def _start(method, model, exp):
     return strategy
 
 
-def test_proof_training_loss_matches_train_proj():
+def test_pinned_proof():
     """Task 1 (two projections, two sets of prompts, prototypes of four classes): the engine's cross-entropy
     on the method's forward plus its loss term equal `_train_proj`'s total loss, value and gradients."""
     torch.manual_seed(0)
