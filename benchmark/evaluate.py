@@ -30,8 +30,10 @@ def _autocast(device: str, precision: str):
 @torch.inference_mode()
 def encode_images(loaded: LoadedModel, images: torch.Tensor, batch_size: int, device: str = "cpu",
                   precision: str = "fp32", desc: str = "", progress: bool = False,
-                  per_batch: Optional[Callable[[torch.Tensor], ContextManager]] = None) -> torch.Tensor:
-    """uint8 [N, 3, H, W] -> normalised image features [N, D], in batches.
+                  per_batch: Optional[Callable[[torch.Tensor], ContextManager]] = None,
+                  normalize: bool = True) -> torch.Tensor:
+    """uint8 [N, 3, H, W] -> normalised image features [N, D], in batches (`normalize` False: as the encoder
+    returns them).
 
     `per_batch(uint8 batch)`, when given, returns a context under which that batch is encoded (a
     method's route inferred from the whole batch, see `Method.route_batch`).
@@ -50,7 +52,7 @@ def encode_images(loaded: LoadedModel, images: torch.Tensor, batch_size: int, de
         x = loaded.model_input(chunk, out=None if buffer is None else buffer[:len(chunk)])
         with _autocast(device, precision), (per_batch(chunk) if per_batch else contextlib.nullcontext()):
             f = clip.encode_image(x)
-        out.append(torch.nn.functional.normalize(f.float(), dim=-1))
+        out.append(torch.nn.functional.normalize(f.float(), dim=-1) if normalize else f.float())
     clip.train(was_training)
     return torch.cat(out).cpu() if out else torch.empty(0)
 

@@ -85,8 +85,9 @@ class Evaluator:
             f = encode_images(self.loaded, cap.images, self.batch, desc=f"retrieval {name}", **bar)
             retrieval[name] = retrieval_recall_folds(f, encode_texts(self.loaded, cap.captions, self.batch, **kw),
                                                      cap.caption_image, cap.folds)
+        raw = self.method is not None and self.method.scores_raw_features  # argmax-neutral: rows only rescaled
         return {
-            "image": encode_images(self.loaded, self.test_images, self.batch, desc="eval test sets", **bar),
+            "image": encode_images(self.loaded, self.test_images, self.batch, desc="eval test sets", normalize=not raw, **bar),
             "classes": self._target_classifier(class_embeddings(self.loaded, s.class_names, self.templates, self.batch, **kw)),
             "zeroshot": zeroshot, "retrieval": retrieval,
         }
@@ -113,17 +114,22 @@ class Evaluator:
             self._cached, self._version = self._features(), version
             _finite(self._cached["image"], "image features", row)
             _finite(self._cached["classes"], "class features", row)
-        f, acc = self._cached, []
+        f, acc, own = self._cached, [], []
         for j in range(self.streams.n_experiences):
             lo, hi = self.streams.scored_classes(row, j)
             a, b = self.bounds[j], self.bounds[j + 1]
             scores = self.method.scores(f["image"][a:b], f["classes"]) if self.method is not None else None
             if scores is not None:
                 _finite(scores, "scores", row)
+                own.append(scores)
             acc.append(accuracy(f["image"][a:b], self.test_labels[a:b], f["classes"], lo, hi) if scores is None
                        else top1_accuracy(scores[:, lo:hi], self.test_labels[a:b], lo))
-        return Row(acc, dict(f["zeroshot"]), {k: dict(v) for k, v in f["retrieval"].items()},
-                   per_class_accuracy(f["image"], self.test_labels, f["classes"]))
+        if self.method is not None and self.method.scores_raw_features and len(own) == self.streams.n_experiences:
+            # the method's own scores over every class (its class features score another space than raw images)
+            per_class = per_class_accuracy(torch.cat(own), self.test_labels, torch.eye(len(f["classes"])))
+        else:
+            per_class = per_class_accuracy(f["image"], self.test_labels, f["classes"])
+        return Row(acc, dict(f["zeroshot"]), {k: dict(v) for k, v in f["retrieval"].items()}, per_class)
 
     def _routed_row(self, row: int, batch: int) -> Row:
         """Row `row` under batch-wise task inference: each image set in batches of `batch` within the set

@@ -41,7 +41,7 @@ BOLD_LEVEL = 0.05  # one-sided Welch's t-test: bold unless significantly worse t
 BOLD_RULE = (f"**Bold**: not significantly worse than the column's best mean (Welch's t-test, one-sided, "
              f"level {BOLD_LEVEL}); only rows with 2 or more seeds are tested, so with fewer nothing is bold.")
 COST_COLUMNS = [("trainable_params", "trainable params"), ("extra_memory_mb", "extra mem (MB)"),
-                ("peak_mb", "peak mem (MB)"), ("hours", "wall (h)")]
+                ("exemplars", "exemplars"), ("peak_mb", "peak mem (MB)"), ("hours", "wall (h)")]
 LABEL_KEYS = 3  # settings named in a row label before "+N more"
 
 
@@ -123,6 +123,7 @@ def _costs(record: Dict[str, Any]) -> Dict[str, Any]:
     return {
         "trainable_params": costs.get("trainable_params"),
         "extra_memory_mb": costs.get("extra_memory_mb"),
+        "exemplars": costs.get("exemplars"),  # records from before it was recorded: none
         "peak_mb": costs.get("peak_gpu_mb") if device.startswith("cuda") else costs.get("peak_rss_mb", costs.get("process_peak_rss_mb")),
         "hours": (costs.get("wall_seconds") or 0) / 3600.0,
         "inference_extras": costs.get("inference_extras"),
@@ -337,6 +338,8 @@ def _cost(key: str, vals: List[Any]) -> str:
         return f"{v / 1e6:.3f}M"
     if key == "hours":
         return f"{v:.4f}"
+    if key == "exemplars":
+        return f"{v:.0f}"
     return f"{v:.1f}"
 
 

@@ -106,7 +106,8 @@ def execute_run(spec: RunSpec, store: ResultStore, device: str, progress: bool, 
     started = provenance.now()
     wall = time.perf_counter()
     # prior: the costs of the run's earlier processes, from its checkpoint
-    state: Dict[str, Any] = {"raw": None, "trainable": 0, "extra_bytes": 0, "inference_extras": None, "prior": {}}
+    state: Dict[str, Any] = {"raw": None, "trainable": 0, "extra_bytes": 0, "inference_extras": None, "exemplars": None,
+                             "prior": {}}
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     gpu = (lambda: torch.cuda.max_memory_allocated()) if device.startswith("cuda") else (lambda: None)
@@ -150,6 +151,7 @@ def execute_run(spec: RunSpec, store: ResultStore, device: str, progress: bool, 
             "wall_seconds": round(costs["wall_seconds"], 3),  # summed over the run's processes
             "processes": costs["processes"],  # 1, plus one per resume
             "inference_extras": state["inference_extras"],  # what inference needs beyond the model ("": nothing)
+            "exemplars": state["exemplars"],  # training images the method keeps, after its last experience
         },
         "provenance": {**provenance.collect(device, spec.precision, argv), "started": started, "ended": provenance.now()},
         # per dataset with published sizes: the reference split, or how it differs (`clipbench data check`)
@@ -195,6 +197,7 @@ def _run_experiences(spec: RunSpec, store: ResultStore, device: str, progress: b
     method = method_cls(method_cls.Config(**spec.method_config))
     method.setup(model, streams)
     state["inference_extras"] = method.inference_extras()
+    state["exemplars"] = method.exemplar_count()
     model.to(device)  # a method may have added modules
     state["trainable"] = set_trainable(model, method) if method_cls.trains else 0
     evaluator = Evaluator(streams, loaded, spec, device, progress, method)
@@ -209,6 +212,7 @@ def _run_experiences(spec: RunSpec, store: ResultStore, device: str, progress: b
     if checkpoint:
         model.load_checkpoint_state(checkpoint["model"])
         method.load_state_dict(checkpoint["method"])
+        state["exemplars"] = method.exemplar_count()
         state["prior"] = checkpoint.get("costs") or {}  # checkpoints of older code carry none
         _log(f"  resuming from experience {start}/{streams.n_experiences}", quiet)
     else:
@@ -236,6 +240,7 @@ def _run_experiences(spec: RunSpec, store: ResultStore, device: str, progress: b
         raw["train_seconds"].append(seconds)
         state["extra_bytes"] = max(state["extra_bytes"], state_bytes(method))
         state["inference_extras"] = method.inference_extras()  # as it stands after learning (sizes known by now)
+        state["exemplars"] = method.exemplar_count()
         t = time.perf_counter()
         # an untrained model keeps its features
         version = exp + 1 if (method_cls.trains or not options.share_evaluation) else 0

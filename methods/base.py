@@ -9,6 +9,7 @@ and optional hooks:
   writes `strategy.loss` itself, so two plugins cannot interfere;
 - `state_dict()` / `load_state_dict()`: whatever it keeps between experiences, for exact resume;
 - `inference_extras()`: what inference needs beyond the model (a cost column of the leaderboard);
+- `exemplar_count()`: how many training images it keeps between experiences (a cost column);
 - `route_batch(loaded, images)` with `infers_task_per_batch = True`: for methods that infer the task
   from a whole test batch (MoE-Adapters' DDAS, DIKI's vote); see `Route`;
 - `fit_experience(data, exp, encode)`: learning without gradients (analytic methods, `trains = False`);
@@ -96,6 +97,9 @@ class Method(SupervisedPlugin):
     # True: the method infers the task from a whole test batch (`route_batch`); the evaluator then encodes
     # each image set in batches within that set, once at the evaluation batch size and once at batch size 1
     infers_task_per_batch: ClassVar[bool] = False
+    # True: `scores` receives the target stream's image features as the image encoder returns them, not
+    # L2-normalised (PROOF scores unnormalised features); the per-class accuracy then comes from `scores` too
+    scores_raw_features: ClassVar[bool] = False
 
     def __init__(self, config: Optional[MethodConfig] = None):
         super().__init__()
@@ -146,6 +150,10 @@ class Method(SupervisedPlugin):
         """What inference needs beyond the model being trained, in a few words (e.g. "zero-shot CLIP",
         "one autoencoder per task"); shown in the leaderboard's cost columns. Default "": nothing."""
         return ""
+
+    def exemplar_count(self) -> int:
+        """How many training images the method keeps between experiences (0: exemplar-free)."""
+        return 0
 
     def loss(self, strategy) -> Optional[torch.Tensor]:
         """An extra loss term for the current mini-batch (`strategy.mb_x`, `mb_y`, `mb_output`)."""

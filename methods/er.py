@@ -54,6 +54,9 @@ class ER(Method):
         own = self.streams.train[strategy.experience.current_experience]
         self.buffer = balance(self.buffer, own, self.config.buffer_size)
 
+    def exemplar_count(self) -> int:
+        return 0 if self.buffer is None else len(self.buffer)
+
     def state_dict(self) -> Dict[str, Any]:
         return {"buffer": None if self.buffer is None else (self.buffer.images, self.buffer.labels)}
 

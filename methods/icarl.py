@@ -109,6 +109,9 @@ class ICaRL(WithTeacher):
             out[c] = F.normalize(encode_in_batches(model, imgs, device).mean(0), dim=-1)
         return out
 
+    def exemplar_count(self) -> int:
+        return sum(len(imgs) for imgs in self.exemplars.values())
+
     def state_dict(self) -> Dict[str, Any]:
         return {"exemplars": self.exemplars}
 

@@ -116,6 +116,9 @@ class ICaRLZSCL(WithTeacher):
         else:
             self._update_memory(strategy.model, exp, strategy.device)
 
+    def exemplar_count(self) -> int:
+        return sum(len(s) for s in self.sets)
+
     def state_dict(self) -> Dict[str, Any]:
         return {"sets": self.sets, "initial": self.initial}
 

@@ -120,6 +120,19 @@ def encode_in_batches(model: nn.Module, images: torch.Tensor, device, batch_size
                       for s in range(0, len(images), batch_size)])
 
 
+@torch.no_grad()
+def raw_image_features(model: nn.Module, images: torch.Tensor, device, batch_size: int = 128) -> torch.Tensor:
+    """Image features of uint8 `images` as the image encoder returns them (not normalised), on the CPU, in
+    batches without grad, the encoder in eval mode (the LAMDA methods' `convnet.encode_image(x)`)."""
+    clip = model.clip
+    was_training = clip.training
+    clip.eval()
+    out = [clip.encode_image(model.preprocess(images[s:s + batch_size].to(device))).float().cpu()
+           for s in range(0, len(images), batch_size)]
+    clip.train(was_training)
+    return torch.cat(out) if out else torch.empty(0)
+
+
 def token_space(tokenizer) -> Dict[str, Any]:
     """Start, end and pad ids, the ordinary token ids, and the context length of an open_clip tokenizer."""
     if hasattr(tokenizer, "sot_token_id"):  # open_clip's BPE tokenizer

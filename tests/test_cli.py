@@ -154,6 +154,15 @@ def test_methods_that_keep_state_report_its_memory(results):
     assert costs["er"]["extra_memory_mb"] > 0  # its buffer
 
 
+def test_methods_that_keep_exemplars_report_how_many(results):
+    assert run_cli("run", "--method", "lwf", "er", "proof", "--protocol", "tiny_shapes", "--suite", "tiny", "--results",
+                   results, "--quiet", "--set", *SMALL) == 0
+    recs = {r["spec"]["method"]: r for r in records(results).values()}
+    assert recs["lwf"]["costs"]["exemplars"] == 0
+    seen = sum(recs["er"]["raw"]["train_sizes"])  # the budgets (200, 2000) exceed the tiny stream: every image kept
+    assert recs["er"]["costs"]["exemplars"] == recs["proof"]["costs"]["exemplars"] == seen > 0
+
+
 def test_provenance_is_the_code_loaded_at_start(results, monkeypatch):
     """A commit made while a grid runs must not be credited with its numbers."""
     from clipbench import provenance

@@ -21,12 +21,14 @@ GOLDEN = Path(__file__).parent / "golden"
 
 
 def record(method, seed, last, zs, method_version=1, model="tiny-model", suite="demo", protocol="proto",
-           train=None, weights="random-init", extras=None):
+           train=None, weights="random-init", extras=None, exemplars=None):
     """A complete record whose raw results give `last` and a zero-shot set ending at `zs` (before: 0.6)."""
     matrix = [[0.5, 0.5], [0.9, 0.4], [last - 0.1, last + 0.1]]
     costs = {"trainable_params": 1000, "extra_memory_mb": 2.0, "peak_rss_mb": 500.0, "wall_seconds": 36.0}
     if extras is not None:
         costs["inference_extras"] = extras
+    if exemplars is not None:  # records from before the column have none
+        costs["exemplars"] = exemplars
     return {
         "schema_version": 1, "status": "complete", "id": f"{method}{seed}",
         "spec": {"suite": suite, "protocol": protocol, "method": method, "method_version": method_version,
@@ -56,8 +58,8 @@ def table_line(text: str, start: str) -> list:
 @pytest.fixture
 def demo(tmp_path):
     results = tmp_path / "results"
-    recs = [record("alpha", s, 0.80 + 0.02 * s, 0.50 + 0.01 * s, extras="zero-shot CLIP") for s in range(3)]
-    recs += [record("beta", s, 0.70 + 0.01 * s, 0.58, extras="") for s in range(3)]
+    recs = [record("alpha", s, 0.80 + 0.02 * s, 0.50 + 0.01 * s, extras="zero-shot CLIP", exemplars=200) for s in range(3)]
+    recs += [record("beta", s, 0.70 + 0.01 * s, 0.58, extras="", exemplars=0) for s in range(3)]
     # a method whose seeds ran on two versions of its code: two rows, never one cell
     recs += [record("gamma", 0, 0.9, 0.3, method_version=1), record("gamma", 1, 0.91, 0.31, method_version=2)]
     # a crafted name that would break a table or inject markup or TeX
