@@ -82,7 +82,7 @@ def labelled(spec: Spec, split: str, data_root: Optional[str]) -> Labelled:
 def write_small(spec: Spec, data_root: str, per_class: int = 2, seed: int = 0, n_classes: Optional[int] = None) -> Spec:
     """A tiny ImageNet-R: `<root>/<wnid>/<rendition>_<k>.jpg` for every wnid of `names_by_wnid` (else
     `n_classes` made-up ones) and a split file in RAPF's format; the blob pin is switched off."""
-    from ._small import image, n_classes_of
+    from ._tiny import image, n_classes_of
 
     rng = np.random.default_rng(seed)
     root = resolve(data_root, spec["root"])

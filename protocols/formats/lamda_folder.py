@@ -79,7 +79,7 @@ def write_small(spec: Spec, data_root: str, per_class: int = 2, seed: int = 0, n
     """A tiny archive in this layout where `spec` reads it: one folder per class (`names:` count, else
     `n_classes`), `per_class` images per class and split, the first class nested one folder deeper (frames of a
     video, as UCF-101's frames may be). Returns the spec overrides the data needs (none)."""
-    from ._small import image, n_classes_of
+    from ._tiny import image, n_classes_of
 
     rng = np.random.default_rng(seed)
     for split in DEFAULT_DIRS:

@@ -88,7 +88,7 @@ def read_paths(spec: Spec, data_root: Optional[str]) -> List[Path]:
 def write_small(spec: Spec, data_root: str, per_class: int = 2, seed: int = 0, n_classes: Optional[int] = None) -> Spec:
     """Tiny ObjectNet-layout data where `spec` reads it: `images/<category>/<file>.png` and both lists, whose
     lines carry a leading folder as the authors' lists may."""
-    from ._small import image, n_classes_of
+    from ._tiny import image, n_classes_of
 
     rng = np.random.default_rng(seed)
     images = resolve(data_root, spec["images"])

@@ -73,7 +73,7 @@ def read_paths(spec: Spec, data_root: Optional[str]) -> List[Path]:
 def write_small(spec: Spec, data_root: str, per_class: int = 2, seed: int = 0, n_classes: Optional[int] = None) -> Spec:
     """Tiny data in continuum's subset layout: `<root>/{train,val}/<wnid>/<file>.JPEG` and both lists (label k
     for the k-th made-up wnid); the blob pins are switched off."""
-    from ._small import image, n_classes_of
+    from ._tiny import image, n_classes_of
 
     rng = np.random.default_rng(seed)
     root = resolve(data_root, spec["root"])
