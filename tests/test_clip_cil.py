@@ -173,3 +173,15 @@ def test_leaderboard_shows_proofs_row_beside_proof(tmp_path):
     assert "40.0" not in section  # finetune's own numbers never sit beside PROOF's
     other = _section(tmp_path / "lb" / "clip_cil.md", "clipcil_imagenet_r_b0inc20")  # no proof run there
     assert table_line(other, "PROOF")[1].startswith("-[^")
+
+
+def test_a_class_order_may_name_some_of_the_classes():
+    """A protocol cut to a few classes of its order (the smoke runs do) leaves the other classes out."""
+    import torch
+
+    from clipbench.protocols.builders.dataset_specs import split_by_class
+    from clipbench.streams import LabelledImages
+
+    data = LabelledImages(torch.zeros(6, 3, 2, 2, dtype=torch.uint8), torch.tensor([0, 5, 9, 5, 0, 2]))
+    parts = split_by_class(data, [5, 0], [1, 1])
+    assert [p.labels.tolist() for p in parts] == [[0, 0], [1, 1]]
