@@ -17,6 +17,10 @@ new file here (and its test): write `labelled` and/or `captioned`, then `registe
 | `torchvision` | torchvision_dataset.py | any torchvision classification dataset by class name |
 | `coop_split` | coop_split.py | CoOp's fixed splits (`split_zhou_<Name>.json`) beside an image folder: X-TAIL, few-shot sets |
 | `tinyimagenet` | tinyimagenet.py | Tiny ImageNet as its zip unpacks (wnids.txt, train/<wnid>/images, val_annotations.txt) |
+| `lamda_folder` | lamda_folder.py | the LAMDA CIL archives (PROOF, C3Box): train/ and test/ read as torchvision's ImageFolder |
+| `objectnet_list` | objectnet_list.py | the authors' ObjectNet train/test lists over ObjectNet 1.0's images |
+| `imagenet_r_split` | imagenet_r_split.py | ImageNet-R cut by RAPF's imgr_train_test_split.txt (pinned by git blob id) |
+| `subset_list` | subset_list.py | continuum's `<path> <label>` subset lists (ImageNet-100 of RAPF / MG-CLIP) |
 """
 
 from __future__ import annotations
