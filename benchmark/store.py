@@ -23,6 +23,7 @@ import torch
 from . import claims
 from .errors import StorageError, is_write_failure, storage_error
 from .models import model_slug
+from .names import check_name
 from .spec import RunSpec
 
 SCHEMA_VERSION = 1
@@ -157,6 +158,8 @@ class ResultStore:
             raise storage_error(self.root, OSError(errno.EROFS if read_only else errno.EACCES, "not writable"))
 
     def run_dir(self, spec: RunSpec) -> Path:
+        for kind in ("protocol", "method"):  # checked where read; a spec from elsewhere never leaves the root
+            check_name(kind, getattr(spec, kind), "run spec")
         model = model_slug(spec.model["arch"], spec.model.get("pretrained"))
         return self.root / "runs" / spec.protocol / spec.method / model / f"seed{spec.seed}-{spec.id}"
 

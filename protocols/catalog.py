@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from clipbench.errors import ClipbenchError, unknown_name_error
+from clipbench.names import check_name
 from clipbench.registry import Registry
 from clipbench.streams import KINDS, Streams
 
@@ -285,6 +286,7 @@ def load_protocol_file(path: Path) -> ProtocolDef:
     doc, where = read_protocol_doc(path)
     _check_keys(doc, [f.name for f in fields(ProtocolDef)] + list(PROTOCOL_FILE_KEYS), "a protocol file", where, path)
     _require(doc, ["name", "version", "kind", "builder"], path)
+    check_name("protocol", doc["name"], _at(where, path, "name"))
     if doc["kind"] not in KINDS:
         raise ClipbenchError(f"{_at(where, path, 'kind')}: kind must be one of {', '.join(KINDS)}, got '{doc['kind']}'")
     _check_builder_params(doc, where, path)
@@ -315,6 +317,7 @@ def load_suite_file(path: Path) -> SuiteDef:
     doc, marks = load_yaml_marked(path)
     where: Where = {k: (str(path), line) for k, line in marks.items()}
     doc = _require(doc, ["name", "model", "protocols"], path)
+    check_name("suite", doc["name"], _at(where, path, "name"))
     _check_keys(doc, [f.name for f in fields(SuiteDef) if f.name not in ("source", "lines")], "a suite file", where, path)
     methods = doc.get("methods", "all")
     if methods != "all" and not (isinstance(methods, list) and all(isinstance(m, str) for m in methods)):
