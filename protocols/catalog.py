@@ -278,6 +278,14 @@ def _check_builder_params(doc: Dict[str, Any], where: Where, path: Path) -> None
         raise ClipbenchError(f"{_at(where, path, 'params')}: builder '{doc['builder']}' needs params: {', '.join(missing)}")
 
 
+def _version(value: Any, where: str) -> int:
+    """A protocol's `version:`, an integer >= 1 (it enters every run id; bump it when numbers could change)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ClipbenchError(f"{where}: version must be an integer >= 1 (bump it whenever the protocol's numbers "
+                             f"could change), got {value!r}")
+    return value
+
+
 def load_protocol_file(path: Path) -> ProtocolDef:
     """A protocol file, its includes applied, every key checked (file, line and did-you-mean on a mistake)."""
     from clipbench.spec import DEFAULTS
@@ -294,7 +302,7 @@ def load_protocol_file(path: Path) -> ProtocolDef:
     _check_keys(train, list(DEFAULTS["train"]), "train", where, path, "train")
     reported = _reported(doc.get("metrics"), doc["kind"], _at(where, path, "metrics"))
     return ProtocolDef(
-        name=doc["name"], version=int(doc["version"]), kind=doc["kind"], builder=doc["builder"],
+        name=doc["name"], version=_version(doc["version"], _at(where, path, "version")), kind=doc["kind"], builder=doc["builder"],
         params=dict(doc.get("params") or {}), description=doc.get("description", ""),
         train=dict(train), headline=_headline(doc.get("headline"), _at(where, path, "headline"), reported),
         metrics=reported,
@@ -306,6 +314,22 @@ def _suite_section_keys() -> Dict[str, List[str]]:
 
     return {"model": list(DEFAULTS["model"]), "train": list(DEFAULTS["train"]), "eval": list(DEFAULTS["eval"]),
             "resources": [f.name for f in fields(Resources)]}
+
+
+def _suite_seeds(value: Any, where: str) -> List[int]:
+    """A suite's `seeds:`, a non-empty list of distinct integers >= 0 (`1.9` is not read as seed 1)."""
+    ok = isinstance(value, list) and value and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
+                                                   for s in value)
+    if not ok or len(set(value)) != len(value):
+        raise ClipbenchError(f"{where}: seeds: expected a list of distinct integers >= 0, e.g. [0, 1, 2], got {value!r}")
+    return list(value)
+
+
+def _data_root(value: Any, where: str) -> Optional[str]:
+    """A suite's `data_root:`, one folder (or null)."""
+    if value is not None and not isinstance(value, str):
+        raise ClipbenchError(f"{where}: data_root: expected one folder, got {value!r}")
+    return value
 
 
 def load_suite_file(path: Path) -> SuiteDef:
@@ -338,8 +362,8 @@ def load_suite_file(path: Path) -> SuiteDef:
     return SuiteDef(
         name=doc["name"], description=doc.get("description", ""), model=dict(doc["model"]),
         protocols=list(protocols), methods=methods,
-        seeds=[int(s) for s in doc.get("seeds", [0])], train=dict(doc.get("train") or {}),
-        eval=dict(doc.get("eval") or {}), data_root=doc.get("data_root"), resources=dict(doc.get("resources") or {}),
+        seeds=_suite_seeds(doc.get("seeds", [0]), _at(where, path, "seeds")), train=dict(doc.get("train") or {}),
+        eval=dict(doc.get("eval") or {}), data_root=_data_root(doc.get("data_root"), _at(where, path, "data_root")), resources=dict(doc.get("resources") or {}),
         settings={str(k): v for k, v in settings.items()}, source=str(path),
         lines={str(k): where[("settings", str(k))][1] for k in settings if ("settings", str(k)) in where},
     )
