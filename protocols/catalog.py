@@ -118,10 +118,12 @@ class ProtocolDef:
         from .fingerprint import paths_fingerprint
 
         groups: Dict[str, List[str]] = {}
+        suffixes: Dict[str, Optional[List[str]]] = {}  # per dataset, the files its format reads inside folders
         for row in self.assets(data_root, params):
             if row.get("key") != "package":  # installed packages are part of the model's fingerprint
                 groups.setdefault(row["asset"], []).extend(row.get("reads", [row["path"]]))
-        return {label: paths_fingerprint(paths, memo) for label, paths in sorted(groups.items())}
+                suffixes[row["asset"]] = row.get("suffixes")
+        return {label: paths_fingerprint(paths, memo, suffixes.get(label)) for label, paths in sorted(groups.items())}
 
     def build(self, data_root: Optional[str], seed: int, params: Optional[Dict[str, Any]] = None) -> Streams:
         """Build the streams for `seed` (data order and subsampling may depend on it)."""

@@ -142,5 +142,6 @@ def asset_report(specs: List[Tuple[str, Dict[str, Any]]], data_root: Optional[st
         for key, value in spec_paths(spec):
             path = resolve(data_root, value)
             rows.append({"asset": label, "key": key, "path": str(path), "found": path.exists(),
-                         "how": spec.get("how", fmt.how), "reads": reads})
+                         "how": spec.get("how", fmt.how), "reads": reads,
+                         "suffixes": sorted(fmt.folder_suffixes) if fmt.folder_suffixes is not None else None})
     return rows

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
 
 from clipbench.errors import ClipbenchError
 from clipbench.registry import Registry
@@ -45,7 +45,9 @@ class Format:
     - `fetch(spec, data_root)`: download when the spec says `download: true` (optional);
     - `read_paths(spec, data_root)`: the files and folders the format reads, when narrower than `path_keys`;
     - `keys`: the other spec keys it reads (besides `COMMON_KEYS` and `path_keys`);
-    - `split_keys`: suffixes of keys it reads per split, e.g. `_root` for `train_root` and `test_root`.
+    - `split_keys`: suffixes of keys it reads per split, e.g. `_root` for `train_root` and `test_root`;
+    - `folder_suffixes`: the file name endings it reads inside its folders (an image folder: images), so the
+      data fingerprint counts only those; None: every file counts.
     """
 
     name: str
@@ -57,6 +59,7 @@ class Format:
     read_paths: Optional[Callable[[Spec, Optional[str]], List[Path]]] = None
     keys: Tuple[str, ...] = ()
     split_keys: Tuple[str, ...] = ()
+    folder_suffixes: Optional[FrozenSet[str]] = None
 
 
 FORMATS: Registry[Format] = Registry("dataset format", "clipbench.protocols.formats")

@@ -52,4 +52,5 @@ def fetch(spec: Spec, data_root: Optional[str]) -> None:
 
 
 register_format(Format("image_folder", HOW, ("root", "class_ids_file"), labelled=labelled, fetch=fetch,
-                       keys=("class_ids", "limit_per_class", "torchvision"), split_keys=("_root",)))
+                       keys=("class_ids", "limit_per_class", "torchvision"), split_keys=("_root",),
+                       folder_suffixes=frozenset(IMAGE_SUFFIXES)))
