@@ -604,7 +604,9 @@ def curves(entries: Sequence[Entry], title: str, path: Path) -> None:
     for ax in (a, b):
         ax.set_xlabel("experience (0 = before training)")
         ax.grid(alpha=0.3)
-    b.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    # the legend sits right of the retention panel; without held-out sets that panel is empty: a's lines name it
+    handles, labels = (b if b.lines else a).get_legend_handles_labels()
+    b.legend(handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     _save(fig, path)
