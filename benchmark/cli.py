@@ -374,6 +374,16 @@ def _cmd_leaderboard(args) -> int:
     from . import leaderboard
 
     results = Path(args.results)
+    if not results.is_dir():  # a misspelt folder would get an empty leaderboard
+        raise ClipbenchError(f"--results {results}: no such folder; give the folder `clipbench run --results` wrote")
+    if args.suite:  # an unknown suite would empty leaderboard.json
+        from clipbench.protocols.catalog import suite_names
+
+        from .errors import unknown_name_error
+
+        known = {e.suite for e in leaderboard.load(results).entries} | set(suite_names())
+        if args.suite not in known:
+            raise unknown_name_error("suite", args.suite, known)
     for path, why in leaderboard.load(results, args.suite).corrupt:  # named, never silently dropped
         print(f"clipbench: warning: corrupt record {results / path}: {why}; left out of the leaderboard "
               "(rerun it with clipbench run, or remove it)", file=sys.stderr)
