@@ -291,7 +291,8 @@ def _cmd_status(args) -> int:
         extra = ""
         if st == "partial":
             prog = store.progress(spec)
-            extra = f" ({prog['completed_experiences']}/{prog['total_experiences']} experiences)"
+            extra = (f" ({prog['completed_experiences']}/{prog['total_experiences']} experiences)" if prog else
+                     " (its progress file cannot be read; `run` resumes from its checkpoint)")
         elif st == "stale":
             extra = f" ({_stale_reason(spec, store.stale_records(spec)[0]['spec'])}; run again to refresh)"
         elif st == "diverged":
