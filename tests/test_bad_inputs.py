@@ -8,6 +8,7 @@ format reads (symlinked class folders, unrelated files, names that are not UTF-8
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from pathlib import Path
@@ -116,8 +117,10 @@ def test_bad_input_is_one_line_exit_2_nothing_written(files, argv, message, tmp_
 
 
 def test_the_readme_states_the_count():
-    count = re.search(r"(\d+) cases of bad input \(tests/test_bad_inputs\.py\)", README.read_text())
-    assert count and int(count.group(1)) == len(CASES), f"README should say {len(CASES)}"
+    """The README's count: the cases above, `leaderboard`'s (LEADERBOARD_CASES) and flags given twice (REPEATS)."""
+    count = re.search(r"(\d+) cases of bad input \(`tests/test_bad_inputs\.py`\)", README.read_text())
+    tried = len(CASES) + len(LEADERBOARD_CASES) + len(REPEATS)
+    assert count and int(count.group(1)) == tried, f"README should say {tried}"
 
 
 # ---- --config: a dotted key is applied as --set applies it (item 4)
@@ -199,3 +202,192 @@ def test_a_file_name_that_is_not_utf8_runs_and_shows_in_status(tmp_path, capsys)
         assert run_cli(*argv, "--suite", "tiny", "--method", "zeroshot", "--protocol", protocol, "--results", results) == 0
     out = capsys.readouterr().out
     assert "1 complete" in out and "Traceback" not in out
+
+
+# ---- never delete what clipbench did not write (items 1, 2)
+
+def test_leaderboard_out_removes_only_what_it_wrote(tmp_path, capsys):
+    from test_leaderboard import record, write_records
+
+    results, out = tmp_path / "results", tmp_path / "lb"
+    write_records(results, [record(m, s, 0.8, 0.5) for m in ("alpha", "gamma") for s in range(2)])
+    picture = (tmp_path / "mine.png")
+    from PIL import Image
+
+    Image.new("RGB", (4, 4)).save(picture)
+    mine = [out / "NOTES.md", out / "mine.png", out / "demo" / "NOTES.md", out / "demo" / "proto" / "mine.png",
+            out / "demo" / "pics" / "deep" / "mine.png", out / "demo" / "proto.md.bak"]
+    for path in mine:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(picture.read_bytes())
+    assert run_cli("leaderboard", "--results", results, "--out", out) == 0
+    gamma = sorted(out.rglob("*gamma*"))
+    assert gamma and all(p.exists() for p in mine)
+    for path in results.glob("runs/proto/gamma/*"):
+        path.joinpath("run.json").unlink()
+    assert run_cli("leaderboard", "--results", results, "--out", out) == 0
+    assert not any(p.exists() for p in gamma), "its own pages and pictures of runs gone are removed"
+    assert all(p.exists() for p in mine), "the user's files stay"
+    assert run_cli("leaderboard", "--results", results, "--out", out, "--check") == 0, "the user's files are not its"
+
+
+def test_the_stale_temporary_sweep_removes_only_clipbench_temporaries(tmp_path, capsys):
+    from helpers import SMALL
+
+    from clipbench import claims
+    from test_failures import _dead_pid
+
+    results = tmp_path / "results"
+    hours_ago = time.time() - claims.DEFAULT_TTL - 60
+    mine = [results / ".draft.tmp", results / "notes" / ".my.draft.tmp", results / "runs" / ".x.abcdef12.tmp",
+            results / ".run.json.tmp"]
+    theirs = [results / "runs" / f".run.json.{claims.host_tag()}@{_dead_pid()}.k2j_x9ab.tmp",
+              results / "runs" / ".progress.json.q8w7e6ab.tmp"]  # a killed write's, and an older version's (aged)
+    for path in mine + theirs:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("draft")
+        os.utime(path, (hours_ago, hours_ago))
+    assert run_cli("run", "--suite", "tiny", "--method", "zeroshot", "--protocol", "tiny_shapes", "--quiet",
+                   "--results", results, "--set", *SMALL) == 0
+    assert "removed 2 temporary file(s)" in capsys.readouterr().err
+    assert all(p.exists() for p in mine) and not any(p.exists() for p in theirs)
+
+
+# ---- leaderboard: an unknown suite or results folder (item 7)
+
+LEADERBOARD_CASES = [
+    (["--suite", "tinyy"], "unknown suite 'tinyy'. Did you mean 'tiny'?"),
+    (["--suite", "demoo", "--print"], "unknown suite 'demoo'. Did you mean 'demo'?"),
+    (["--results", "{tmp}/resluts"], "--results {tmp}/resluts: no such folder"),
+    (["--results", "{tmp}/resluts", "--print"], "no such folder"),
+]
+
+
+@pytest.mark.parametrize("argv, message", LEADERBOARD_CASES)
+def test_leaderboard_refuses_an_unknown_suite_or_results_folder(argv, message, tmp_path, capsys):
+    from test_leaderboard import record, write_records
+
+    results, out = tmp_path / "results", tmp_path / "lb"
+    write_records(results, [record("alpha", 0, 0.8, 0.5)])
+    out.mkdir()
+    before = "[the leaderboard of every suite]"
+    (out / "leaderboard.json").write_text(before)
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    argv += [] if "--results" in argv else ["--results", str(results)]
+    assert run_cli("leaderboard", "--out", out, *argv) == 2
+    err = capsys.readouterr().err
+    assert message.replace("{tmp}", str(tmp_path)) in err and len(err.strip().splitlines()) == 1
+    assert (out / "leaderboard.json").read_text() == before and not (tmp_path / "resluts").exists()
+    assert run_cli("leaderboard", "--results", results, "--suite", "demo", "--print") == 0, "a suite of the records"
+
+
+# ---- flags given twice: every value kept, or refused (item 13)
+
+REPEATS = [
+    ["run", "--suite", "tiny", "--suite", "mini", "--all", "--dry-run"],
+    ["run", "--all", "--suite", "tiny", "--results", "a", "--results", "b"],
+    ["run", "--all", "--suite", "tiny", "--config", "a.yaml", "--config", "b.yaml"],
+    ["run", "--all", "--suite", "tiny", "--device", "cpu", "--device", "cuda"],
+    ["run", "--all", "--suite", "tiny", "--threads", "1", "--threads", "2"],
+    ["run", "--all", "--suite", "tiny", "--shard", "0/2", "--shard", "1/2"],
+    ["status", "--suite", "tiny", "--results", "a", "--results", "b"],
+    ["leaderboard", "--out", "a", "--out", "b"],
+]
+
+
+@pytest.mark.parametrize("argv", REPEATS, ids=[" ".join(a[:1] + a[-2:-1]) for a in REPEATS])
+def test_a_flag_that_takes_one_value_is_refused_when_given_twice(argv, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(*argv) == 2
+    err = capsys.readouterr().err
+    flag = next(a for a in argv if a.startswith("--") and argv.count(a) == 2)
+    assert err.startswith(f"clipbench: error: {flag} given twice (") and err.endswith("; give it once\n")
+    assert not any(tmp_path.iterdir()), "nothing written"
+
+
+def test_repeated_set_method_protocol_seeds_and_include_keep_every_value(tmp_path, capsys):
+    from clipbench.plan import plan
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    for folder, name in (("a", "mine_a"), ("b", "mine_b")):
+        (tmp_path / folder / f"{name}.yaml").write_text(f"name: {name}\n" + PROTOCOL)
+    argv = ["--suite", "tiny", "--method", "finetune", "--method", "zeroshot", "--protocol", "tiny_shapes",
+            "--protocol", "mine_a", "--protocol", "mine_b", "--seeds", "0", "--seeds", "1", "--seeds", "1",
+            "--set", "train.lr=0.5", "--set", "train.epochs=2", "--method", "finetune",
+            "--include", tmp_path / "a", "--include", tmp_path / "b", "--results", tmp_path / "results"]
+    assert run_cli("run", *argv, "--dry-run") == 0
+    out = capsys.readouterr().out
+    expected = plan("tiny", ["finetune", "zeroshot"], ["tiny_shapes", "mine_a", "mine_b"], [0, 1], None,
+                    ["train.lr=0.5", "train.epochs=2"], strict_weights=False)
+    assert out.startswith(f"plan: {len(expected)} run(s)") and len(expected) == 2 * 3 * 2
+    assert all(spec.id in out for spec in expected)
+    assert all(spec.train["lr"] == 0.5 and spec.train["epochs"] == 2 for spec in expected if spec.method == "finetune")
+    assert run_cli("status", *argv) == 0
+    out = capsys.readouterr().out
+    assert all(spec.id in out for spec in expected) and f"{len(expected)} missing" in out
+
+
+# ---- messages (items 15, 16, 19, 20)
+
+def test_a_reader_that_leaves_stops_the_output_quietly(tmp_path, monkeypatch, capsys):
+    class Gone:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr("sys.stdout", Gone())
+    assert run_cli("run", "--all", "--suite", "tiny", "--dry-run", "--results", tmp_path / "results") == 141
+    assert capsys.readouterr().err == "", "as `yes | head -1`: nothing said"
+
+
+def test_quiet_still_says_why_a_run_failed(results, monkeypatch, capsys):
+    from helpers import SMALL
+
+    from clipbench import runner
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("the data went away")
+
+    monkeypatch.setattr(runner, "_run_experiences", boom)
+    assert run_cli("run", "--suite", "tiny", "--method", "zeroshot", "--protocol", "tiny_shapes", "--quiet",
+                   "--results", results, "--set", *SMALL) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].endswith("FAILED: RuntimeError: the data went away")
+
+
+def test_status_says_partial_where_run_resumes_from_the_checkpoint(results, monkeypatch, capsys):
+    from helpers import SMALL
+
+    from test_failures import TINY, run_interrupted
+
+    run_interrupted(results, monkeypatch)
+    [progress] = results.glob("runs/**/progress.json")
+    progress.write_text('{"completed_exp')
+    status = ["status", "--suite", "tiny", "--method", "finetune", "--protocol", "tiny_shapes", "--results", results,
+              "--set", *SMALL]
+    capsys.readouterr()
+    assert run_cli(*status) == 0
+    out = capsys.readouterr().out
+    assert "  partial " in out and "its progress file cannot be read; `run` resumes from its checkpoint" in out
+    assert "1 partial" in out and "0 missing" in out
+    assert TINY[1:3] == ["--method", "finetune"]
+
+
+def test_a_protocol_without_heldout_sets_draws_its_curves_without_warnings(tmp_path):
+    import warnings
+
+    from test_leaderboard import record, write_records
+
+    from clipbench.leaderboard import write
+
+    recs = [record("alpha", 0, 0.8, 0.5), record("beta", 0, 0.7, 0.5)]
+    for rec in recs:
+        rec["raw"].pop("zeroshot")
+    write_records(tmp_path / "results", recs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        files = write(tmp_path / "results", tmp_path / "lb")
+    assert any(p.name == "proto_curves.png" for p in files)
