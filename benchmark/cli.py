@@ -1,7 +1,7 @@
 """The `clipbench` command line. `main(argv) -> int` so tests call it in-process.
 
 Exit codes: 0 success, 1 some runs failed or diverged, 2 bad input or a results folder that cannot be
-written (one-line message, no traceback), 130 interrupted (Ctrl-C).
+written (one-line message, no traceback), 130 interrupted (Ctrl-C), 141 the reader of stdout left (`| head`).
 """
 
 from __future__ import annotations
@@ -14,12 +14,33 @@ from typing import List, Optional, Sequence
 
 from .errors import ClipbenchError
 
+BROKEN_PIPE = 141  # the exit status of a Unix tool stopped by SIGPIPE (128 + 13)
 DEFAULT_SUITE = "mini"
 DEFAULT_RESULTS = "results"
 
 
+class _Once(argparse.Action):
+    """A flag that takes one value: given twice it is refused (argparse would keep the last silently)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        given = namespace.__dict__.setdefault("_given_once", {})
+        if self.dest in given and option_string:
+            raise ClipbenchError(f"{option_string} given twice ({given[self.dest]!r} and {values!r}); give it once")
+        given[self.dest] = values
+        setattr(namespace, self.dest, values)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every flag that takes a value is `_Once` unless it says how repeats add up (`extend`, `append`)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.register("action", None, _Once)
+        self.register("action", "store", _Once)
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="clipbench", description="Continual learning benchmark for CLIP models.")
+    p = _Parser(prog="clipbench", description="Continual learning benchmark for CLIP models.")
     sub = p.add_subparsers(dest="command", required=True)
 
     ls = sub.add_parser("list", help="list methods, protocols, metrics or suites")
@@ -30,13 +51,15 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run methods x protocols of a suite")
     sel = run.add_mutually_exclusive_group(required=True)
     sel.add_argument("--all", action="store_true", help="every method x protocol of the suite")
-    sel.add_argument("--method", nargs="+", metavar="M", help="method name(s)")
-    run.add_argument("--protocol", nargs="+", metavar="P", help="protocol name(s) or file(s) (default: the suite's)")
+    sel.add_argument("--method", nargs="+", action="extend", metavar="M", help="method name(s) (repeatable)")
+    run.add_argument("--protocol", nargs="+", action="extend", metavar="P",
+                     help="protocol name(s) or file(s) (default: the suite's; repeatable)")
     run.add_argument("--suite", default=DEFAULT_SUITE, help=f"suite name or file (default: {DEFAULT_SUITE})")
     _include(run)
-    run.add_argument("--seeds", nargs="+", type=int, help="seeds (default: the suite's)")
+    run.add_argument("--seeds", nargs="+", action="extend", type=int, help="seeds (default: the suite's; repeatable)")
     run.add_argument("--config", help="YAML file of settings (same keys as --set)")
-    run.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override a setting, e.g. train.lr=1e-4")
+    run.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                     help="override a setting, e.g. train.lr=1e-4 (repeatable)")
     run.add_argument("--results", default=DEFAULT_RESULTS, help="results folder (default: results)")
     run.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
     run.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
@@ -63,11 +86,13 @@ def _parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="complete, partial, failed, stale and missing runs of a suite")
     st.add_argument("--suite", default=DEFAULT_SUITE, help="suite name or file")
     _include(st)
-    st.add_argument("--method", nargs="+", metavar="M", help="method name(s) (default: the suite's)")
-    st.add_argument("--protocol", nargs="+", metavar="P", help="protocol name(s) (default: the suite's)")
-    st.add_argument("--seeds", nargs="+", type=int, help="seeds (default: the suite's)")
+    st.add_argument("--method", nargs="+", action="extend", metavar="M", help="method name(s) (default: the suite's)")
+    st.add_argument("--protocol", nargs="+", action="extend", metavar="P",
+                    help="protocol name(s) (default: the suite's)")
+    st.add_argument("--seeds", nargs="+", action="extend", type=int, help="seeds (default: the suite's)")
     st.add_argument("--config", help="YAML file of settings, as given to run")
-    st.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="settings, as given to run")
+    st.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                    help="settings, as given to run")
     st.add_argument("--results", default=DEFAULT_RESULTS)
     st.add_argument("--json", action="store_true")
 
@@ -136,6 +161,9 @@ def _catalog_args(args) -> None:
         args.suite = suite_ref(args.suite)
     if getattr(args, "protocol", None):
         args.protocol = [protocol_ref(p) for p in args.protocol]
+    for name in ("method", "protocol", "seeds"):  # given twice (`--method a --method a`): once
+        if getattr(args, name, None):
+            setattr(args, name, list(dict.fromkeys(getattr(args, name))))
 
 
 def _cmd_list(args) -> int:
@@ -307,7 +335,8 @@ def _cmd_status(args) -> int:
         extra = ""
         if st == "partial":
             prog = store.progress(spec)
-            extra = f" ({prog['completed_experiences']}/{prog['total_experiences']} experiences)"
+            extra = (f" ({prog['completed_experiences']}/{prog['total_experiences']} experiences)" if prog else
+                     " (its progress file cannot be read; `run` resumes from its checkpoint)")
         elif st == "stale":
             extra = f" ({_stale_reason(spec, store.stale_records(spec)[0]['spec'])}; run again to refresh)"
         elif st == "diverged":
@@ -408,6 +437,16 @@ def _cmd_leaderboard(args) -> int:
     from . import leaderboard
 
     results = Path(args.results)
+    if not results.is_dir():  # a misspelt folder would get an empty leaderboard
+        raise ClipbenchError(f"--results {results}: no such folder; give the folder `clipbench run --results` wrote")
+    if args.suite:  # an unknown suite would empty leaderboard.json
+        from clipbench.protocols.catalog import suite_names
+
+        from .errors import unknown_name_error
+
+        known = {e.suite for e in leaderboard.load(results).entries} | set(suite_names())
+        if args.suite not in known:
+            raise unknown_name_error("suite", args.suite, known)
     for path, why in leaderboard.load(results, args.suite).corrupt:  # named, never silently dropped
         print(f"clipbench: warning: corrupt record {results / path}: {why}; left out of the leaderboard "
               "(rerun it with clipbench run, or remove it)", file=sys.stderr)
@@ -437,6 +476,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         args = _parser().parse_args(argv)
     except SystemExit as exc:  # argparse already printed usage
         return int(exc.code or 0)
+    except ClipbenchError as err:  # a flag given twice
+        print(f"clipbench: error: {err}", file=sys.stderr)
+        return 2
     try:
         _catalog_args(args)
         if args.command == "list":
@@ -458,6 +500,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ClipbenchError as err:
         print(f"clipbench: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader left (`| head -1`): stop quietly, as Unix tools do
+        return BROKEN_PIPE
     except OSError as err:  # a path that cannot be used, outside the store's own writes (which say so themselves)
         from .errors import storage_error
 
@@ -473,7 +517,10 @@ def main(argv: Optional[List[str]] = None) -> int:
 def console_entry() -> None:
     """The console script."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    sys.exit(main())
+    code = main()
+    if code == BROKEN_PIPE:  # Python's own flush of stdout at exit would fail again: send what is left nowhere
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from tabulate import tabulate
 from clipbench.protocols.metrics import BATCH1_SUFFIX, METRICS, Metric, compute_metrics, headline_metrics, metric_of
 
 from .errors import ClipbenchError, unknown_name_error
-from .store import SPEC_KEYS, ResultStore
+from .store import SPEC_KEYS, ResultStore, atomic_write_json
 from .yamlio import load_yaml
 
 BOLD_LEVEL = 0.05  # one-sided Welch's t-test: bold unless significantly worse than the column's best
@@ -607,7 +607,9 @@ def curves(entries: Sequence[Entry], title: str, path: Path) -> None:
     for ax in (a, b):
         ax.set_xlabel("experience (0 = before training)")
         ax.grid(alpha=0.3)
-    b.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    # the legend sits right of the retention panel; without held-out sets that panel is empty: a's lines name it
+    handles, labels = (b if b.lines else a).get_legend_handles_labels()
+    b.legend(handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     _save(fig, path)
@@ -624,8 +626,25 @@ INTRO = ("Mean ± standard deviation over seeds (`seeds`: distinct seeds). A row
          "GPU), and what inference needs beyond the model. Drops are in points.\n")
 
 
+MANIFEST = ".clipbench-leaderboard.json"  # beside the pages: the files clipbench wrote there, and only those it removes
+
+
+def _manifest(out: Path) -> Optional[Set[str]]:
+    """The files (relative to `out`) an earlier `write` made there; None when it has no manifest (a folder
+    clipbench has not written, or an earlier version did) or the manifest cannot be read."""
+    try:
+        doc = json.loads((out / MANIFEST).read_text())
+        files = doc["files"]
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    if not isinstance(files, list):
+        return None
+    return {f for f in files if isinstance(f, str) and not Path(f).is_absolute() and ".." not in Path(f).parts}
+
+
 def write(results: Path, out: Path, suite: Optional[str] = None) -> List[Path]:
-    """Write every leaderboard file for the records under `results` into `out`; returns the files."""
+    """Write every leaderboard file for the records under `results` into `out`; returns the files. Files an
+    earlier write made there (its manifest) and this one does not are removed; nothing else in `out` is."""
     reported = [load_reported(path) for path in reported_files(results)]  # a malformed file stops us before any write
     loaded = load(results, suite)
     entries = loaded.entries
@@ -666,17 +685,23 @@ def write(results: Path, out: Path, suite: Optional[str] = None) -> List[Path]:
             parts.append(notes.render() + "\n")
         parts.append(provenance_footer([r for e in suite_entries for r in e.runs]) + "\n")
         put(out / f"{slug(suite_name)}.md", "\n".join(parts))
-        _prune(out / slug(suite_name), written)
+    _prune(out, written, suite)
     return written
 
 
-def _prune(folder: Path, written: Sequence[Path]) -> None:
-    """Remove the pages and pictures under a suite's folder that this write did not make: those of runs,
-    methods or protocols no longer in the records (they are generated files; the records are the data)."""
-    keep = {p.resolve() for p in written}
-    for path in folder.rglob("*"):
-        if path.is_file() and path.suffix in (".md", ".png") and path.resolve() not in keep:
+def _prune(out: Path, written: Sequence[Path], suite: Optional[str]) -> None:
+    """Remove the pages and pictures an earlier write made in `out` (its manifest) that this one did not:
+    those of runs, methods, protocols or suites no longer in the records (with `suite`, only that suite's).
+    A file clipbench did not write (a user's NOTES.md, pictures) is never touched. Then the manifest is
+    written: what remains of the earlier one, and this write's files."""
+    made = {str(p.relative_to(out)) for p in written}
+    before = _manifest(out) or set()
+    gone = {f for f in before - made if suite is None or f == f"{slug(suite)}.md" or f.startswith(f"{slug(suite)}/")}
+    for rel in sorted(gone):
+        path = out / rel
+        if path.is_file() and not path.is_symlink():
             path.unlink()
+    atomic_write_json(out / MANIFEST, {"written_by": "clipbench leaderboard", "files": sorted((before - gone) | made)})
 
 
 def protocol_page(entries: Sequence[Entry], out: Path) -> str:
@@ -719,8 +744,11 @@ def check(results: Path, out: Path, suite: Optional[str] = None) -> List[str]:
     with tempfile.TemporaryDirectory() as tmp:
         fresh = Path(tmp)
         write(results, fresh, suite)
-        new = {str(p.relative_to(fresh)) for p in fresh.rglob("*") if p.is_file()}
+        new = {str(p.relative_to(fresh)) for p in fresh.rglob("*") if p.is_file()} - {MANIFEST}
+        # the files clipbench wrote in `out` (its manifest; a folder without one: every file), never a user's
+        listed = _manifest(out)
         old = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()} if out.is_dir() else set()
+        old = (old & listed if listed is not None else old) - {MANIFEST}
         problems = [f"missing: {p}" for p in sorted(new - old)] + [f"not generated: {p}" for p in sorted(old - new)]
         problems += [f"differs: {p}" for p in sorted(new & old) if not filecmp.cmp(fresh / p, out / p, shallow=False)]
     return problems

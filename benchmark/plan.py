@@ -80,7 +80,7 @@ def run_state(store: ResultStore, spec: RunSpec) -> str:
         return "corrupt"
     if record and record.get("status") == "diverged":
         return "diverged"
-    if store.progress(spec):
+    if store.progress(spec) or (store.run_dir(spec) / "checkpoint.pt").is_file():  # `run` resumes from it
         return "partial"
     if record:
         return "failed"

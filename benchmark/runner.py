@@ -316,7 +316,7 @@ def run_one(spec: RunSpec, store: ResultStore, device: str, progress: bool, argv
         return "ran"
     if record["status"] == "diverged":
         _log(f"{label}: DIVERGED: {record['error']['message']}; recorded as diverged, never complete "
-             "(a lower train.lr or a train.grad_clip may train)", quiet)
+             "(a lower train.lr or a train.grad_clip may train)", False)  # even with --quiet
         return "diverged"
-    _log(f"{label}: FAILED: {record['error']['type']}: {record['error']['message']}", quiet)
+    _log(f"{label}: FAILED: {record['error']['type']}: {record['error']['message']}", False)
     return "failed"

@@ -215,6 +215,15 @@ def dotted_tree(items: Dict[str, Any], known: Optional[Dict[str, Any]], source: 
     return tree
 
 
+def _has_dotted(tree: Dict[str, Any], key: str) -> bool:
+    node: Any = tree
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
 def user_overrides(config_file: Optional[str], sets: Sequence[str], known: Sequence[str]) -> Dict[str, Any]:
     """The `--config` file merged with `--set key=value` pairs, every key checked against `known`."""
     tree: Dict[str, Any] = {}
@@ -223,10 +232,17 @@ def user_overrides(config_file: Optional[str], sets: Sequence[str], known: Seque
         doc = doc or {}
         if not isinstance(doc, dict):
             raise ClipbenchError(f"{config_file}: expected a mapping of settings at the top level")
+        # a key may be nested (`train: {lr: 0.5}`) or dotted (`train.lr: 0.5`, as in --set): both are applied
+        lines = {".".join(path): line for path, line in marks.items()}
         for key, value in _leaf_items(doc):
-            line = marks.get(tuple(key.split(".")))
-            _check_known(key, known, config_file, value, f"{config_file}:{line}" if line else "")
-        tree = deep_merge(tree, doc)
+            at = f"{config_file}:{lines[key]}" if key in lines else ""
+            _check_known(key, known, config_file, value, at)
+            rule = TRAIN_RULES.get(key.rpartition(".")[2]) if key.startswith("train.") or ".train." in key else None
+            if rule and not rule[0](value):  # named with its file and line (the planner checks every layer again)
+                raise ClipbenchError(f"{at or config_file}: {key}={value!r} is not allowed: expected {rule[1]}")
+            if _has_dotted(tree, key):
+                raise ClipbenchError(f"{at or config_file}: setting '{key}' is given twice (nested and dotted); keep one")
+            _set_dotted(tree, key, value)
     for item in sets:
         if "=" not in item:
             raise ClipbenchError(f"--set expects key=value, got '{item}'")

@@ -23,6 +23,7 @@ import torch
 from . import claims
 from .errors import StorageError, is_write_failure, storage_error
 from .models import model_slug
+from .names import check_name
 from .spec import RunSpec
 
 SCHEMA_VERSION = 1
@@ -65,17 +66,22 @@ def _atomic_write(path: Path, write) -> None:
         raise
 
 
-# a temporary file of `_atomic_write`: .<name>.<host tag>@<pid>.<random>.tmp (older ones: .<name>.<random>.tmp)
-_TEMPORARY = re.compile(r"\.([A-Za-z0-9_-]+)@(\d+)\.[a-z0-9_]+\.tmp$")
+# the whole name of a temporary file clipbench writes (`temporary_prefix`): .<name>.<host tag>@<pid>.<random>.tmp;
+# before host and pid were in the name (clipbench before 2026-12-01), a run's own files: .run.json.<random>.tmp
+_TEMPORARY = re.compile(r"\..+\.([A-Za-z0-9_-]+)@(\d+)\.[a-z0-9_]+\.tmp")
+_OLD_TEMPORARY = re.compile(r"\.(run\.json|progress\.json|checkpoint\.pt)\.[a-z0-9_]+\.tmp")
 
 
 def remove_stale_temporaries(root: Path, ttl: float = claims.DEFAULT_TTL) -> Tuple[int, int]:
     """Remove the temporary files under `root` left by writes that were killed, keeping those of writers
     still alive (the claims' rule: a process gone on this host, or silent for `ttl` seconds; a name without
-    its writer, from older versions, by age alone). Returns (files removed, bytes freed)."""
+    its writer, from older versions, by age alone). Only names clipbench writes are touched: a user's
+    `.draft.tmp` stays. Returns (files removed, bytes freed)."""
     removed = freed = 0
     for path in Path(root).glob("**/.*.tmp"):
-        match = _TEMPORARY.search(path.name)
+        match = _TEMPORARY.fullmatch(path.name)
+        if match is None and _OLD_TEMPORARY.fullmatch(path.name) is None:
+            continue  # not a name clipbench writes
         try:
             st = path.stat()
             if claims.owner_gone(match and match.group(1), int(match.group(2)) if match else None,
@@ -157,6 +163,8 @@ class ResultStore:
             raise storage_error(self.root, OSError(errno.EROFS if read_only else errno.EACCES, "not writable"))
 
     def run_dir(self, spec: RunSpec) -> Path:
+        for kind in ("protocol", "method"):  # checked where read; a spec from elsewhere never leaves the root
+            check_name(kind, getattr(spec, kind), "run spec")
         model = model_slug(spec.model["arch"], spec.model.get("pretrained"))
         return self.root / "runs" / spec.protocol / spec.method / model / f"seed{spec.seed}-{spec.id}"
 

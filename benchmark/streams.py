@@ -128,7 +128,8 @@ class FileReader(ImageReader):
                 stat = f"{st.st_size} {st.st_mtime_ns}"
             except OSError:
                 stat = "missing"
-            digest.update(f"{os.path.abspath(path)}|{box}|{stat}\n".encode())
+            # a file name that is not UTF-8 counts by its bytes
+            digest.update(f"{os.path.abspath(path)}|{box}|{stat}\n".encode("utf-8", "surrogateescape"))
 
 
 class ArrayReader(ImageReader):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import re
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
@@ -23,16 +23,67 @@ _Loader.add_implicit_resolver(
 )
 
 
+# the most values a document may expand to through aliases (`*name`) beyond the values written in it: a
+# small file of nested aliases would otherwise expand to billions in memory ("billion laughs")
+MAX_ALIAS_EXPANSION = 100_000
+
+
+def _children(node: yaml.Node) -> List[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return list(node.value) if isinstance(node, yaml.SequenceNode) else []
+
+
+def check_aliases(root: yaml.Node, source: str, limit: int = MAX_ALIAS_EXPANSION) -> None:
+    """Refuse a composed document whose aliases refer to themselves (a value inside itself) or expand to
+    more than max(`limit`, the values written) values. Counts without expanding: each node's expanded size
+    once, depth-first on an explicit stack (a deep document needs no deep recursion)."""
+    written = set()
+    sizes: Dict[int, int] = {}
+    active = set()  # nodes whose children are being counted: reaching one again is a cycle
+    stack: List[Tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if done:
+            active.discard(key)
+            sizes[key] = 1 + sum(sizes[id(c)] for c in _children(node))
+            if sizes[key] > max(limit, len(written)):
+                raise ClipbenchError(f"{source}:{node.start_mark.line + 1}: YAML aliases (*name) here expand to "
+                                     f"more than {max(limit, len(written))} values; write the values out, or use "
+                                     "fewer aliases")
+            continue
+        if key in sizes:
+            continue
+        if key in active:
+            raise ClipbenchError(f"{source}:{node.start_mark.line + 1}: a YAML alias (*name) refers to a value that "
+                                 "contains it; a value cannot hold itself")
+        written.add(key)
+        active.add(key)
+        stack.append((node, True))
+        stack.extend((c, False) for c in _children(node))
+
+
 def load_yaml_text(text: str, source: str) -> Any:
-    """Parse YAML text; a syntax error becomes a ClipbenchError naming `source` and the line."""
+    """Parse YAML text; a syntax error becomes a ClipbenchError naming `source` and the line. Aliases are
+    bounded (`check_aliases`), so a small file cannot take much memory or time."""
+    loader = _Loader(text)
     try:
-        return yaml.load(text, Loader=_Loader)
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        check_aliases(node, source)
+        return loader.construct_document(node)
+    except RecursionError:  # PyYAML composes and constructs recursively
+        raise ClipbenchError(f"{source}: YAML nested too deeply; flatten it") from None
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         where = f"{source}:{mark.line + 1}" if mark is not None else source
         raise ClipbenchError(f"malformed YAML in {where}: {err.problem or err}") from None
     except yaml.YAMLError as err:
         raise ClipbenchError(f"malformed YAML in {source}: {err}") from None
+    finally:
+        loader.dispose()
 
 
 def read_text(path: Path) -> str:

@@ -30,6 +30,7 @@ import torch
 
 from clipbench.avalanche_api import SupervisedPlugin
 from clipbench.errors import ClipbenchError
+from clipbench.names import check_name
 from clipbench.registry import Registry
 
 if TYPE_CHECKING:
@@ -233,4 +234,5 @@ def register_method(cls: Type[Method]) -> Type[Method]:
     """Class decorator: make the method available to `clipbench run --method NAME`."""
     if not cls.name:
         raise TypeError(f"{cls.__qualname__} needs a `name`")
+    check_name("method", cls.name, f"{cls.__module__}.{cls.__qualname__}")  # it names a folder of every record
     return METHODS.register(cls.name, cls)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from clipbench.errors import ClipbenchError, unknown_name_error
+from clipbench.names import check_name
 from clipbench.registry import Registry
 from clipbench.streams import KINDS, Streams
 
@@ -155,10 +156,12 @@ class ProtocolDef:
         from .fingerprint import paths_fingerprint
 
         groups: Dict[str, List[str]] = {}
+        suffixes: Dict[str, Optional[List[str]]] = {}  # per dataset, the files its format reads inside folders
         for row in self.assets(data_root, params):
             if row.get("key") != "package":  # installed packages are part of the model's fingerprint
                 groups.setdefault(row["asset"], []).extend(row.get("reads", [row["path"]]))
-        return {label: paths_fingerprint(paths, memo) for label, paths in sorted(groups.items())}
+                suffixes[row["asset"]] = row.get("suffixes")
+        return {label: paths_fingerprint(paths, memo, suffixes.get(label)) for label, paths in sorted(groups.items())}
 
     def build(self, data_root: Optional[str], seed: int, params: Optional[Dict[str, Any]] = None) -> Streams:
         """Build the streams for `seed` (data order and subsampling may depend on it)."""
@@ -334,6 +337,14 @@ def _check_builder_params(doc: Dict[str, Any], where: Where, path: Path) -> None
         raise ClipbenchError(f"{_at(where, path, 'params')}: builder '{doc['builder']}' needs params: {', '.join(missing)}")
 
 
+def _version(value: Any, where: str) -> int:
+    """A protocol's `version:`, an integer >= 1 (it enters every run id; bump it when numbers could change)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ClipbenchError(f"{where}: version must be an integer >= 1 (bump it whenever the protocol's numbers "
+                             f"could change), got {value!r}")
+    return value
+
+
 def load_protocol_file(path: Path) -> ProtocolDef:
     """A protocol file, its includes applied, every key checked (file, line and did-you-mean on a mistake)."""
     from clipbench.spec import DEFAULTS
@@ -343,6 +354,7 @@ def load_protocol_file(path: Path) -> ProtocolDef:
     _check_keys(doc, [f.name for f in fields(ProtocolDef) if f.name not in ("source", "lines")] + list(PROTOCOL_FILE_KEYS),
                 "a protocol file", where, path)
     _require(doc, ["name", "version", "kind", "builder"], path)
+    check_name("protocol", doc["name"], _at(where, path, "name"))
     if doc["kind"] not in KINDS:
         raise ClipbenchError(f"{_at(where, path, 'kind')}: kind must be one of {', '.join(KINDS)}, got '{doc['kind']}'")
     _check_builder_params(doc, where, path)
@@ -352,7 +364,7 @@ def load_protocol_file(path: Path) -> ProtocolDef:
     _check_together(BUILDERS.get(doc["builder"]).params, doc.get("params") or {}, lambda key: _at(where, path, "params", key))
     reported = _reported(doc.get("metrics"), doc["kind"], _at(where, path, "metrics"))
     return ProtocolDef(
-        name=doc["name"], version=int(doc["version"]), kind=doc["kind"], builder=doc["builder"],
+        name=doc["name"], version=_version(doc["version"], _at(where, path, "version")), kind=doc["kind"], builder=doc["builder"],
         params=dict(doc.get("params") or {}), description=doc.get("description", ""),
         train=dict(train), headline=_headline(doc.get("headline"), _at(where, path, "headline"), reported),
         metrics=reported, source=str(path),
@@ -367,6 +379,22 @@ def _suite_section_keys() -> Dict[str, List[str]]:
             "resources": [f.name for f in fields(Resources)]}
 
 
+def _suite_seeds(value: Any, where: str) -> List[int]:
+    """A suite's `seeds:`, a non-empty list of distinct integers >= 0 (`1.9` is not read as seed 1)."""
+    ok = isinstance(value, list) and value and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
+                                                   for s in value)
+    if not ok or len(set(value)) != len(value):
+        raise ClipbenchError(f"{where}: seeds: expected a list of distinct integers >= 0, e.g. [0, 1, 2], got {value!r}")
+    return list(value)
+
+
+def _data_root(value: Any, where: str) -> Optional[str]:
+    """A suite's `data_root:`, one folder (or null)."""
+    if value is not None and not isinstance(value, str):
+        raise ClipbenchError(f"{where}: data_root: expected one folder, got {value!r}")
+    return value
+
+
 def load_suite_file(path: Path) -> SuiteDef:
     """A suite file, every key checked (file, line and did-you-mean on a mistake). `protocols:` entries are
     names, or protocol files (ending in .yaml, relative to the suite file), which join the catalog."""
@@ -376,6 +404,7 @@ def load_suite_file(path: Path) -> SuiteDef:
     doc, marks = load_yaml_marked(path)
     where: Where = {k: (str(path), line) for k, line in marks.items()}
     doc = _require(doc, ["name", "model", "protocols"], path)
+    check_name("suite", doc["name"], _at(where, path, "name"))
     _check_keys(doc, [f.name for f in fields(SuiteDef) if f.name not in ("source", "lines")], "a suite file", where, path)
     methods = doc.get("methods", "all")
     if methods != "all" and not (isinstance(methods, list) and all(isinstance(m, str) for m in methods)):
@@ -396,8 +425,8 @@ def load_suite_file(path: Path) -> SuiteDef:
     return SuiteDef(
         name=doc["name"], description=doc.get("description", ""), model=dict(doc["model"]),
         protocols=list(protocols), methods=methods,
-        seeds=[int(s) for s in doc.get("seeds", [0])], train=dict(doc.get("train") or {}),
-        eval=dict(doc.get("eval") or {}), data_root=doc.get("data_root"), resources=dict(doc.get("resources") or {}),
+        seeds=_suite_seeds(doc.get("seeds", [0]), _at(where, path, "seeds")), train=dict(doc.get("train") or {}),
+        eval=dict(doc.get("eval") or {}), data_root=_data_root(doc.get("data_root"), _at(where, path, "data_root")), resources=dict(doc.get("resources") or {}),
         settings={str(k): v for k, v in settings.items()}, source=str(path),
         lines={str(k): where[("settings", str(k))][1] for k in settings if ("settings", str(k)) in where},
     )

@@ -173,6 +173,7 @@ def asset_report(specs: List[Tuple[str, Dict[str, Any]]], data_root: Optional[st
             path = resolve(data_root, value)
             found = path.exists() and not inside
             rows.append({"asset": label, "key": key, "path": str(path), "found": found,
-                         "how": inside if path.exists() and inside else spec.get("how", fmt.how), "reads": reads})
+                         "how": inside if path.exists() and inside else spec.get("how", fmt.how), "reads": reads,
+                         "suffixes": sorted(fmt.folder_suffixes) if fmt.folder_suffixes is not None else None})
             inside = None if path.exists() else inside  # said once
     return rows

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
 
 from clipbench.errors import ClipbenchError, MissingData
 from clipbench.registry import Registry
@@ -54,6 +54,8 @@ class Format:
       (`"_limit"`), checked where a protocol file or setting gives them;
     - `unreadable(spec, data_root)`: what is wrong inside files that exist (a list naming images that are not
       there), for `--dry-run`; None when nothing is.
+    - `folder_suffixes`: the file name endings it reads inside its folders (an image folder: images), so the
+      data fingerprint counts only those; None: every file counts.
     """
 
     name: str
@@ -67,6 +69,7 @@ class Format:
     split_keys: Tuple[str, ...] = ()
     types: Dict[str, Any] = field(default_factory=dict)
     unreadable: Optional[Callable[[Spec, Optional[str]], Optional[str]]] = None
+    folder_suffixes: Optional[FrozenSet[str]] = None
 
 
 FORMATS: Registry[Format] = Registry("dataset format", "clipbench.protocols.formats")

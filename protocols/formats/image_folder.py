@@ -92,4 +92,5 @@ def fetch(spec: Spec, data_root: Optional[str]) -> None:
 
 register_format(Format("image_folder", HOW, ("root", "class_ids_file"), labelled=labelled, fetch=fetch, read_paths=read_paths,
                        keys=("class_ids", "limit_per_class", "torchvision"), split_keys=("_root",),
-                       types={"class_ids": List[Any], "limit_per_class": PositiveInt, "torchvision": str}))
+                       types={"class_ids": List[Any], "limit_per_class": PositiveInt, "torchvision": str},
+                       folder_suffixes=frozenset(IMAGE_SUFFIXES)))
