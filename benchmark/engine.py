@@ -26,6 +26,7 @@ from .augment import make_augmenter
 from .avalanche_api import EvaluationPlugin, SupervisedPlugin, Template, TrainingLog, make_experience
 from .errors import Diverged
 from .models import LoadedModel
+from .recipes import experience_train
 from .schedules import is_constant, learning_rate
 from .spec import DEFAULTS
 
@@ -261,16 +262,18 @@ def make_criterion(ce_classes: str, label_smoothing: float = 0.0,
 def train_experience(model: CLIPClassifier, method: "Method", data: LabelledImages, index: int, num_active: int,
                      train: dict, device: str, progress: bool,
                      experience_classes: Optional[Sequence[Sequence[int]]] = None,
-                     log: Optional[TrainingLog] = None) -> float:
+                     log: Optional[TrainingLog] = None, name: Optional[str] = None) -> float:
     """Train on one experience with a fresh optimizer (as the paper's and ZSCL's code do per session).
 
-    `train`: the run's train settings (missing keys take clipbench's defaults); `experience_classes`:
-    the class ids of every experience (for `ce_classes: current`); `log`: the run's Avalanche loggers
-    (`--log`), if any. A fresh optimizer per experience also means a checkpoint needs no optimizer or
+    `train`: the run's train settings (missing keys take clipbench's defaults; its `per_experience` entry
+    for this experience, by `name` or `index`, over them: `clipbench.recipes.experience_train`);
+    `experience_classes`: the class ids of every experience (for `ce_classes: current`); `log`: the run's
+    Avalanche loggers (`--log`), if any. The strategy's `plain_criterion` is the same cross-entropy without
+    label smoothing, for methods whose reference computes a gradient with plain cross-entropy (KeepLoRA). A fresh optimizer per experience also means a checkpoint needs no optimizer or
     schedule state. Returns seconds.
     """
     start = time.perf_counter()
-    train = {**DEFAULTS["train"], **train}
+    train = experience_train({**DEFAULTS["train"], **train}, index, name)
     model.num_active = num_active
     model.invalidate_text_cache()
     set_trainable(model, method)
@@ -291,6 +294,7 @@ def train_experience(model: CLIPClassifier, method: "Method", data: LabelledImag
             batches=train["iterations"] or None, transform=make_augmenter(train["augment"], device),
             device=device, plugins=[method, engine], evaluator=log.plugin() if log else EvaluationPlugin(),
         )
+    strategy.plain_criterion = make_criterion(train["ce_classes"], 0.0, ranges)
     if log:
         log.start(strategy, index)
     strategy.train(make_experience(data.images, data.labels, index), num_workers=0)
