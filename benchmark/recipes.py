@@ -37,6 +37,7 @@ engine (`experience_train`).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 from .errors import ClipbenchError
@@ -98,7 +99,7 @@ def apply_recipe(settings: Dict[str, Any], suite: "SuiteDef", method_cls: Any, p
     mode = settings.get("recipe", "shared")
     if mode not in MODES:
         raise ClipbenchError(f"recipe={mode!r} is not allowed: expected one of {', '.join(MODES)}")
-    suite_from = f"suite {suite.name}: " + (suite.train_source or f"the `train:` of {suite.source or suite.name}")
+    suite_from = f"suite {suite.name}: " + (suite.train_source or f"its `train:` ({Path(suite.source).name or suite.name})")
     if not getattr(method_cls, "trains", True):
         return {"mode": mode, "source": SOURCE_NONE, "from": f"{method_cls.name} does not train by gradient"}
     entry = suite.recipes.get(method_cls.name) if mode == "reference" else None
