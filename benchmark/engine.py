@@ -56,6 +56,9 @@ class CLIPClassifier(nn.Module):
         self._text_cache: Optional[torch.Tensor] = None
         # the image features of the last forward pass (with their graph), for methods' loss terms
         self.last_image_features: Optional[torch.Tensor] = None
+        # (lo, hi): encode only these class prompts (a method whose reference encodes only the current task's
+        # names while training: MoE-Adapters); the other classes' logits are -1e4. None: every active class.
+        self.text_rows: Optional[Tuple[int, int]] = None
 
     def _trainable_named(self):
         return [(n, p) for n, p in self.clip.named_parameters() if not n.startswith(self.frozen_prefixes)]
@@ -100,6 +103,8 @@ class CLIPClassifier(nn.Module):
     def class_text_features(self) -> torch.Tensor:
         """Normalised prompt embeddings of the active classes; differentiable if the text tower trains."""
         tokens = self.prompt_tokens[: self.num_active]
+        if self.text_rows is not None:
+            return self.encode_tokens(tokens[self.text_rows[0]:self.text_rows[1]])
         if any(p.requires_grad for p in self.text_parameters()):
             return self.encode_tokens(tokens)
         if self._text_cache is None or len(self._text_cache) != self.num_active:
@@ -112,7 +117,12 @@ class CLIPClassifier(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         self.last_image_features = self.encode_images(images)
-        return self.logits(self.last_image_features, self.class_text_features())
+        logits = self.logits(self.last_image_features, self.class_text_features())
+        if self.text_rows is None:
+            return logits
+        full = logits.new_full((len(logits), self.num_active), -1e4)  # as CL-CLIP masks other sessions' classes
+        full[:, self.text_rows[0]:self.text_rows[1]] = logits
+        return full
 
 
 class EnginePlugin(SupervisedPlugin):
