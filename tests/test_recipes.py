@@ -240,3 +240,13 @@ def test_zscl_split_is_torchs_random_split():
     assert torch.nonzero(random_split_mask(n, {"train": 0.8, "seed": 42}, "test")).flatten().tolist() == sorted(test.indices)
     with pytest.raises(ClipbenchError, match="random_split"):
         random_split_mask(n, {"train": 1.5, "seed": 42}, "train")
+
+
+def test_readme_holds_the_recipe_table():
+    """README's method x suite table is `recipe_table()` (regenerate it there when a suite's recipes change)."""
+    from pathlib import Path
+
+    from clipbench.recipes import recipe_table
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert recipe_table() in readme
