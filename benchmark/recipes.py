@@ -86,16 +86,16 @@ def check_entries(recipes: Any, where: str) -> Dict[str, Dict[str, Any]]:
 
 
 def apply_recipe(settings: Dict[str, Any], suite: "SuiteDef", method_cls: Any, protocol: "ProtocolDef",
-                 overrides: Dict[str, Any], suite_settings: Dict[str, Any]) -> Dict[str, Any]:
+                 overrides: Dict[str, Any], suite_settings: Dict[str, Any],
+                 default_train: Dict[str, Any]) -> Dict[str, Any]:
     """Put the method's recipe into `settings` (train and eval, as layered by `resolve_specs` for the shared
     mode) and return what the spec records of it: mode, source, and where it comes from.
 
     In reference mode, an entry with its own `train:` replaces the suite's: train = clipbench defaults <
     protocol `train:` < entry < entry's protocol part < the suite's general `settings:` < `--config`/`--set`
     (eval likewise, over the suite's eval). A method's own `methods.<name>.train.<key>` still applies after.
+    `default_train`: clipbench's train defaults (`clipbench.spec.DEFAULTS["train"]`).
     """
-    from .spec import DEFAULTS
-
     mode = settings.get("recipe", "shared")
     if mode not in MODES:
         raise ClipbenchError(f"recipe={mode!r} is not allowed: expected one of {', '.join(MODES)}")
@@ -109,7 +109,7 @@ def apply_recipe(settings: Dict[str, Any], suite: "SuiteDef", method_cls: Any, p
     if "train" in entry or "eval" in entry or entry.get("protocols"):
         part = (entry.get("protocols") or {}).get(protocol.name, {})
         if "train" in entry or "train" in part:
-            train = deep_merge(DEFAULTS["train"], protocol.train)
+            train = deep_merge(default_train, protocol.train)
             for layer in (entry.get("train") or {}, part.get("train") or {}, suite_settings.get("train") or {},
                           overrides.get("train") or {}):
                 train = deep_merge(train, layer)
@@ -128,11 +128,11 @@ def experience_names(protocol: "ProtocolDef", params: Dict[str, Any]) -> Optiona
     return [str(n) for n in order] if isinstance(order, list) else None
 
 
-def check_per_experience(train: Dict[str, Any], names: Optional[Sequence[str]], protocol: str) -> None:
+def check_per_experience(train: Dict[str, Any], names: Optional[Sequence[str]], protocol: str,
+                         rules: Dict[str, Any]) -> None:
     """`train.per_experience` names experiences of the protocol (dataset names, or 0-based indices), and
-    each holds train settings allowed per experience: one ClipbenchError line otherwise."""
-    from .spec import TRAIN_RULES
-
+    each holds train settings allowed per experience (`rules`: `clipbench.spec.TRAIN_RULES`): one
+    ClipbenchError line otherwise."""
     per = train.get(PER_EXPERIENCE)
     if per is None:
         return
@@ -150,10 +150,10 @@ def check_per_experience(train: Dict[str, Any], names: Optional[Sequence[str]], 
         if not isinstance(values, dict) or not values:
             raise ClipbenchError(f"train.per_experience.{key}: expected a mapping of train settings, e.g. {{lr: 5.0e-5}}")
         for name, value in values.items():
-            if name not in TRAIN_RULES or name == PER_EXPERIENCE:
+            if name not in rules or name == PER_EXPERIENCE:
                 raise ClipbenchError(f"unknown setting 'train.per_experience.{key}.{name}'; known: "
-                                     f"{', '.join(sorted(TRAIN_RULES))}")
-            ok, allowed = TRAIN_RULES[name]
+                                     f"{', '.join(sorted(rules))}")
+            ok, allowed = rules[name]
             if not ok(value):
                 raise ClipbenchError(f"train.per_experience.{key}.{name}={value!r} is not allowed: expected {allowed}")
 
@@ -176,24 +176,25 @@ def _index(key: Any) -> Optional[int]:
     return int(key) if isinstance(key, str) and key.isdigit() else None
 
 
-def is_per_experience_key(key: str) -> bool:
-    """`train.per_experience.<experience>.<setting>` or `methods.<m>.train.per_experience.<experience>.<setting>`:
-    a dotted key `--set`, `--config` and a suite's `settings:` accept (the experience is checked later)."""
-    from .spec import TRAIN_RULES
-
+def is_per_experience_key(key: str, train_keys: Sequence[str]) -> bool:
+    """`train.per_experience.<experience>.<setting>` or `methods.<m>.train.per_experience.<experience>.<setting>`
+    (a setting of `train_keys`): a dotted key `--set`, `--config` and a suite's `settings:` accept (the
+    experience is checked later)."""
     parts = key.split(".")
     if parts[:1] == ["methods"] and len(parts) > 2:
         parts = parts[2:]
-    return len(parts) == 4 and parts[:2] == ["train", PER_EXPERIENCE] and parts[3] in TRAIN_RULES \
+    return len(parts) == 4 and parts[:2] == ["train", PER_EXPERIENCE] and parts[3] in train_keys \
         and parts[3] != PER_EXPERIENCE
 
 
-def check_suite_recipes(suite: "SuiteDef", methods: Sequence[str], protocols: Sequence[str]) -> None:
+def check_suite_recipes(suite: "SuiteDef", methods: Sequence[str], protocols: Sequence[str],
+                        defaults: Dict[str, Any]) -> None:
     """Every method a suite's `recipes:` names is registered, every protocol it names is one of the suite's,
-    and every train and eval key is a known setting (values are checked when resolved)."""
+    and every train and eval key is a known setting of `defaults` (`clipbench.spec.DEFAULTS`; values are
+    checked when resolved)."""
     from clipbench.types import unknown_key
 
-    from .spec import DEFAULTS
+    DEFAULTS = defaults
 
     where = f"the `recipes:` of suite '{suite.name}' ({suite.source})"
     for method, entry in suite.recipes.items():
@@ -208,38 +209,3 @@ def check_suite_recipes(suite: "SuiteDef", methods: Sequence[str], protocols: Se
                     if key not in known:
                         raise unknown_key(str(key), known, f"recipes.{method}.{prefix}{section}", where)
 
-
-SUITE_ORDER = ("paper", "cil_cifar100", "cil_tinyimagenet", "mtil", "mtil_cil", "mtil_fewshot", "xtail")
-
-
-def recipe_table(suites: Sequence[str] = SUITE_ORDER) -> str:
-    """README's method x suite table under `recipe: reference`: which recipe each cell trains with (`own`:
-    its authors' on this benchmark; `own*`: its authors' from another benchmark; `suite`: the suite's; `-`:
-    no gradient training; blank: not run there), then where each suite's and each own recipe comes from."""
-    from clipbench.methods.base import METHODS
-    from clipbench.protocols.catalog import get_protocol, get_suite
-
-    defs = [get_suite(s) for s in suites]
-    rows, notes = [], []
-    for name in METHODS.names():
-        cls = METHODS.get(name)
-        cells = []
-        for suite in defs:
-            kinds = {get_protocol(p).kind for p in suite.protocols}
-            listed = suite.methods == "all" or name in suite.methods
-            if not listed or not kinds & set(cls.supports):
-                cells.append("")
-            elif not cls.trains:
-                cells.append("-")
-            elif name in suite.recipes:
-                cells.append("own" if suite.recipes[name].get("ran_here", True) else "own*")
-            else:
-                cells.append("suite")
-        rows.append(f"| `{name}` | " + " | ".join(cells) + " |")
-    for suite in defs:
-        notes.append(f"- `{suite.name}` (`recipe: {suite.recipe}`), its recipe: {suite.train_source}")
-        for name, entry in suite.recipes.items():
-            own = "its own" if entry.get("train") else "the suite's, which is its own"
-            notes.append(f"  - `{name}`: {own}, {entry['source']}")
-    header = "| method | " + " | ".join(f"`{s.name}`" for s in defs) + " |"
-    return "\n".join([header, "|---|" + "---|" * len(defs), *rows, "", *notes]) + "\n"

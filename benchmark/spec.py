@@ -174,7 +174,7 @@ def _check_known(key: str, known: Sequence[str], source: str, value: Any = None,
     """`key` is a known setting and, when `known` maps keys to types, `value` is of its type. `at` (file:line)
     starts the error line when given."""
     where = f"{at}: " if at else ""
-    if is_per_experience_key(key):  # train.per_experience.<experience>.<setting>: checked when resolved
+    if is_per_experience_key(key, list(TRAIN_RULES)):  # train.per_experience.<experience>.<setting>: checked when resolved
         return
     if key not in known:
         close = difflib.get_close_matches(key, known, n=1)
@@ -272,7 +272,7 @@ def resolve_specs(suite: SuiteDef, method_cls: Any, protocol: ProtocolDef, seeds
     suite_settings = dotted_tree(suite.settings, None, "")  # checked by the planner
     settings = deep_merge(settings, suite_settings)
     settings = deep_merge(settings, overrides)
-    recipe = apply_recipe(settings, suite, method_cls, protocol, overrides, suite_settings)
+    recipe = apply_recipe(settings, suite, method_cls, protocol, overrides, suite_settings, DEFAULTS["train"])
     own = dict(settings["methods"].get(method_cls.name, {}))
     settings["train"] = deep_merge(settings["train"], own.pop("train", {}))  # `methods.<name>.train.<key>`
     validate_train(settings["train"], settings["eval"])
@@ -290,7 +290,7 @@ def resolve_specs(suite: SuiteDef, method_cls: Any, protocol: ProtocolDef, seeds
     params = deep_merge(protocol.params, settings["protocols"].get(protocol.name, {}))
     if params != protocol.params:  # a dataset spec set by the suite's settings, --config or --set
         protocol.check_dataset_specs(params, "the suite's settings, --config or --set")
-    check_per_experience(settings["train"], experience_names(protocol, params), protocol.name)
+    check_per_experience(settings["train"], experience_names(protocol, params), protocol.name, TRAIN_RULES)
     data = protocol.data_fingerprint(settings["data_root"], params, fingerprints)
     code = code_versions(protocol)
     return [

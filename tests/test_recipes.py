@@ -14,6 +14,7 @@ import torch
 from clipbench.errors import ClipbenchError
 from clipbench.plan import method_registry, plan
 from clipbench.recipes import check_per_experience, experience_train
+from clipbench.spec import TRAIN_RULES
 from helpers import run_cli
 
 CLIP_2_16 = 2.0 ** -16
@@ -205,9 +206,9 @@ def test_per_experience_settings_are_checked_up_front(capsys):
                    "train.per_experience.MNIST.lr=-1") == 2
     assert "train.per_experience.MNIST.lr=-1" in capsys.readouterr().err
     with pytest.raises(ClipbenchError, match="unknown setting 'train.per_experience.0.lrr'"):
-        check_per_experience({"per_experience": {0: {"lrr": 1.0}}}, None, "p")
+        check_per_experience({"per_experience": {0: {"lrr": 1.0}}}, None, "p", TRAIN_RULES)
     with pytest.raises(ClipbenchError, match="unknown experience 3"):
-        check_per_experience({"per_experience": {3: {"lr": 1.0}}}, ["a", "b", "c"], "p")
+        check_per_experience({"per_experience": {3: {"lr": 1.0}}}, ["a", "b", "c"], "p", TRAIN_RULES)
 
 
 def test_experience_train_takes_the_entry_by_name_then_index():
@@ -246,7 +247,7 @@ def test_readme_holds_the_recipe_table():
     """README's method x suite table is `recipe_table()` (regenerate it there when a suite's recipes change)."""
     from pathlib import Path
 
-    from clipbench.recipes import recipe_table
+    from clipbench.recipe_table import recipe_table
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert recipe_table() in readme
