@@ -62,6 +62,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="override a setting, e.g. train.lr=1e-4 (repeatable)")
     run.add_argument("--results", default=DEFAULT_RESULTS, help="results folder (default: results)")
     run.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
+    run.add_argument("--json", action="store_true", help="with --dry-run: one JSON object per planned run (its id, "
+                     "state, recipe and fully resolved spec), one per line")
     run.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
     run.add_argument("--quiet", action="store_true", help="no progress bars or per-run lines")
     run.add_argument("--log", metavar="LOGGERS", help="Avalanche's training loggers, comma-separated: csv, tensorboard, "
@@ -217,8 +219,10 @@ def _cmd_run(args, argv: Sequence[str]) -> int:
         specs = shard(specs, *_parse_shard(args.shard))
     store = ResultStore(args.results)
     cache_dir(args.cache_dir, store.root)  # a file given as --cache-dir stops here, dry run included
+    if args.json and not args.dry_run:
+        raise ClipbenchError("run --json needs --dry-run (it prints the plan as JSON, one run per line)")
     if args.dry_run:
-        return _print_plan(args.suite, specs, store)
+        return _print_plan_json(specs, store) if args.json else _print_plan(args.suite, specs, store)
     # every refusal before the first write (removing stale temporaries is one)
     for flag, value in (("--workers", args.workers), ("--threads", args.threads)):
         if value is not None and value < 1:
@@ -311,6 +315,17 @@ def _print_plan(suite: str, specs, store) -> int:
             print(f"  {state} {row['asset']:<26} {row['path']}{how}")
     if missing:
         print(f"{missing} asset(s) missing: the runs that need them will stop with an error naming the path.")
+    return 0
+
+
+def _print_plan_json(specs, store) -> int:
+    """One JSON object per planned run, one per line: id, state, recipe and the fully resolved spec (with
+    data_root), so what a cell trains with can be read before it runs."""
+    from .plan import run_state
+
+    for spec in specs:
+        print(json.dumps({"id": spec.id, "state": run_state(store, spec), "recipe": spec.recipe,
+                          "spec": {**spec.to_dict(), "data_root": spec.data_root}}, sort_keys=True, default=str))
     return 0
 
 

@@ -26,6 +26,7 @@ from .augment import make_augmenter
 from .avalanche_api import EvaluationPlugin, SupervisedPlugin, Template, TrainingLog, make_experience
 from .errors import Diverged
 from .models import LoadedModel
+from .recipes import experience_train
 from .schedules import is_constant, learning_rate
 from .spec import DEFAULTS
 
@@ -55,6 +56,9 @@ class CLIPClassifier(nn.Module):
         self._text_cache: Optional[torch.Tensor] = None
         # the image features of the last forward pass (with their graph), for methods' loss terms
         self.last_image_features: Optional[torch.Tensor] = None
+        # (lo, hi): encode only these class prompts (a method whose reference encodes only the current task's
+        # names while training: MoE-Adapters); the other classes' logits are -1e4. None: every active class.
+        self.text_rows: Optional[Tuple[int, int]] = None
 
     def _trainable_named(self):
         return [(n, p) for n, p in self.clip.named_parameters() if not n.startswith(self.frozen_prefixes)]
@@ -99,6 +103,8 @@ class CLIPClassifier(nn.Module):
     def class_text_features(self) -> torch.Tensor:
         """Normalised prompt embeddings of the active classes; differentiable if the text tower trains."""
         tokens = self.prompt_tokens[: self.num_active]
+        if self.text_rows is not None:
+            return self.encode_tokens(tokens[self.text_rows[0]:self.text_rows[1]])
         if any(p.requires_grad for p in self.text_parameters()):
             return self.encode_tokens(tokens)
         if self._text_cache is None or len(self._text_cache) != self.num_active:
@@ -111,7 +117,12 @@ class CLIPClassifier(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         self.last_image_features = self.encode_images(images)
-        return self.logits(self.last_image_features, self.class_text_features())
+        logits = self.logits(self.last_image_features, self.class_text_features())
+        if self.text_rows is None:
+            return logits
+        full = logits.new_full((len(logits), self.num_active), -1e4)  # as CL-CLIP masks other sessions' classes
+        full[:, self.text_rows[0]:self.text_rows[1]] = logits
+        return full
 
 
 class EnginePlugin(SupervisedPlugin):
@@ -261,16 +272,18 @@ def make_criterion(ce_classes: str, label_smoothing: float = 0.0,
 def train_experience(model: CLIPClassifier, method: "Method", data: LabelledImages, index: int, num_active: int,
                      train: dict, device: str, progress: bool,
                      experience_classes: Optional[Sequence[Sequence[int]]] = None,
-                     log: Optional[TrainingLog] = None) -> float:
+                     log: Optional[TrainingLog] = None, name: Optional[str] = None) -> float:
     """Train on one experience with a fresh optimizer (as the paper's and ZSCL's code do per session).
 
-    `train`: the run's train settings (missing keys take clipbench's defaults); `experience_classes`:
-    the class ids of every experience (for `ce_classes: current`); `log`: the run's Avalanche loggers
-    (`--log`), if any. A fresh optimizer per experience also means a checkpoint needs no optimizer or
+    `train`: the run's train settings (missing keys take clipbench's defaults; its `per_experience` entry
+    for this experience, by `name` or `index`, over them: `clipbench.recipes.experience_train`);
+    `experience_classes`: the class ids of every experience (for `ce_classes: current`); `log`: the run's
+    Avalanche loggers (`--log`), if any. The strategy's `plain_criterion` is the same cross-entropy without
+    label smoothing, for methods whose reference computes a gradient with plain cross-entropy (KeepLoRA). A fresh optimizer per experience also means a checkpoint needs no optimizer or
     schedule state. Returns seconds.
     """
     start = time.perf_counter()
-    train = {**DEFAULTS["train"], **train}
+    train = experience_train({**DEFAULTS["train"], **train}, index, name)
     model.num_active = num_active
     model.invalidate_text_cache()
     set_trainable(model, method)
@@ -291,6 +304,7 @@ def train_experience(model: CLIPClassifier, method: "Method", data: LabelledImag
             batches=train["iterations"] or None, transform=make_augmenter(train["augment"], device),
             device=device, plugins=[method, engine], evaluator=log.plugin() if log else EvaluationPlugin(),
         )
+    strategy.plain_criterion = make_criterion(train["ce_classes"], 0.0, ranges)
     if log:
         log.start(strategy, index)
     strategy.train(make_experience(data.images, data.labels, index), num_workers=0)

@@ -351,6 +351,18 @@ def _entry_name(e: Entry, entries: Sequence[Entry]) -> str:
     return e.name if len({x.model for x in entries}) == 1 else f"{e.name} ({e.model})"
 
 
+def recipe_label(spec: Dict[str, Any]) -> str:
+    """Which recipe a run trained with (`RunSpec.recipe`): `shared`; under `reference`, the method's own
+    (`reference`), its own from another benchmark (`own, other benchmark`) or the suite's (`suite`, authors
+    who never ran it); `-` for a method that does not train. Records older than recipes trained as `shared`."""
+    recipe = spec.get("recipe") or {"mode": "shared"}
+    if recipe.get("source") == "none":
+        return "-"
+    if recipe.get("mode") == "shared":
+        return "shared"
+    return {"reference": "reference", "method": "own, other benchmark", "suite": "suite"}.get(recipe.get("source"), "?")
+
+
 def main_table(entries: Sequence[Entry]) -> str:
     """One protocol's main table: its headline metrics (bold, mean rank) and the cost columns."""
     protocol = entries[0].protocol
@@ -361,7 +373,7 @@ def main_table(entries: Sequence[Entry]) -> str:
     ranks = mean_ranks(entries, ranked_metrics(columns, one_session))
     table = []
     for i, e in enumerate(entries):
-        line = [escape(e.name), escape(e.model), str(len(e.runs))]
+        line = [escape(e.name), escape(e.model), str(len(e.runs)), escape(recipe_label(e.runs[0]["spec"]))]
         for m in columns:
             text = cell_text(e.values(m))
             line.append(f"**{text}**" if i in bold[m] else text)
@@ -369,7 +381,7 @@ def main_table(entries: Sequence[Entry]) -> str:
             line.append(_cost(key, [r["costs"][key] for r in e.runs if r["costs"].get(key) is not None]))
         line.append("-" if ranks[i] is None else f"{ranks[i]:.2f}")
         table.append(line)
-    headers = (["method", "model", "seeds"] + [escape(m) + (" ↓" if metric_of(m).lower_is_better else "") for m in columns]
+    headers = (["method", "model", "seeds", "recipe"] + [escape(m) + (" ↓" if metric_of(m).lower_is_better else "") for m in columns]
                + [c for _, c in COST_COLUMNS] + ["extra at inference", "mean rank"])
     return tabulate(table, headers=headers, tablefmt="github", disable_numparse=True)
 
@@ -619,7 +631,9 @@ def curves(entries: Sequence[Entry], title: str, path: Path) -> None:
 
 INTRO = ("Mean ± standard deviation over seeds (`seeds`: distinct seeds). A row averages only runs whose specs are "
          "identical except for the seed; runs of one method that differ in a setting or in the weights are separate "
-         "rows labelled with what differs (`finetune [train.lr=0.05]`). Columns: each protocol's headline metrics "
+         "rows labelled with what differs (`finetune [train.lr=0.05]`). Recipe: `shared` (the suite's, for every "
+         "method), `reference` (the method's authors' own on this benchmark), `own, other benchmark` (its authors' "
+         "recipe from a benchmark they ran), `suite` (the suite's: its authors never ran this one). Columns: each protocol's headline metrics "
          "(↓: lower is better), recomputed from the records' raw results with the current code. " + BOLD_RULE +
          " Mean rank over the headline metrics, a metric family counted once (1 = best). Costs: trainable "
          "parameters, memory a method keeps between experiences, peak memory, wall time in hours (GPU-hours on a "

@@ -10,7 +10,8 @@ from clipbench.protocols.catalog import ProtocolDef, SuiteDef, get_protocol, get
 
 from . import claims
 from .errors import ClipbenchError
-from .spec import RunSpec, dotted_tree, known_settings, resolve_specs, user_overrides, validate_seeds
+from .recipes import check_suite_recipes
+from .spec import DEFAULTS, RunSpec, dotted_tree, known_settings, resolve_specs, user_overrides, validate_seeds
 from .store import ResultStore
 
 
@@ -48,6 +49,7 @@ def plan(suite_name: str, methods: Optional[Sequence[str]] = None, protocols: Op
                                  {p.name: p for p in protocol_defs + [get_protocol(n) for n in suite.protocols]})
     dotted_tree(suite.settings, suite_known, f"the `settings:` of suite '{suite.name}'",
                 {k: f"{suite.source}:{line}" for k, line in suite.lines.items()})
+    check_suite_recipes(suite, registry.names(), [p.name for p in protocol_defs] + list(suite.protocols), DEFAULTS)
     overrides = user_overrides(config_file, sets, known)
     validate_seeds(list(seeds) if seeds else suite.seeds, "--seeds" if seeds else f"the seeds of suite '{suite.name}'")
     seeds = list(seeds) if seeds else suite.seeds

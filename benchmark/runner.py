@@ -31,6 +31,7 @@ from .evaluator import Evaluator, Row, row_zero
 from .image_store import ImageStore, cache_dir
 from .models import LoadedModel, load_model
 from .plan import method_registry
+from .recipes import experience_names
 from .spec import RunSpec
 from .store import SCHEMA_VERSION, ResultStore
 
@@ -185,6 +186,7 @@ def _run_experiences(spec: RunSpec, store: ResultStore, device: str, progress: b
     protocol = get_protocol(spec.protocol)
     method_cls = method_registry().get(spec.method)
     streams = protocol.build(spec.data_root, spec.seed, spec.protocol_params)
+    names = experience_names(protocol, spec.protocol_params)  # for train.per_experience by dataset name
     seed_everything(spec.seed, "model")  # random-init models are a function of the seed
     loaded = load_model(spec.model["arch"], spec.model.get("pretrained"), device)
     if options.on_model_loaded is not None:
@@ -232,7 +234,8 @@ def _run_experiences(spec: RunSpec, store: ResultStore, device: str, progress: b
             classes = streams.experience_classes[exp]
             active = max(classes[-1] + 1, int(data.labels.max()) + 1)  # a joint learner sees every class at once
             seconds = train_experience(model, method, data, exp, active, spec.train, device, progress,
-                                       experience_classes=streams.experience_classes, log=state.get("log"))
+                                       experience_classes=streams.experience_classes, log=state.get("log"),
+                                       name=names[exp] if names and exp < len(names) else None)
         elif data is not None:  # learning without gradients (analytic methods; nothing for zero-shot)
             t = time.perf_counter()
             method.fit_experience(data, exp, evaluator.image_features)

@@ -1,9 +1,10 @@
 """Run specs: frozen, fully resolved descriptions of one run, identified by a hash of their JSON.
 
 Settings are layered, later wins: clipbench defaults < method and protocol defaults < suite file
-(its train/eval, then its `settings:`) < `--config` file < `--set key=value`; last, a method's own
-training settings (`methods.<name>.train.<key>`, from any layer) replace the general ones for that
-method. Every key a user sets must already exist in that tree (a typo fails with a did-you-mean
+(its train/eval, then its `settings:`) < `--config` file < `--set key=value`; then, with `recipe:
+reference`, a method's recipe from the suite's `recipes:` replaces its training settings
+(`clipbench.recipes`); last, a method's own training settings (`methods.<name>.train.<key>`, from any
+layer) replace the general ones for that method. Every key a user sets must already exist in that tree (a typo fails with a did-you-mean
 instead of being silently ignored).
 """
 
@@ -20,6 +21,7 @@ from .augment import RECIPES
 from .errors import ClipbenchError
 from .schedules import SCHEDULES
 from .models import weights_fingerprint
+from .recipes import apply_recipe, check_per_experience, experience_names, is_per_experience_key
 from .types import field_types, problem
 from .yamlio import deep_merge, load_yaml_marked, parse_scalar
 
@@ -44,6 +46,7 @@ DEFAULTS: Dict[str, Any] = {
     "eval": {"batch_size": 256},
     "precision": "fp32",  # fp32 everywhere; amp_bf16 autocasts evaluation and training on a GPU
     "data_root": None,
+    "recipe": "shared",  # shared (the suite's recipe for every method) | reference (clipbench.recipes)
     "methods": {},  # per method: overrides of its Config fields
     "protocols": {},  # per protocol: overrides of its builder params
 }
@@ -89,7 +92,7 @@ def validate_train(train: Dict[str, Any], eval_settings: Dict[str, Any]) -> None
     """Check every resolved train setting (and the evaluation batch size): one ClipbenchError line
     naming the key, the value and what is allowed. Keys outside `TRAIN_RULES` (a typo in a suite
     file or a method's `train_defaults`) fail too."""
-    unknown = sorted(set(train) - set(TRAIN_RULES))
+    unknown = sorted(set(train) - set(TRAIN_RULES) - {"per_experience"})  # per_experience: clipbench.recipes
     if unknown:
         raise ClipbenchError(f"unknown setting 'train.{unknown[0]}' (in a suite, protocol or method's train defaults); "
                              f"known: {', '.join(sorted(TRAIN_RULES))}")
@@ -130,6 +133,9 @@ class RunSpec:
     # sizes, modification times); and the versions of the code that turns those files into numbers
     data: Dict[str, str] = field(default_factory=dict)
     code: Dict[str, Any] = field(default_factory=dict)
+    # which recipe it trains with (mode, source, the file it comes from: clipbench.recipes); in the record,
+    # not in the id: the settings it names are `train` and `eval`, which the id hashes
+    recipe: Dict[str, Any] = field(default_factory=dict, compare=False)
 
     def to_dict(self) -> Dict[str, Any]:
         d = asdict(self)
@@ -137,12 +143,14 @@ class RunSpec:
         return d
 
     def canonical_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), default=str)
+        d = self.to_dict()
+        d.pop("recipe")
+        return json.dumps(d, sort_keys=True, separators=(",", ":"), default=str)
 
     @property
     def id(self) -> str:
-        """First 12 hex digits of sha256 over the canonical JSON (data_root excluded; the data's
-        fingerprint and the code versions included)."""
+        """First 12 hex digits of sha256 over the canonical JSON (data_root and the recipe's label excluded;
+        the resolved settings, the data's fingerprint and the code versions included)."""
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:12]
 
     @classmethod
@@ -166,6 +174,8 @@ def _check_known(key: str, known: Sequence[str], source: str, value: Any = None,
     """`key` is a known setting and, when `known` maps keys to types, `value` is of its type. `at` (file:line)
     starts the error line when given."""
     where = f"{at}: " if at else ""
+    if is_per_experience_key(key, list(TRAIN_RULES)):  # train.per_experience.<experience>.<setting>: checked when resolved
+        return
     if key not in known:
         close = difflib.get_close_matches(key, known, n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
@@ -185,7 +195,8 @@ def _set_dotted(tree: Dict[str, Any], key: str, value: Any) -> None:
 
 # the types of the settings outside train (train values are checked by `validate_train`)
 SETTING_TYPES: Dict[str, Any] = {"model.arch": str, "model.pretrained": Optional[str], "eval.batch_size": int,
-                                 "precision": Literal["fp32", "amp_bf16"], "data_root": Optional[str]}
+                                 "precision": Literal["fp32", "amp_bf16"], "data_root": Optional[str],
+                                 "recipe": Literal["shared", "reference"]}
 
 
 def known_settings(method_configs: Dict[str, type], protocols: Dict[str, ProtocolDef]) -> Dict[str, Any]:
@@ -274,9 +285,11 @@ def resolve_specs(suite: SuiteDef, method_cls: Any, protocol: ProtocolDef, seeds
     settings = deep_merge(DEFAULTS, {"train": getattr(method_cls, "train_defaults", {})})
     settings = deep_merge(settings, {"train": protocol.train})
     settings = deep_merge(settings, {"model": suite.model, "train": suite.train, "eval": suite.eval,
-                                     "data_root": suite.data_root})
-    settings = deep_merge(settings, dotted_tree(suite.settings, None, ""))  # checked by the planner
+                                     "data_root": suite.data_root, "recipe": suite.recipe})
+    suite_settings = dotted_tree(suite.settings, None, "")  # checked by the planner
+    settings = deep_merge(settings, suite_settings)
     settings = deep_merge(settings, overrides)
+    recipe = apply_recipe(settings, suite, method_cls, protocol, overrides, suite_settings, DEFAULTS["train"])
     own = dict(settings["methods"].get(method_cls.name, {}))
     settings["train"] = deep_merge(settings["train"], own.pop("train", {}))  # `methods.<name>.train.<key>`
     validate_train(settings["train"], settings["eval"])
@@ -294,6 +307,7 @@ def resolve_specs(suite: SuiteDef, method_cls: Any, protocol: ProtocolDef, seeds
     params = deep_merge(protocol.params, settings["protocols"].get(protocol.name, {}))
     if params != protocol.params:  # a dataset spec set by the suite's settings, --config or --set
         protocol.check_dataset_specs(params, "the suite's settings, --config or --set")
+    check_per_experience(settings["train"], experience_names(protocol, params), protocol.name, TRAIN_RULES)
     data = protocol.data_fingerprint(settings["data_root"], params, fingerprints)
     code = code_versions(protocol)
     return [
@@ -303,7 +317,7 @@ def resolve_specs(suite: SuiteDef, method_cls: Any, protocol: ProtocolDef, seeds
             protocol_kind=protocol.kind, protocol_params=params,
             model={"arch": model["arch"], "pretrained": model.get("pretrained"), "weights": fingerprint},
             seed=int(seed), train=settings["train"], eval=settings["eval"], precision=settings["precision"],
-            data_root=settings["data_root"], data=data, code=code,
+            data_root=settings["data_root"], data=data, code=code, recipe=recipe,
         )
         for seed in seeds
     ]

@@ -37,7 +37,9 @@ class ContinualCLIP(Method):
     How it differs from the `zeroshot` row: only in the prompt. `zeroshot` averages the protocol's
     template ensemble (`Streams.templates`; e.g. the 80 OpenAI templates where a protocol declares
     them), this row uses the one template; the scored class ranges, the held-out zero-shot sets (with
-    their own templates) and retrieval are the same, so its retention is 1, like `zeroshot`'s.
+    their own templates) and retrieval are the same, so its retention is 1, like `zeroshot`'s. Class names
+    are the protocol's: the CIFAR-100 protocols give torchvision's raw names (`aquarium_fish`), which the code
+    prompts (`continual_clip/datasets.py`: `dataset.dataset.classes`).
     Its row 0 is measured with its own prompt, not taken from the other methods' shared row 0. Where a
     protocol's only template is this prompt (the CIFAR-100 protocols, after ZSCL's CIL config), the two
     rows are the same.

@@ -124,8 +124,10 @@ class DIKI(Method):
     images use their own w_i and the texts the batch mean of w. Evaluated at the protocol's batch and at
     batch size 1 (where the vote is the image's own choice).
 
-    Defaults as `configs/MTIL.yaml`: SGD lr 5.0 (no momentum, no weight decay), batch 128, 10 epochs, cosine
-    schedule from lr to lr * 1e-3 without warm-up.
+    Recipe (`train_defaults`, and the `mtil` suite's `recipes:` with `recipe: reference`) as `configs/MTIL.yaml`
+    and `DIKI.py`: SGD lr 5.0 (no momentum, no weight decay), batch 128, 10 epochs, cosine schedule without
+    warm-up, plain cross-entropy (no label smoothing), CLIP's evaluation transform for training (no
+    augmentation), test batches of 256 (`get_dataloader` doubles the batch with `batchwise_prompt`).
 
     Departures: the last epoch is kept (the code keeps the epoch best on a validation split, which the
     harness has no place for); parameters are float32 (the code's prefixes are float16) and the
@@ -134,8 +136,10 @@ class DIKI(Method):
     parameter and only the current task's train (the code hands the whole pool to SGD, where the other
     tasks get zero gradients: the same updates, and a trainable count per task here, not for all tasks);
     the vote breaks ties toward the lower task id (the code's `topk` over counts leaves it unspecified);
-    the cosine schedule is the harness's. The code doubles the evaluation batch (256) in the vote; here
-    the protocol's evaluation batch is used.
+    the cosine schedule is the harness's, which ends at 0 (the code's `build_cosine_scheduler` ends at lr *
+    1e-3); its MTIL data are CoOp's splits (`split_zhou_*.json`) where clipbench's MTIL protocols use ZSCL's.
+    Under `recipe: shared` it trains with the suite's recipe (on `mtil` AdamW at 1e-5, where its
+    zero-initialised prefix values barely move).
     On a model whose towers have no open_clip transformer block (the mini model: frozen, cached
     EfficientNet and MiniLM towers) each tower gets one prefix attention on its pooled output before the
     frozen projection, p <- p + w softmax(p K_t^T / sqrt(D)) V_t (one head, no query or output

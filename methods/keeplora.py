@@ -308,8 +308,11 @@ class KeepLoRA(Method):
     not available (OneCycleLR: 30 % warm-up from lr/25, cosine down to lr/25e4, beta1 cycled 0.95 -> 0.85
     -> 0.95; none of constant|step|cosine expresses it, cosine without warm-up is the nearest); the gradient and feature passes run in eval mode (no
     difference for open_clip ViTs; it keeps the mini model's frozen BatchNorm statistics), and a task
-    with fewer samples than one batch uses them all as one batch (the code would have no batch). Its
-    last MTIL task (SUN397) runs 5 epochs instead of 10; here every experience runs `train.epochs`.
+    with fewer samples than one batch uses them all as one batch (the code would have no batch). The
+    code's per-task epochs (`epoch_list`: SUN397 5 in order I; order II 5, 2, 5, 5, 5, 5, then 10) are the
+    `mtil` suite's recipe for it (`train.per_experience`); its fp16 autocast (`prec: amp`) is not (fp32).
+    Step 1's gradient is always the plain cross-entropy's, as the code's `F.cross_entropy`, even under a
+    recipe with label smoothing (the `shared` mode on `mtil`); training then uses the run's loss.
     Weights change only by merging: a model with A B = 0 outside training is the plain model.
 
     As in the code, when a matrix's residual gradient has fewer than r directions (few distinct inputs:
@@ -319,7 +322,7 @@ class KeepLoRA(Method):
     """
 
     name = "keeplora"
-    version = 1
+    version = 2  # 2: A and B from the plain cross-entropy's gradient (1 used the run's, smoothed where the recipe smooths)
     Config = KeepLoRAConfig
     # configs/keeplora_order1.yaml: AdamW, lr 1e-3, wd 0.01, batch 64, 10 epochs; the model's logits cover
     # the current task's class prompts, hence cross-entropy over the current experience's classes.
@@ -391,16 +394,18 @@ class KeepLoRA(Method):
         model.invalidate_text_cache()
 
     def _mean_gradients(self, strategy) -> Dict[int, torch.Tensor]:
-        """d CE / d W for every adapted parameter, averaged over full batches (the code's `estimate_gradient`)."""
+        """d CE / d W for every adapted parameter, averaged over full batches (the code's `estimate_gradient`), with
+        plain cross-entropy (`F.cross_entropy` there) even where the run trains with label smoothing."""
         model = strategy.model
         weights = list({id(p): p for m in self.wrappers(model) for p in map(m.base.get_parameter, m.params())}.values())
         images, labels = strategy.experience.tensors
         batches = full_batches(len(labels), strategy.train_mb_size)
+        plain = getattr(strategy, "plain_criterion", strategy._criterion)
         sums = [torch.zeros_like(w) for w in weights]
         with _eval_mode(model), _requiring_grad(weights):
             for index in batches:
                 x, y = images[index].to(strategy.device), labels[index].to(strategy.device)
-                loss = strategy._criterion(model(x), y)
+                loss = plain(model(x), y)  # the code's F.cross_entropy: no label smoothing, whatever the recipe
                 for total, g in zip(sums, torch.autograd.grad(loss, weights, allow_unused=True)):
                     if g is not None:
                         total += g

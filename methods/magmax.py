@@ -57,9 +57,15 @@ class MagMax(Method):
     (1280 -> 256): MagMax fine-tunes and merges that layer alone.
 
     Departures: the code trains against a zero-shot head built with all of a dataset's templates;
-    here the protocol's training template gives the class embeddings, as for every method. Its cosine
-    schedule with 500 warm-up steps and gradient-norm clipping at 1.0 wait for the training-settings
-    keys (`PENDING_TRAIN_DEFAULTS`); until then the learning rate is constant and gradients unclipped.
+    here the protocol's training template gives the class embeddings, as for every method.
+
+    Recipe (`train_defaults`, and the suites' `recipes:` with `recipe: reference`): `src/args.py` and
+    `finetune_splitted.py`: AdamW, lr 1e-5 and batch 128 (set in `__main__`), weight decay 0.1, 10 epochs
+    (`scripts/CIL/all.sh` for CIFAR-100), `cosine_lr` with 500 warm-up steps, `clip_grad_norm_(params, 1.0)`,
+    no label smoothing (`--ls 0`), and open_clip's train transform, RandomResizedCrop(scale 0.9-1, bicubic),
+    which is `augment: zscl`. MagMax ran CIFAR-100 (`cil_cifar100`: its own recipe there), never MTIL or
+    TinyImageNet: there it keeps this one recipe, recorded as source `method`. Its CIFAR-100 class order
+    (`default_class_order` in `src/datasets/cifar100.py`) is not the protocol's iCaRL order.
     """
 
     name = "magmax"

@@ -215,13 +215,19 @@ class MoEAdapters(MoEAdaptersCIL):
     that task's router in both encoders (its images and the class prompts scored against them), or, when
     no task fits, as the original CLIP (zero-shot). Evaluated at the protocol's batch and at batch size 1.
 
-    Defaults as the code's MTIL scripts: AdamW (weight decay 0), batch 64, 1000 iterations per task,
-    cosine schedule with 100 warm-up steps, label smoothing 0.2, cross-entropy over the current task's
-    classes; the learning rate is per dataset there (5e-3 Aircraft, CIFAR100; 1e-3 Caltech101, DTD,
-    Flowers, Food, OxfordPet, StanfordCars, SUN397; 1e-4 EuroSAT, MNIST): 1e-3 here, set per run.
+    While task t trains, the text encoder sees only task t's class prompts, as the code encodes only the
+    current dataset's names (`finetune.py`: `texts = [template(x) for x in dataset.classnames]`): only they
+    count towards the text experts' usage (and draw router noise); the other classes' logits are -1e4.
 
-    Departures: one learning rate for every task (above); the code trains the first task without label
-    smoothing; the load-balancing loss the code computes is never added to its loss, so not computed
+    Recipe (`train_defaults`, and the `mtil` / `mtil_fewshot` suites' `recipes:` with `recipe: reference`):
+    the code's MTIL scripts: AdamW (weight decay 0), batch 64, 1000 iterations per task (few-shot: 500),
+    cosine schedule with 100 warm-up steps, label smoothing 0.2 on every task, cross-entropy over the current
+    task's classes, a learning rate per dataset (full shot: 5e-3 Aircraft, CIFAR100; 1e-3 Caltech101, DTD,
+    Flowers, Food, OxfordPet, StanfordCars, SUN397; 1e-4 EuroSAT, MNIST; `train.per_experience`), and DDAS
+    on test batches of 128 (`--batch-size-eval 128`: `eval.batch_size`). The scripts hold order I only;
+    order II takes each dataset's rate.
+
+    Departures: the load-balancing loss the code computes is never added to its loss, so not computed
     here; ties in expert usage freeze the lower index; DDAS's departures are listed in `methods/ddas.py`
     (chiefly an EfficientNet-Lite0 extractor in place of AlexNet). On the mini model (no open_clip
     transformer block: frozen, cached EfficientNet and MiniLM towers) the mixture sits on each tower's
@@ -230,7 +236,7 @@ class MoEAdapters(MoEAdaptersCIL):
     """
 
     name = "moe_adapters"
-    version = 1
+    version = 2  # 2: while a task trains, only its own class prompts are encoded (1: every class seen so far)
     Config = MoEAdaptersConfig
     infers_task_per_batch = True
     train_defaults = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.0, "batch_size": 64, "ce_classes": "current",
@@ -239,12 +245,21 @@ class MoEAdapters(MoEAdaptersCIL):
 
     def setup(self, model, streams) -> None:
         super().setup(model, streams)
+        self.classifier = model  # its `text_rows`: the prompts encoded while a task trains
         device = next(model.parameters()).device
         self.ddas = DDAS(self.config.ddas_extractor, _input_size(model.clip), device, self.config.threshold)
         if streams.reference is not None:
             self.ddas.learn_reference(streams.reference.images, self.config.ddas_reference_iterations)
 
+    def before_training_exp(self, strategy, **kwargs):
+        super().before_training_exp(strategy, **kwargs)
+        # the code encodes only the current dataset's class names while a task trains (finetune.py:
+        # `texts = [template(x) for x in dataset.classnames]`), so only they count towards text-expert usage
+        classes = self.streams.experience_classes[self.trained]
+        self.classifier.text_rows = (classes[0], classes[-1] + 1)
+
     def after_training_exp(self, strategy, **kwargs):
+        self.classifier.text_rows = None
         for i, mixture in enumerate(self.mixtures):
             self.frozen.setdefault(i, set()).update(mixture.most_used(self.config.frozen_per_task))
         self.ddas.learn_task(self.streams.train[self.trained].images, self.config.ddas_iterations)

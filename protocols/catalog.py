@@ -217,6 +217,9 @@ class SuiteDef:
     data_root: Optional[str] = None
     resources: Dict[str, Any] = field(default_factory=dict)  # per run on a cluster: cpus, gpus, mem_gb, time_min, partition
     settings: Dict[str, Any] = field(default_factory=dict)  # dotted key -> value, layered before --config and --set
+    recipe: str = "shared"  # the default recipe mode: shared | reference (clipbench.recipes)
+    recipes: Dict[str, Any] = field(default_factory=dict)  # method -> its authors' recipe on this suite
+    train_source: str = ""  # where the suite's own `train:` recipe comes from (repository, commit, files)
     source: str = ""  # the file it was read from
     lines: Dict[str, int] = field(default_factory=dict, compare=False)  # settings key -> its line in `source`
 
@@ -359,7 +362,7 @@ def load_protocol_file(path: Path) -> ProtocolDef:
         raise ClipbenchError(f"{_at(where, path, 'kind')}: kind must be one of {', '.join(KINDS)}, got '{doc['kind']}'")
     _check_builder_params(doc, where, path)
     train = doc.get("train") or {}
-    _check_keys(train, list(DEFAULTS["train"]), "train", where, path, "train")
+    _check_keys(train, list(DEFAULTS["train"]) + ["per_experience"], "train", where, path, "train")
     # values that are each fine but do not fit together (every key is known by now)
     _check_together(BUILDERS.get(doc["builder"]).params, doc.get("params") or {}, lambda key: _at(where, path, "params", key))
     reported = _reported(doc.get("metrics"), doc["kind"], _at(where, path, "metrics"))
@@ -375,7 +378,8 @@ def load_protocol_file(path: Path) -> ProtocolDef:
 def _suite_section_keys() -> Dict[str, List[str]]:
     from clipbench.spec import DEFAULTS
 
-    return {"model": list(DEFAULTS["model"]), "train": list(DEFAULTS["train"]), "eval": list(DEFAULTS["eval"]),
+    return {"model": list(DEFAULTS["model"]), "train": list(DEFAULTS["train"]) + ["per_experience"],
+            "eval": list(DEFAULTS["eval"]),
             "resources": [f.name for f in fields(Resources)]}
 
 
@@ -419,6 +423,12 @@ def load_suite_file(path: Path) -> SuiteDef:
     if not isinstance(settings, dict) or any(isinstance(v, dict) for v in settings.values()):
         raise ClipbenchError(f"{_at(where, path, 'settings')}: `settings:` maps dotted keys to values, "
                              "e.g. `methods.zscl.l2: 0`")
+    from clipbench.recipes import MODES, check_entries
+
+    recipe = doc.get("recipe", "shared")
+    if recipe not in MODES:
+        raise ClipbenchError(f"{_at(where, path, 'recipe')}: recipe: must be one of {', '.join(MODES)}, got {recipe!r}")
+    recipes = check_entries(doc.get("recipes"), _at(where, path, "recipes"))
     protocols = doc["protocols"]
     if not isinstance(protocols, list) or not all(isinstance(p, str) for p in protocols):
         raise ClipbenchError(f"{_at(where, path, 'protocols')}: `protocols:` is a list of protocol names or files")
@@ -427,7 +437,8 @@ def load_suite_file(path: Path) -> SuiteDef:
         protocols=list(protocols), methods=methods,
         seeds=_suite_seeds(doc.get("seeds", [0]), _at(where, path, "seeds")), train=dict(doc.get("train") or {}),
         eval=dict(doc.get("eval") or {}), data_root=_data_root(doc.get("data_root"), _at(where, path, "data_root")), resources=dict(doc.get("resources") or {}),
-        settings={str(k): v for k, v in settings.items()}, source=str(path),
+        settings={str(k): v for k, v in settings.items()}, recipe=recipe, recipes=recipes,
+        train_source=str(doc.get("train_source", "")), source=str(path),
         lines={str(k): where[("settings", str(k))][1] for k in settings if ("settings", str(k)) in where},
     )
 

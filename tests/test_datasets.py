@@ -256,3 +256,23 @@ def test_a_new_format_is_one_registered_module(tmp_path, monkeypatch):
     register_format(Format("parity_list", "any", ("root",), labelled=labelled))
     data, names = load_labelled({"adapter": "parity_list", "root": "flat"}, "train", str(tmp_path))
     assert names == ["even", "odd"] and data.labels.tolist() == [0, 1, 0, 1]
+
+
+def test_cifar_raw_names_keep_torchvisions_underscores(tmp_path):
+    """`raw_names: true` (the CIFAR-100 protocols): `aquarium_fish`, as Continual-CLIP, ZSCL's and MoE-Adapters'
+    CIL code and MagMax prompt `dataset.classes`; by default `aquarium fish` (ZSCL's MTIL `underline_to_space`)."""
+    import pickle
+
+    import numpy as np
+
+    from clipbench.protocols.formats import cifar
+
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    names = ["apple", "aquarium_fish", "maple_tree"]
+    with open(folder / "train", "wb") as fh:
+        pickle.dump({"data": np.zeros((3, 3072), np.uint8), "fine_labels": [0, 1, 2]}, fh)
+    with open(folder / "meta", "wb") as fh:
+        pickle.dump({"fine_label_names": names}, fh)
+    assert cifar.labelled({"root": str(tmp_path), "raw_names": True}, "train", None)[1] == names
+    assert cifar.labelled({"root": str(tmp_path)}, "train", None)[1] == ["apple", "aquarium fish", "maple tree"]

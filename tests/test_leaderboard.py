@@ -171,7 +171,7 @@ def test_main_table_shows_the_protocols_headline_metrics(tmp_path):
     write(results, tmp_path / "lb")
     text = (tmp_path / "lb" / "demo.md").read_text()
     header = [c.strip() for c in next(l for l in text.splitlines() if l.startswith("| method")).strip("|").split("|")]
-    assert header[3:7] == ["last", "avg", "bwt", "zs\\_retention"]
+    assert header[3] == "recipe" and header[4:8] == ["last", "avg", "bwt", "zs\\_retention"]
     assert "zs\\_drop" not in header and "forgetting" not in header
     # a: best last, avg, bwt; b: best retention -> mean ranks 1.25 and 1.75
     assert table_line(text, "a ")[-1] == "1.25" and table_line(text, "b ")[-1] == "1.75"

@@ -241,3 +241,19 @@ def test_on_the_mini_model_the_two_projections_are_adapted(streams):
     # the protected subspaces live in each projection's input space
     assert method.bases["clip.visual.head.proj:w"].shape[0] == 1280 and method.bases["clip.text.proj:w"].shape[0] == 384
     assert set_trainable(model, method) == 16 * 256 * 2
+
+
+def test_a_and_b_come_from_plain_cross_entropy_whatever_the_recipe(streams):
+    """KeepLoRA's `estimate_gradient` uses F.cross_entropy: under a smoothed training loss (the engine's
+    `_criterion`), the gradient that builds A and B is still the plain one (`plain_criterion`)."""
+    model = tiny_model(streams)
+    method = KeepLoRA(KeepLoRA.Config())
+    method.setup(model, streams)
+    set_trainable(model, method)
+    smoothed = dict(vars(_strategy(model, streams.train[0])), _criterion=nn.CrossEntropyLoss(label_smoothing=0.2),
+                    plain_criterion=nn.CrossEntropyLoss())
+    got = method._mean_gradients(SimpleNamespace(**smoothed))
+    want = method._mean_gradients(_strategy(model, streams.train[0]))  # plain cross-entropy as _criterion
+    assert got.keys() == want.keys() and all(torch.allclose(got[k], want[k], atol=1e-5) for k in got)
+    with_ls = method._mean_gradients(SimpleNamespace(**dict(smoothed, plain_criterion=smoothed["_criterion"])))
+    assert max((with_ls[k] - want[k]).abs().max() for k in want) > 1e-3  # smoothing would change them

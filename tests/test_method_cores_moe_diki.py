@@ -343,3 +343,27 @@ def test_batch_one_in_batches_equals_one_image_at_a_time(streams, name):
     assert fast.acc == exact.acc and fast.zeroshot == exact.zeroshot and fast.retrieval == exact.retrieval
     assert len(routes) == len(streams.test[0].images)
     assert len({r.key for r in routes}) > 1  # images take different routes (DIKI: their own weights; DDAS: tasks)
+
+
+def test_while_a_task_trains_only_its_class_prompts_are_encoded(streams):
+    """MoE-Adapters' finetune.py encodes only the current dataset's names: the text experts' usage counts only
+    them (the other classes' logits are -1e4 while it trains), and evaluation sees every class again."""
+    model = tiny_model(streams)
+    method = MoEAdapters(MoEAdapters.Config(ddas_iterations=2, ddas_reference_iterations=2))
+    method.setup(model, streams)
+    set_trainable(model, method)
+    method.before_training_exp(None)
+    method.after_training_exp(None)  # task 0 learned
+    method.before_training_exp(None)  # task 1 trains
+    lo, hi = streams.experience_classes[1][0], streams.experience_classes[1][-1] + 1
+    assert model.text_rows == (lo, hi)
+    model.num_active = hi
+    text = [m for m, s in zip(method.mixtures, method.sites) if s.tower == "text"]
+    for mixture in method.mixtures:
+        mixture.usage.zero_()
+    model.train()
+    logits = model(streams.train[1].images[:4])
+    assert logits.shape == (4, hi) and (logits[:, :lo] == -1e4).all() and (logits[:, lo:hi] > -1e4).all()
+    assert all(m.usage.sum() == (hi - lo) * m.top_k for m in text)  # one count per prompt and chosen expert
+    method.after_training_exp(None)
+    assert model.text_rows is None and model(streams.test[0].images[:2]).shape == (2, hi)

@@ -71,7 +71,7 @@ def test_a_new_metric_shows_in_the_leaderboard_of_the_protocols_that_list_it(tmp
     main = (tmp_path / "lb" / "demo.md").read_text()
     section = main.split("## lists\\_it")[1].split("## other")[0]
     header = next(line for line in section.splitlines() if line.startswith("| method"))
-    assert [c.strip() for c in header.strip("|").split("|")][3:5] == ["first\\_row\\_mean ↓", "last"]
+    assert [c.strip() for c in header.strip("|").split("|")][3:6] == ["recipe", "first\\_row\\_mean ↓", "last"]
     assert "first\\_row\\_mean" not in main.split("## other")[1]
     page = (tmp_path / "lb" / "demo" / "lists_it.md").read_text()
     assert "| first\\_row\\_mean" in page and "| avg" not in page

@@ -52,6 +52,6 @@ def test_suites_carry_their_references_settings():
     assert fewshot.settings["methods.moe_adapters.threshold"] == pytest.approx(0.0585)
     tiny = get_suite("cil_tinyimagenet")
     assert tiny.train["lr"] == pytest.approx(7.1e-6) and tiny.train["batch_size"] == 64
-    assert tiny.settings["methods.moe_adapters_cil.train.lr"] == pytest.approx(1e-3)
+    assert tiny.recipes["moe_adapters_cil"]["train"]["lr"] == pytest.approx(1e-3)  # its recipe (recipe: reference)
     assert tiny.settings["methods.zscl.we_every"] == 10
-    assert get_suite("cil_cifar100").settings["methods.moe_adapters_cil.train.batch_size"] == 128
+    assert get_suite("cil_cifar100").recipes["moe_adapters_cil"]["train"]["batch_size"] == 128

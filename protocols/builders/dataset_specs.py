@@ -28,9 +28,13 @@ def load_labelled(spec: Dict[str, Any], split: str, data_root: Optional[str],
                   at: str = "") -> Tuple[LabelledImages, List[str]]:
     """A labelled split through the spec's format; `names` in the spec override the dataset's class names.
 
-    A dataset with no official split (EuroSAT, Caltech101, SUN397) gives `test_fraction`: a fixed
-    permutation (seed 0) sends that share of every class to the test split, the rest to train. The
-    images are listed, not decoded, so each is decoded once whatever split it lands in. `at`: the spec's key
+    A dataset with no official split gives either `random_split: {train: 0.8, seed: 42}`, ZSCL's split
+    (Thunderbeee/ZSCL at b96e714, `mtil/src/datasets/collections.py`, `split_dataset`: torch's
+    `random_split(dataset, [int(0.8 n), n - int(0.8 n)], generator=torch.Generator().manual_seed(42))` over
+    the whole dataset in its own order: the first int(train x n) indices of `torch.randperm(n, generator)` train,
+    the rest test), or `test_fraction`: a fixed permutation (seed 0) sends that share of every class to the
+    test split, the rest to train. The images are listed, not decoded, so each is decoded once whatever
+    split it lands in. `at`: the spec's key
     path in the builder's params (`target`), so a value that does not fit the data is named at its line.
     """
     fmt = get_format(spec)
@@ -39,7 +43,10 @@ def load_labelled(spec: Dict[str, Any], split: str, data_root: Optional[str],
                              f"{', '.join(n for n in FORMATS.names() if FORMATS.get(n).labelled)}")
     if spec.get("download") and fmt.fetch is not None:
         fmt.fetch(spec, data_root)
-    if "test_fraction" in spec and split in ("train", "test"):
+    if "random_split" in spec and split in ("train", "test"):
+        whole, names = fmt.labelled(spec, spec.get("whole_split", "train"), data_root)
+        data = whole.subset(random_split_mask(len(whole), spec["random_split"], split))
+    elif "test_fraction" in spec and split in ("train", "test"):
         whole, names = fmt.labelled(spec, spec.get("whole_split", "train"), data_root)
         test_mask = torch.zeros(len(whole), dtype=torch.bool)
         rng = np.random.default_rng(0)
@@ -53,6 +60,19 @@ def load_labelled(spec: Dict[str, Any], split: str, data_root: Optional[str],
         raise BadValue(f"{at}.names" if at else "names", f"{len(spec['names'])} names for the {len(names)} classes the dataset has; give one "
                        "name per class, in the dataset's class order")
     return data, [str(n) for n in spec.get("names", names)]
+
+
+def random_split_mask(n: int, how: Any, split: str) -> torch.Tensor:
+    """The `split` ('train' or 'test') side of torch's `random_split` of n items into int(train x n) and the
+    rest, under `torch.Generator().manual_seed(seed)` (`how`: {train: fraction, seed: int})."""
+    if not (isinstance(how, dict) and set(how) == {"train", "seed"} and 0 < float(how["train"]) < 1
+            and isinstance(how["seed"], int)):
+        raise ClipbenchError(f"random_split: expected {{train: <fraction in (0, 1)>, seed: <integer>}}, got {how!r}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(int(how["seed"])))
+    n_train = int(float(how["train"]) * n)
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[order[:n_train] if split == "train" else order[n_train:]] = True
+    return mask
 
 
 def load_captioned(spec: Dict[str, Any], data_root: Optional[str]) -> CaptionedImages:

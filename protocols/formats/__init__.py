@@ -87,7 +87,8 @@ def get_format(spec: Spec) -> Format:
 
 
 # keys any dataset spec may hold, read around its format (`builders/dataset_specs.py`, the builders)
-COMMON_KEYS = ("adapter", "how", "source", "download", "names", "templates", "split", "folds", "test_fraction", "whole_split")
+COMMON_KEYS = ("adapter", "how", "source", "download", "names", "templates", "split", "folds", "test_fraction",
+               "random_split", "whole_split")
 SPLITS = ("train", "test", "val", "all")  # the splits a per-split key may name (and the spec's own `split`)
 
 

@@ -1,7 +1,9 @@
 """`cifar`: CIFAR-10/100 python pickles (`cifar-10-batches-py/`, `cifar-100-python/`), as torchvision downloads them.
 
 Spec keys: `root` (the folder holding the pickle folder), `variant` (10 or 100, default 100),
-`download` (fetch through torchvision when missing). The 32-px images stay raw pixels until the
+`download` (fetch through torchvision when missing), `raw_names` (true: the class names as the meta file and
+torchvision's `classes` hold them, `aquarium_fish`, as the class-incremental references prompt them; default:
+underscores become spaces, `aquarium fish`, as ZSCL's MTIL code does). The 32-px images stay raw pixels until the
 runner decodes them: each is upsampled from a PIL image by the model's own transform, as
 open_clip's `preprocess_val` does for a torchvision CIFAR dataset.
 """
@@ -26,7 +28,7 @@ def _folder(root: Path, variant: int) -> Path:
     return root / ("cifar-100-python" if variant == 100 else "cifar-10-batches-py")
 
 
-def read(root: Path, split: str, variant: int = 100) -> Labelled:
+def read(root: Path, split: str, variant: int = 100, raw_names: bool = False) -> Labelled:
     """(images as raw-pixel sources, labels) of `split` ('train' or 'test'), class names from the meta file."""
     folder = _folder(root, variant)
     require_dir(folder, f"CIFAR-{variant}", f"download it with torchvision (torchvision.datasets.CIFAR{variant}"
@@ -43,14 +45,14 @@ def read(root: Path, split: str, variant: int = 100) -> Labelled:
         data.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
         labels.extend(entry[label_key])
     with open(folder / meta, "rb") as fh:
-        names: List[str] = [n.replace("_", " ") for n in pickle.load(fh, encoding="latin1")[names_key]]
+        names: List[str] = [n if raw_names else n.replace("_", " ") for n in pickle.load(fh, encoding="latin1")[names_key]]
     pixels = np.ascontiguousarray(np.concatenate(data))  # [N, 32, 32, 3], as torchvision's CIFAR holds them
     sources = ImageSources(ArrayReader(pixels, str(folder / "+".join(files))), range(len(pixels)))
     return LabelledImages(sources, torch.tensor(labels, dtype=torch.long)), names
 
 
 def labelled(spec: Spec, split: str, data_root: Optional[str]) -> Labelled:
-    return read(resolve(data_root, spec["root"]), split, int(spec.get("variant", 100)))
+    return read(resolve(data_root, spec["root"]), split, int(spec.get("variant", 100)), bool(spec.get("raw_names", False)))
 
 
 def fetch(spec: Spec, data_root: Optional[str]) -> None:
@@ -69,4 +71,4 @@ def read_paths(spec: Spec, data_root: Optional[str]) -> List[Path]:
 
 
 register_format(Format("cifar", HOW, ("root",), labelled=labelled, fetch=fetch, read_paths=read_paths,
-                       keys=("variant",), types={"variant": Literal[10, 100]}))
+                       keys=("variant", "raw_names"), types={"variant": Literal[10, 100], "raw_names": bool}))
