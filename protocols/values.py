@@ -7,7 +7,7 @@ line naming the file, line and fix), and a new builder or format gets the same c
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, List, Optional
+from typing import Annotated, Any, Dict, List, Optional
 
 from clipbench.streams import template_problem, templates_problem
 from clipbench.types import Rule
@@ -52,6 +52,14 @@ def _names(v: Any) -> Optional[str]:
     return f"{repeated!r} appears twice; list each once" if repeated is not None else "expected a non-empty list"
 
 
+def _random_split(v: Any) -> Optional[str]:
+    if isinstance(v, dict) and set(v) == {"train", "seed"} and _fraction(v["train"]) is None and _is_int(v["seed"]) \
+            and v["seed"] >= 0:
+        return None
+    return ("expected {train: a number between 0 and 1, both excluded, seed: an integer >= 0} (ZSCL's split: "
+            "{train: 0.8, seed: 42})")
+
+
 def equal_parts_problem(n_classes: int, n_experiences: int) -> Optional[str]:
     """Why `n_experiences` cannot split `n_classes` classes into equal parts (None: it can)."""
     if n_experiences >= 1 and n_classes % n_experiences == 0 and n_classes >= n_experiences:
@@ -70,3 +78,4 @@ Template = Annotated[str, Rule("a template with {c}, e.g. 'a photo of a {c}.'", 
 TrainTemplate = Annotated[str, Rule("a template with {c}, or '' (each class's first template)",
                                     lambda v: None if v == "" else template_problem(v))]
 Templates = Annotated[List[str], Rule("a non-empty list of templates, each with {c}", templates_problem)]
+RandomSplit = Annotated[Dict[str, Any], Rule("{train: fraction, seed: integer >= 0}", _random_split)]

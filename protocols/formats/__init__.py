@@ -93,10 +93,10 @@ SPLITS = ("train", "test", "val", "all")  # the splits a per-split key may name 
 
 
 def _common_types() -> Dict[str, Any]:
-    from ..values import Fraction, PositiveInt, Templates
+    from ..values import Fraction, PositiveInt, RandomSplit, Templates
 
-    return {"adapter": str, "how": str, "download": bool, "names": List[Any], "templates": Templates, "split": str,
-            "folds": PositiveInt, "test_fraction": Fraction, "whole_split": str}
+    return {"adapter": str, "how": str, "source": str, "download": bool, "names": List[Any], "templates": Templates,
+            "split": str, "folds": PositiveInt, "test_fraction": Fraction, "random_split": RandomSplit, "whole_split": str}
 
 
 def check_spec(spec: Spec, where: Callable[[str], str]) -> None:
