@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import math
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
@@ -15,7 +14,7 @@ from torch.func import functional_call
 from clipbench.errors import ClipbenchError
 
 from .base import Method, MethodConfig, register_method
-from .toolkit import check_template
+from .toolkit import check_template, same_optimizer
 
 # The authors' recipe (linlany/MindtheGap at f40bfce), one citation per key; the harness's per-suite
 # recipe modes read this.
@@ -104,14 +103,6 @@ def install_lora(model, allowed: set, rank: int, alpha: float) -> List[nn.Module
     if not wrapped:
         raise ClipbenchError("mg_clip found no attention or linear layer that may train in this model")
     return wrapped
-
-
-def same_optimizer(optimizer: torch.optim.Optimizer, params: List[nn.Parameter], lr_factor: float = 1.0):
-    """A fresh optimizer of the run's kind and settings (its lr times `lr_factor`) over `params`."""
-    accepted = inspect.signature(type(optimizer).__init__).parameters
-    settings = {k: v for k, v in optimizer.defaults.items() if k in accepted}
-    settings["lr"] = optimizer.defaults["lr"] * lr_factor
-    return type(optimizer)(params, **settings)
 
 
 def negative_logit_mean(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -143,3 +143,117 @@ def test_mg_clip_trains_only_the_kv_lora_and_scores_seen_classes(streams):
     method.n_seen = 2
     out = method.scores(F.normalize(torch.randn(3, 64), dim=-1), F.normalize(torch.randn(6, 64), dim=-1))
     assert out.shape == (3, 6) and (out[:, 2:] == -1).all() and torch.allclose(out[:, :2].sum(1), torch.ones(3))
+
+
+# ------------------------------------------------------------------ CLAP4CLIP
+
+
+def reference_init_new_heads(individual):
+    """continual_clip_variational.py `init_new_heads.get_new_task_embed`: mean (or var) over templates,
+    layer = E^T E, divided by layer.shape[0]."""
+    out = []
+    for var in (False, True):
+        embeds = individual.var(1) if var else individual.mean(1)
+        layer = embeds.t() @ embeds
+        out.append(layer / layer.shape[0])
+    return out
+
+
+def reference_attention_mask(task_sizes, n_query):
+    """`CLIP.get_attention_mask` with expandable_tokens False."""
+    mask = torch.zeros((n_query, n_query), dtype=torch.bool)
+    start, end = 0, 0
+    for size in task_sizes:
+        start = end
+        end += size
+        for cls in range(start, end):
+            mask[cls][:start] = True
+            mask[cls][end:] = True
+    return mask
+
+
+def test_clap4clip_adapter_init_sigma_kl_and_mask_match_the_code():
+    from torch.distributions import Normal, kl_divergence
+
+    from clipbench.methods.clap4clip import kl_term, sigma_transform, task_embedding_init, task_mask
+
+    torch.manual_seed(0)
+    individual = F.normalize(torch.randn(7, 5, 512), dim=-1)  # [classes, templates, D]
+    mu_w, sigma_w = task_embedding_init(individual)
+    ref_mu, ref_sigma = reference_init_new_heads(individual)
+    assert torch.allclose(mu_w, ref_mu, atol=1e-7) and torch.allclose(sigma_w, ref_sigma, atol=1e-9)
+    assert torch.allclose(mu_w, individual.mean(1).T @ individual.mean(1) / 512)  # (E^T E) / 512
+    x = torch.randn(4, 9) * 5
+    assert torch.allclose(sigma_transform(x), F.softplus(x) * 0.999 + 0.001)
+    assert (sigma_transform(torch.full((3,), -50.0)) >= 0.001).all()
+    mu, sigma = torch.randn(6, 8), sigma_transform(torch.randn(6, 8))
+    ref_kl = kl_divergence(Normal(mu, sigma), Normal(torch.zeros_like(mu), torch.ones_like(mu))).mean(0).sum() * 0.001
+    assert torch.allclose(kl_term(mu, sigma), ref_kl)
+    closed = (0.5 * (sigma**2 + mu**2 - 1) - sigma.log()).mean(0).sum() * 0.001  # KL to N(0, 1) in closed form
+    assert torch.allclose(kl_term(mu, sigma), closed, atol=1e-6)
+    assert torch.equal(task_mask([3, 2, 4]), reference_attention_mask([3, 2, 4], 9))
+
+
+def test_clap4clip_lasp_matches_the_codes_per_template_form():
+    from clipbench.methods.clap4clip import lasp_loss
+
+    torch.manual_seed(0)
+    prior = F.normalize(torch.randn(4, 6, 16), dim=-1)  # frozen_text_features_individual of one task
+    rsamples = torch.randn(20, 4, 16)
+    sims = torch.stack([prior @ rsamples[r].t() for r in range(rsamples.shape[0])], 0)
+    sims = sims.mean(2).mean(0)
+    reference = F.cross_entropy(sims, torch.arange(sims.size(0))) * 15
+    assert torch.allclose(lasp_loss(prior.mean(1), rsamples, 15.0), reference, atol=1e-5)
+
+
+def test_clap4clip_forward_matches_the_codes_training_path():
+    """CLIP.forward (training, use_vga, expandable_adapter, variational, lasp) re-stated with the same modules
+    and random draws: logits per task cat'ed, KL and LASP for the current task only."""
+    from torch.distributions import Normal, kl_divergence
+
+    from clipbench.methods.clap4clip import VariationalHead, sample_cross_entropy, sigma_transform
+
+    torch.manual_seed(0)
+    head = VariationalHead(16, 3)
+    head.eval()  # dropout off, so both passes see the same VGA output
+    images = F.normalize(torch.randn(5, 16), dim=-1)
+    individual = F.normalize(torch.randn(5, 3, 16), dim=-1)
+    text = F.normalize(individual.mean(1), dim=-1)
+    sizes, scale, samples = [2, 3], 100.0, 4
+    torch.manual_seed(1)
+    logits, extra = head(images, text, sizes, samples, scale, [1], individual.mean(1), 15.0, 0.001)
+    torch.manual_seed(1)
+    mask = reference_attention_mask(sizes, 5)
+    vga_all = head.vga(text.clone().unsqueeze(0), images.unsqueeze(0), tgt_mask=mask).squeeze(0)
+    ref_logits, losses, start, end = [], [], 0, 0
+    for i, size in enumerate(sizes):
+        start = end
+        end += size
+        tf = text[start:end] + vga_all[start:end]
+        q = Normal(head.mu[i](tf), sigma_transform(head.sigma[i](tf)))
+        rs = q.rsample([samples])
+        tf_ = tf.unsqueeze(0).expand(samples, -1, -1) + rs
+        if i == 1:
+            prior = individual[start:end]
+            sims = torch.stack([prior @ rs[r].t() for r in range(samples)], 0).mean(2).mean(0)
+            losses.append(F.cross_entropy(sims, torch.arange(sims.size(0))) * 15)
+            p = Normal(torch.zeros_like(tf), torch.ones_like(tf))
+            losses.append(kl_divergence(q, p).mean(0).sum() * 0.001)
+        ref_logits.append(scale * images @ tf_.permute(0, 2, 1))
+    ref_logits = torch.cat(ref_logits, -1)
+    assert torch.allclose(logits, ref_logits, atol=1e-4) and torch.allclose(extra, sum(losses), atol=1e-5)
+    y = torch.tensor([0, 4, 2, 1, 3])
+    targets = y.unsqueeze(0).expand(samples, -1).contiguous().view(-1)
+    assert torch.allclose(sample_cross_entropy(logits, y), F.cross_entropy(ref_logits.view(-1, 5), targets), atol=1e-5)
+
+
+def test_clap4clip_memory_is_the_first_m_per_class_and_finetunes(streams, tmp_path):
+    from clipbench.methods.clap4clip import first_per_class
+
+    images, labels = torch.arange(12).view(12, 1, 1, 1).to(torch.uint8), torch.tensor([0, 1, 0, 1, 0, 1, 2, 2, 2, 0, 1, 2])
+    kept = first_per_class(images, labels, [0, 1, 2], 2)
+    assert [kept[c].flatten().tolist() for c in (0, 1, 2)] == [[0, 2], [1, 3], [6, 7]]
+    assert run_cli("run", "--method", "clap4clip", "--protocol", "tiny_shapes", "--suite", "tiny", "--results", tmp_path,
+                   "--quiet", "--set", *SMALL, "methods.clap4clip.memory_size=6", "methods.clap4clip.forward_times=3") == 0
+    [rec] = records(tmp_path).values()
+    assert rec["status"] == "complete" and rec["costs"]["extra_memory_mb"] > 0
