@@ -257,3 +257,81 @@ def test_clap4clip_memory_is_the_first_m_per_class_and_finetunes(streams, tmp_pa
                    "--quiet", "--set", *SMALL, "methods.clap4clip.memory_size=6", "methods.clap4clip.forward_times=3") == 0
     [rec] = records(tmp_path).values()
     assert rec["status"] == "complete" and rec["costs"]["extra_memory_mb"] > 0
+
+
+# ------------------------------------------------------------------ AttriCLIP
+
+
+def reference_cosine_loss(q, k):
+    """classifier/utils.py `cosine_loss` (q: image features [B, 1, D], k: chosen keys [B, k, D])."""
+    q = q.repeat(1, k.shape[1], 1)
+    k = k / k.norm(dim=-1, keepdim=True)
+    return 1 - ((q * k) / (k.shape[0] * k.shape[1])).sum()
+
+
+def test_attriclip_key_selection_and_loss_terms_match_the_code():
+    from clipbench.methods.attriclip import key_loss, orthogonality_loss, select_keys
+
+    torch.manual_seed(0)
+    f = F.normalize(torch.randn(6, 12), dim=-1)
+    keys = torch.randn(10, 12) * 0.5
+    chosen = select_keys(f, keys, 3)
+    _, indices = (f @ keys.t()).topk(k=min(3, 10), dim=1, largest=True)
+    assert torch.equal(chosen, indices)
+    cosine_choice = (f @ F.normalize(keys, dim=-1).T).topk(3, dim=1).indices
+    assert not torch.equal(chosen, cosine_choice)  # a dot product with raw keys, as the code, not a cosine
+    assert torch.allclose(key_loss(f, keys[chosen]), reference_cosine_loss(f.unsqueeze(1), keys[chosen]), atol=1e-6)
+    nc = F.normalize(torch.randn(10, 12), dim=-1)
+    dis = nc @ nc.permute(1, 0)
+    assert torch.allclose(orthogonality_loss(nc), dis[~torch.eye(10, dtype=torch.bool)].abs().mean())
+
+
+def test_attriclip_prompts_replace_the_placeholders_in_the_text_encoder(streams):
+    from clipbench.methods.attriclip import AttriCLIP, encode_with_context
+
+    model = tiny_model(streams)
+    method = AttriCLIP()
+    method.setup(model, streams)
+    clip = model.clip
+    assert method.n_ctx * 3 + 2 <= 16 and method.n_ctx >= 1  # cut to the tiny model's 16-token context
+    torch.manual_seed(0)
+    tokens = method.class_tokens[:4]
+    length = method.n_ctx * 3
+    ctx = torch.randn(4, length, clip.token_embedding.embedding_dim)
+    ours = encode_with_context(clip, tokens, ctx)
+    # vcop_4.py: prompts = cat([prefix (start token), ctx, suffix]) -> TextEncoder (positional, transformer,
+    # ln_final, the end token's row @ text_projection)
+    embedding = clip.token_embedding(tokens)
+    x = torch.cat([embedding[:, :1], ctx, embedding[:, 1 + length:]], dim=1)
+    x = x + clip.positional_embedding
+    x = clip.transformer(x, attn_mask=clip.attn_mask)
+    x = clip.ln_final(x)
+    theirs = x[torch.arange(x.shape[0]), tokens.argmax(dim=-1)] @ clip.text_projection
+    assert torch.allclose(ours, theirs, atol=1e-5)
+    assert not torch.allclose(ours, clip.encode_text(tokens), atol=1e-3)  # the placeholders were replaced
+    # only_prefix: each prompt alone at positions 1..n_ctx, the other placeholders left as the 'x' token
+    bank = model.attriclip
+    nc = method.prompt_only_features()
+    nc_tokens = method.only_prompt_tokens.repeat(len(bank.prompts), 1)
+    emb = clip.token_embedding(nc_tokens)
+    x = torch.cat([emb[:, :1], bank.prompts, emb[:, 1 + method.n_ctx:]], dim=1) + clip.positional_embedding
+    x = clip.ln_final(clip.transformer(x, attn_mask=clip.attn_mask))
+    assert torch.allclose(nc, x[torch.arange(len(x)), nc_tokens.argmax(dim=-1)] @ clip.text_projection, atol=1e-5)
+
+
+def test_attriclip_images_with_equal_choices_share_their_text(streams):
+    from clipbench.methods.attriclip import AttriCLIP
+
+    model = tiny_model(streams)
+    method = AttriCLIP()
+    method.setup(model, streams)
+    choices = torch.tensor([[1, 2, 3], [4, 5, 6], [1, 2, 3]])
+    classes = torch.tensor([0, 1])
+    text, inverse = method.class_text(choices, classes)
+    assert text.shape[:2] == (2, 2) and inverse[0] == inverse[2] != inverse[1]
+    alone, _ = method.class_text(choices[1:2], classes)
+    assert torch.allclose(text[inverse[1]], alone[0], atol=1e-6)
+    method.trained = 1
+    f = F.normalize(torch.randn(5, 64), dim=-1)
+    scores = method.scores(f, torch.zeros(6, 64))
+    assert scores.shape == (5, 6) and torch.isfinite(scores).all()
