@@ -79,7 +79,8 @@ def reference_fusion(text_logits, image_features, agent_weight, a=1, b=4):
     return (a * F.softmax(outputs, dim=1) + b * F.softmax(vision_outputs, dim=1)) / (a + b)
 
 
-def test_inference_fusion_applies_the_text_softmax_twice():
+def test_pinned_mg_clip():
+    """MG-CLIP's inference fusion, the double softmax included (main.py)."""
     torch.manual_seed(0)
     logits, feats, agent = torch.randn(7, 5) * 20, torch.randn(7, 8), torch.randn(5, 8)
     ours = fuse(logits, agent_cosine(feats, agent))
@@ -206,7 +207,7 @@ def test_clap4clip_lasp_matches_the_codes_per_template_form():
     assert torch.allclose(lasp_loss(prior.mean(1), rsamples, 15.0), reference, atol=1e-5)
 
 
-def test_clap4clip_forward_matches_the_codes_training_path():
+def test_pinned_clap4clip():
     """CLIP.forward (training, use_vga, expandable_adapter, variational, lasp) re-stated with the same modules
     and random draws: logits per task cat'ed, KL and LASP for the current task only."""
     from torch.distributions import Normal, kl_divergence
@@ -269,7 +270,8 @@ def reference_cosine_loss(q, k):
     return 1 - ((q * k) / (k.shape[0] * k.shape[1])).sum()
 
 
-def test_attriclip_key_selection_and_loss_terms_match_the_code():
+def test_pinned_attriclip():
+    """AttriCLIP's key choice and its two extra loss terms (vcop_4.py CLIP.forward, utils.py cosine_loss)."""
     from clipbench.methods.attriclip import key_loss, orthogonality_loss, select_keys
 
     torch.manual_seed(0)

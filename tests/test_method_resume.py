@@ -18,7 +18,8 @@ class Crash(RuntimeError):
     pass
 
 
-@pytest.mark.parametrize("name", ["icarl_zscl", "lwf_vr", "lwf_zscl", "zscl", "agem", "ewc", "magmax", "keeplora"])
+@pytest.mark.parametrize("name", ["icarl_zscl", "lwf_vr", "lwf_zscl", "zscl", "agem", "ewc", "magmax", "keeplora",
+                                  "mg_clip", "clap4clip", "attriclip"])
 def test_crash_at_third_experience_then_resume_equals_uninterrupted(name, tmp_path, monkeypatch):
     cls = METHODS.get(name)
     original = cls.before_training_exp
