@@ -178,3 +178,14 @@ def check_template(template: str) -> None:
 
     if "{c}" not in template:
         raise ClipbenchError(f"template must hold '{{c}}' where the class name goes, got '{template}'")
+
+
+def same_optimizer(optimizer: torch.optim.Optimizer, params, lr_factor: float = 1.0) -> torch.optim.Optimizer:
+    """A fresh optimizer of the run's kind and settings over `params`, at its learning rate times `lr_factor`
+    (a method's own extra phase: MG-CLIP's epoch probe, CLAP4CLIP's finetune on the memory)."""
+    import inspect
+
+    accepted = inspect.signature(type(optimizer).__init__).parameters
+    settings = {k: v for k, v in optimizer.defaults.items() if k in accepted}
+    settings["lr"] = optimizer.defaults["lr"] * lr_factor
+    return type(optimizer)(params, **settings)
