@@ -261,13 +261,14 @@ def make_criterion(ce_classes: str, label_smoothing: float = 0.0,
 def train_experience(model: CLIPClassifier, method: "Method", data: LabelledImages, index: int, num_active: int,
                      train: dict, device: str, progress: bool,
                      experience_classes: Optional[Sequence[Sequence[int]]] = None,
-                     log: Optional[TrainingLog] = None) -> float:
+                     log: Optional[TrainingLog] = None, limit_steps: int = 0) -> float:
     """Train on one experience with a fresh optimizer (as the paper's and ZSCL's code do per session).
 
     `train`: the run's train settings (missing keys take clipbench's defaults); `experience_classes`:
     the class ids of every experience (for `ce_classes: current`); `log`: the run's Avalanche loggers
-    (`--log`), if any. A fresh optimizer per experience also means a checkpoint needs no optimizer or
-    schedule state. Returns seconds.
+    (`--log`), if any; `limit_steps` (the run's `limit.steps`, 0: none): at most that many steps, whatever the
+    recipe (epochs or iterations), the schedule laid over the steps taken. A fresh optimizer per experience
+    also means a checkpoint needs no optimizer or schedule state. Returns seconds.
     """
     start = time.perf_counter()
     train = {**DEFAULTS["train"], **train}
@@ -277,6 +278,8 @@ def train_experience(model: CLIPClassifier, method: "Method", data: LabelledImag
     trainable = [p for p in model.parameters() if p.requires_grad]
     steps_per_epoch = math.ceil(len(data) / train["batch_size"])
     iterations = train["iterations"] or train["epochs"] * steps_per_epoch
+    if limit_steps and iterations > limit_steps:  # cut short: exactly `limit_steps` batches, pass after pass
+        iterations = train["iterations"] = limit_steps
     lr_at = None if is_constant(train) else (lambda step: learning_rate(step, iterations, steps_per_epoch, train))
     engine = EnginePlugin([method], iterations, progress, desc=f"train exp {index}", lr_at=lr_at,
                           grad_clip=train["grad_clip"], clipped=trainable, experience=index + 1)

@@ -106,6 +106,41 @@ class ProtocolDef:
 
         check_dataset_specs(params, lambda keys: f"{source}: protocols.{self.name}." + ".".join(keys))
 
+    def declares_references(self) -> bool:
+        """Whether the protocol's own params declare its reference sets (`reference`, `references`), as the
+        builders over real datasets do; builders that make their data (mini, synthetic) make their own."""
+        declared = self.builder_params()
+        return declared is not None and "reference" in {f.name for f in fields(declared)}
+
+    def reference_for(self, params: Dict[str, Any], method: str) -> Optional[Dict[str, Any]]:
+        """The reference set a method's run reads: `references.<method>`, else `reference`; None when the
+        protocol declares none for it (always None where the builder makes its own, see `declares_references`)."""
+        if not self.declares_references():
+            return None
+        return (params.get("references") or {}).get(method) or params.get("reference") or None
+
+    def reference_roles(self, params: Dict[str, Any], method: str) -> Optional[Tuple[str, ...]]:
+        """What the reference set declared for `method` holds: ("pairs",) for image-caption pairs, else its
+        parts among ("images", "sentences"); () when none is declared; None where the builder makes its own."""
+        if not self.declares_references():
+            return None
+        ref = self.reference_for(params, method)
+        if not ref:
+            return ()
+        return ("pairs",) if "adapter" in ref else tuple(k for k in ("images", "sentences") if ref.get(k))
+
+    def method_params(self, params: Dict[str, Any], method: str, uses_reference: bool) -> Dict[str, Any]:
+        """The builder params of one method's run: `reference` is the set declared for that method where it
+        reads one, and absent otherwise, so a run reads (and decodes) no reference set it does not use and a
+        missing set fails only the runs that need it. Params of builders that make their data are unchanged."""
+        if not self.declares_references():
+            return dict(params)
+        chosen = self.reference_for(params, method)
+        out = {k: v for k, v in params.items() if k not in ("reference", "references")}
+        if uses_reference and chosen:
+            out["reference"] = chosen
+        return out
+
     def builder_version(self) -> int:
         return int(getattr(BUILDERS.get(self.builder), "version", 1))
 

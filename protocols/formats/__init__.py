@@ -17,6 +17,8 @@ new file here (and its test): write `labelled` and/or `captioned`, then `registe
 | `torchvision` | torchvision_dataset.py | any torchvision classification dataset by class name |
 | `coop_split` | coop_split.py | CoOp's fixed splits (`split_zhou_<Name>.json`) beside an image folder: X-TAIL, few-shot sets |
 | `tinyimagenet` | tinyimagenet.py | Tiny ImageNet as its zip unpacks (wnids.txt, train/<wnid>/images, val_annotations.txt) |
+| `conceptual_captions` | conceptual_captions.py | Conceptual Captions as ZSCL's gather_cc.py writes it (`title<TAB>filepath`) |
+| `flowers102` | flowers102.py | Oxford 102 Flowers in torchvision's layout (jpg/, imagelabels.mat, setid.mat) |
 """
 
 from __future__ import annotations
@@ -74,7 +76,8 @@ def get_format(spec: Spec) -> Format:
 
 
 # keys any dataset spec may hold, read around its format (`builders/dataset_specs.py`, the builders)
-COMMON_KEYS = ("adapter", "how", "download", "names", "templates", "split", "folds", "test_fraction", "whole_split")
+COMMON_KEYS = ("adapter", "how", "download", "names", "templates", "split", "folds", "test_fraction", "whole_split",
+               "subset")  # subset: {count, seed}, a fixed draw from a reference set (builders/dataset_specs.py)
 SPLITS = ("train", "test", "val", "all")  # the splits a per-split key may name (and the spec's own `split`)
 
 
