@@ -72,8 +72,10 @@ def subsample(data: LabelledImages, per_class: Optional[int], rng: np.random.Gen
 
 
 def split_by_class(data: LabelledImages, order: List[int], sizes: List[int]) -> List[LabelledImages]:
-    """Relabel to positions in `order`, then cut into experiences of `sizes` classes each."""
-    rank = torch.full((max(order) + 1,), -1, dtype=torch.long)
+    """Relabel to positions in `order`, then cut into experiences of `sizes` classes each (classes outside
+    `order`, when it names a subset, are left out)."""
+    top = max(max(order), int(data.labels.max()) if len(data.labels) else 0)
+    rank = torch.full((top + 1,), -1, dtype=torch.long)
     rank[torch.tensor(order)] = torch.arange(len(order))
     labels = rank[data.labels]
     parts, start = [], 0
