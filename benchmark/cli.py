@@ -71,6 +71,17 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--results", default=DEFAULT_RESULTS)
     st.add_argument("--json", action="store_true")
 
+    sm = sub.add_parser("smoke", help="every method x protocol of the real suites on small data it writes, in every "
+                        "on-disk format they read, with a small random-weight ViT (minutes on a CPU)")
+    sm.add_argument("--suite", nargs="+", dest="suites", metavar="S", help="suite name(s) (default: every suite but mini and tiny)")
+    sm.add_argument("--method", nargs="+", metavar="M", help="only these methods (default: each suite's)")
+    sm.add_argument("--protocol", nargs="+", metavar="P", help="only these protocols (default: each suite's)")
+    sm.add_argument("--keep", metavar="DIR", help="write data, weights and records under DIR and keep them "
+                    "(default: a temporary folder, removed at the end)")
+    sm.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    sm.add_argument("--quiet", action="store_true", help="only the tables, no per-run lines")
+    _include(sm)
+
     pr = sub.add_parser("prepare", help="build a suite's model product (the mini model's aligned projections)")
     pr.add_argument("what", choices=["mini"])
     pr.add_argument("--out", help="where to write the projections (default: the bundled file)")
@@ -419,6 +430,13 @@ def main(argv: Optional[List[str]] = None) -> int:
             return _cmd_status(args)
         if args.command == "bench":
             return _cmd_bench(args)
+        if args.command == "smoke":
+            from .smoke import run_smoke
+
+            from clipbench.protocols.catalog import suite_ref
+
+            suites = [suite_ref(s) for s in args.suites] if args.suites else None
+            return run_smoke(suites, args.keep, args.threads, args.quiet, args.method, args.protocol)
         if args.command == "new":
             return _cmd_new(args)
         if args.command == "prepare":

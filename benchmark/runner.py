@@ -26,7 +26,7 @@ from clipbench.streams import Streams
 from . import claims, provenance
 from .costs import PeakMemory, accumulated, peak_rss_mb, state_bytes
 from .decode import decode_streams
-from .errors import ClipbenchError, Diverged
+from .errors import ClipbenchError, Diverged, StorageError
 from .evaluator import Evaluator, Row, row_zero
 from .image_store import ImageStore, cache_dir
 from .models import LoadedModel, load_model
@@ -121,6 +121,8 @@ def execute_run(spec: RunSpec, store: ResultStore, device: str, progress: bool, 
     except Diverged as err:
         status = "diverged"
         error = {"type": "Diverged", "message": str(err), "experience": err.experience, "step": err.step}
+    except StorageError:  # the results folder or the disk: every run would meet it, so it stops the grid (exit 2)
+        raise
     except ClipbenchError as err:  # bad data or settings of this run: its message says what and how to fix it
         status = "failed"
         error = {"type": type(err).__name__, "message": str(err), "traceback": None}
