@@ -281,7 +281,7 @@ def _print_plan(suite: str, specs, store) -> int:
             how = "" if row["found"] else f"  -> {row['how']}"
             print(f"  {state} {row['asset']:<26} {row['path']}{how}")
     if missing:
-        print(f"{missing} asset(s) missing: the runs that need them will stop with an error naming the path.")
+        print(f"{missing} asset(s) missing: the runs that need them will fail (each alone, naming the path; the others run).")
     return 0
 
 

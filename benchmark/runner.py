@@ -26,7 +26,7 @@ from clipbench.streams import Streams
 from . import claims, provenance
 from .costs import PeakMemory, accumulated, peak_rss_mb, state_bytes
 from .decode import decode_streams
-from .errors import ClipbenchError, Diverged, StorageError
+from .errors import ClipbenchError, Diverged, GridError, StorageError
 from .evaluator import Evaluator, Row, row_zero
 from .image_store import ImageStore, cache_dir
 from .models import LoadedModel, load_model
@@ -121,7 +121,7 @@ def execute_run(spec: RunSpec, store: ResultStore, device: str, progress: bool, 
     except Diverged as err:
         status = "diverged"
         error = {"type": "Diverged", "message": str(err), "experience": err.experience, "step": err.step}
-    except StorageError:  # the results folder or the disk: every run would meet it, so it stops the grid (exit 2)
+    except (StorageError, GridError):  # the results folder, the disk, the model: every run would meet it (exit 2)
         raise
     except ClipbenchError as err:  # bad data or settings of this run: its message says what and how to fix it
         status = "failed"
@@ -176,10 +176,13 @@ def _run_experiences(spec: RunSpec, store: ResultStore, device: str, progress: b
     protocol = get_protocol(spec.protocol)
     method_cls = method_registry().get(spec.method)
     # the reference set is read only for a method that uses one (the set declared for it)
-    streams = protocol.build(spec.data_root, spec.seed,
-                             protocol.method_params(spec.protocol_params, spec.method, method_cls.uses_reference))
+    streams = protocol.build(spec.data_root, spec.seed, spec.protocol_params,
+                             reference_for=spec.method if method_cls.uses_reference else None)
     seed_everything(spec.seed, "model")  # random-init models are a function of the seed
-    loaded = load_model(spec.model["arch"], spec.model.get("pretrained"), device)
+    try:
+        loaded = load_model(spec.model["arch"], spec.model.get("pretrained"), device)
+    except ClipbenchError as err:  # the same for every run of the grid
+        raise GridError(str(err)) from None
     if options.on_model_loaded is not None:
         options.on_model_loaded(loaded)
     # image files -> the model's own preprocessing, decoded once per machine and memory-mapped

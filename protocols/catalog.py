@@ -129,15 +129,16 @@ class ProtocolDef:
             return ()
         return ("pairs",) if "adapter" in ref else tuple(k for k in ("images", "sentences") if ref.get(k))
 
-    def method_params(self, params: Dict[str, Any], method: str, uses_reference: bool) -> Dict[str, Any]:
-        """The builder params of one method's run: `reference` is the set declared for that method where it
-        reads one, and absent otherwise, so a run reads (and decodes) no reference set it does not use and a
-        missing set fails only the runs that need it. Params of builders that make their data are unchanged."""
+    def method_params(self, params: Dict[str, Any], method: Optional[str]) -> Dict[str, Any]:
+        """The builder params of a run that reads the reference set of `method` (None: no reference set): its
+        `reference` is the set declared for that method, and absent for None, so a run reads (and decodes) no
+        reference set it does not use and a missing set fails only the runs that need it. The params of builders
+        that make their data are unchanged."""
         if not self.declares_references():
             return dict(params)
-        chosen = self.reference_for(params, method)
+        chosen = self.reference_for(params, method) if method else None
         out = {k: v for k, v in params.items() if k not in ("reference", "references")}
-        if uses_reference and chosen:
+        if chosen:
             out["reference"] = chosen
         return out
 
@@ -157,9 +158,12 @@ class ProtocolDef:
                 groups.setdefault(row["asset"], []).extend(row.get("reads", [row["path"]]))
         return {label: paths_fingerprint(paths, memo) for label, paths in sorted(groups.items())}
 
-    def build(self, data_root: Optional[str], seed: int, params: Optional[Dict[str, Any]] = None) -> Streams:
-        """Build the streams for `seed` (data order and subsampling may depend on it)."""
-        streams = BUILDERS.get(self.builder)(dict(params if params is not None else self.params), data_root, seed)
+    def build(self, data_root: Optional[str], seed: int, params: Optional[Dict[str, Any]] = None,
+              reference_for: Optional[str] = None) -> Streams:
+        """Build the streams for `seed` (data order and subsampling may depend on it). `reference_for`: the
+        method whose reference set is read into `streams.reference` (None: no declared set is read)."""
+        params = self.method_params(dict(params if params is not None else self.params), reference_for)
+        streams = BUILDERS.get(self.builder)(params, data_root, seed)
         if streams.kind != self.kind:
             raise ClipbenchError(f"protocol '{self.name}' declares kind {self.kind} but its builder made {streams.kind}")
         return streams

@@ -122,7 +122,7 @@ def data_root(tmp_path):
 
 def test_datasets_protocol_builds_streams(data_root):
     proto = ProtocolDef(**{k: v for k, v in PROTOCOL.items()})
-    streams = proto.build(str(data_root), 0)
+    streams = proto.build(str(data_root), 0, reference_for="agem")
     assert streams.class_names == ["cat", "dog", "eel", "fox"]
     assert streams.experience_classes == [[0, 1], [2, 3]]
     assert [len(t) for t in streams.train] == [4, 4] and [len(t) for t in streams.test] == [2, 2]

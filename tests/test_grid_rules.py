@@ -166,13 +166,13 @@ def test_each_method_reads_its_own_reference_set(tmp_path):
     params = dict(protocol.params, order=["MNIST", "EuroSAT"])
     params["references"] = json.loads(json.dumps(params["references"]))
     params["references"]["zscl"]["images"]["subset"] = {"count": 4, "seed": 3}
-    built = {m: protocol.build(str(root), 0, protocol.method_params(params, m, uses))
-             for m, uses in (("zscl", True), ("agem", True), ("moe_adapters", True), ("finetune", False))}
+    built = {m: protocol.build(str(root), 0, params, reference_for=m) for m in ("zscl", "agem", "moe_adapters")}
+    built["finetune"] = protocol.build(str(root), 0, params)
     assert built["finetune"].reference is None
     zscl = built["zscl"].reference
     assert zscl.caption_image is None and len(zscl.images) == 4 and len(zscl.captions) == 8
     assert all("imagenet/train" in str(p) for p in zscl.images.items)
-    again = protocol.build(str(root), 0, protocol.method_params(params, "zscl", True)).reference
+    again = protocol.build(str(root), 0, params, reference_for="zscl").reference
     assert again.images.items == zscl.images.items  # the seed fixes the draw
     agem = built["agem"].reference
     assert agem.caption_image is not None and len(agem.images) == len(agem.captions) == 8
