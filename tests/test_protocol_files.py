@@ -30,8 +30,8 @@ BEFORE_INCLUDE = {
     "cifar100_50steps": "1a193aa79680ac7c", "paper_coco_ost": "c6b6c5ca03945cd5",
     "paper_coco_mst": "7b7d47877f90b17b", "paper_eurosat_mst": "144e7461441fc3cd",
     # the MTIL-derived protocols and TinyImageNet, rewritten after they landed (main at cce30ef)
-    "mtil_cil_order1": "ac18f522133262ff", "mtil_cil_order2": "c32f5ec9f24618fc",
-    "mtil_fewshot_order1": "e3f671675460a418", "tinyimagenet_100_10steps": "3a6811e081366dff",
+    "mtil_cil_order1": "e78dca10aec610a1", "mtil_cil_order2": "382b3f288f17a9f2",
+    "mtil_fewshot_order1": "753853d13d0e61fb", "tinyimagenet_100_10steps": "3a6811e081366dff",
     "tinyimagenet_100_20steps": "4ef4fe012a0c32a8", "tinyimagenet_100_5steps": "b53fba17b9890cb7",
 }
 
