@@ -98,6 +98,17 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--results", default=DEFAULT_RESULTS)
     st.add_argument("--json", action="store_true")
 
+    sm = sub.add_parser("smoke", help="every method x protocol of the real suites on small data it writes, in every "
+                        "on-disk format they read, with a small random-weight ViT (minutes on a CPU)")
+    sm.add_argument("--suite", nargs="+", dest="suites", metavar="S", help="suite name(s) (default: every suite but mini and tiny)")
+    sm.add_argument("--method", nargs="+", metavar="M", help="only these methods (default: each suite's)")
+    sm.add_argument("--protocol", nargs="+", metavar="P", help="only these protocols (default: each suite's)")
+    sm.add_argument("--keep", metavar="DIR", help="write data, weights and records under DIR and keep them "
+                    "(default: a temporary folder, removed at the end)")
+    sm.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    sm.add_argument("--quiet", action="store_true", help="only the tables, no per-run lines")
+    _include(sm)
+
     pr = sub.add_parser("prepare", help="build a suite's model product (the mini model's aligned projections)")
     pr.add_argument("what", choices=["mini"])
     pr.add_argument("--out", help="where to write the projections (default: the bundled file)")
@@ -208,7 +219,7 @@ def _cmd_run(args, argv: Sequence[str]) -> int:
 
     from .image_store import cache_dir
     from .plan import plan, shard
-    from .runner import RunOptions, default_device, execute, unfinished
+    from .runner import RunOptions, default_device, execute, needs_write
     from .store import ResultStore, remove_stale_temporaries
 
     if args.log:
@@ -233,7 +244,7 @@ def _cmd_run(args, argv: Sequence[str]) -> int:
 
         if not torch.cuda.is_available():
             raise ClipbenchError("--device cuda: no CUDA device is visible to torch; use --device cpu")
-    if unfinished(specs, store)[0]:  # a finished grid needs no write: then a read-only folder is fine
+    if any(needs_write(s, store) for s in specs):  # a finished grid needs no write: then a read-only folder is fine
         store.check_writable()
         cache = cache_dir(args.cache_dir, store.root)
         for folder in [store.root] + ([cache] if store.root.resolve() not in cache.resolve().parents else []):
@@ -267,8 +278,10 @@ def _cmd_run(args, argv: Sequence[str]) -> int:
             summary = run_ray(specs, store, res, device, args.address, log)
     if not args.quiet:
         print(f"done: {summary.ran} ran, {summary.skipped} already complete, {summary.claimed} held by other runners, "
-              f"{summary.failed} failed, {summary.diverged} diverged "
+              f"{summary.na} n/a, {summary.failed} failed, {summary.diverged} diverged "
               f"(records under {store.root / 'runs'})", file=sys.stderr)
+    for problem in summary.problems:  # every failure at the end, where it cannot scroll away
+        print(f"  {problem}", file=sys.stderr)
     return 1 if summary.failed or summary.diverged else 0
 
 
@@ -289,12 +302,14 @@ def _print_plan(suite: str, specs, store) -> int:
     """The runs that would execute, then each protocol's assets: found, or where and how to get them."""
     from clipbench.protocols.catalog import get_protocol
 
-    from .plan import run_state
+    from .plan import not_applicable, run_state
 
     print(f"plan: {len(specs)} run(s) of suite '{suite}' into {store.root}")
     for spec in specs:
+        reason = not_applicable(spec)
+        state = f"n/a: {reason}" if reason is not None else run_state(store, spec)
         print(f"  {spec.protocol:<18} {spec.method:<12} {spec.model['arch']:<20} seed {spec.seed}  "
-              f"{spec.id}  [{run_state(store, spec)}]")
+              f"{spec.id}  [{state}]")
     seen, missing = set(), 0
     weights = {(s.model["arch"], s.model["pretrained"]): s.model["weights"] for s in specs}
     for (arch, pretrained), fingerprint in weights.items():
@@ -314,7 +329,7 @@ def _print_plan(suite: str, specs, store) -> int:
             how = "" if row["found"] else f"  -> {row['how']}"
             print(f"  {state} {row['asset']:<26} {row['path']}{how}")
     if missing:
-        print(f"{missing} asset(s) missing: the runs that need them will stop with an error naming the path.")
+        print(f"{missing} asset(s) missing: the runs that need them will fail (each alone, naming the path; the others run).")
     return 0
 
 
@@ -330,7 +345,7 @@ def _print_plan_json(specs, store) -> int:
 
 
 def _cmd_status(args) -> int:
-    from .plan import plan, run_state
+    from .plan import not_applicable, plan, run_state
     from .store import ResultStore
 
     store = ResultStore(args.results)
@@ -341,14 +356,16 @@ def _cmd_status(args) -> int:
     rows = [(spec, run_state(store, spec)) for spec in specs]
     rows = [(s, "queued" if st in ("missing", "partial") and queued.get(s.id) == "PENDING" else st) for s, st in rows]
     if args.json:
-        print(json.dumps([{"id": s.id, "method": s.method, "protocol": s.protocol, "seed": s.seed, "state": st}
-                          for s, st in rows], indent=1))
+        print(json.dumps([{"id": s.id, "method": s.method, "protocol": s.protocol, "seed": s.seed, "state": st,
+                           **({"reason": not_applicable(s)} if st == "n/a" else {})} for s, st in rows], indent=1))
         return 0
     counts = {k: sum(1 for _, st in rows if st == k)
-              for k in ("complete", "running", "queued", "partial", "corrupt", "diverged", "failed", "stale", "missing")}
+              for k in ("complete", "n/a", "running", "queued", "partial", "corrupt", "diverged", "failed", "stale", "missing")}
     for spec, st in rows:
         extra = ""
-        if st == "partial":
+        if st == "n/a":
+            extra = f" ({not_applicable(spec)})"
+        elif st == "partial":
             prog = store.progress(spec)
             extra = (f" ({prog['completed_experiences']}/{prog['total_experiences']} experiences)" if prog else
                      " (its progress file cannot be read; `run` resumes from its checkpoint)")
@@ -504,6 +521,13 @@ def main(argv: Optional[List[str]] = None) -> int:
             return _cmd_status(args)
         if args.command == "bench":
             return _cmd_bench(args)
+        if args.command == "smoke":
+            from .smoke import run_smoke
+
+            from clipbench.protocols.catalog import suite_ref
+
+            suites = [suite_ref(s) for s in args.suites] if args.suites else None
+            return run_smoke(suites, args.keep, args.threads, args.quiet, args.method, args.protocol)
         if args.command == "new":
             return _cmd_new(args)
         if args.command == "prepare":

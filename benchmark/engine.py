@@ -272,15 +272,17 @@ def make_criterion(ce_classes: str, label_smoothing: float = 0.0,
 def train_experience(model: CLIPClassifier, method: "Method", data: LabelledImages, index: int, num_active: int,
                      train: dict, device: str, progress: bool,
                      experience_classes: Optional[Sequence[Sequence[int]]] = None,
-                     log: Optional[TrainingLog] = None, name: Optional[str] = None) -> float:
+                     log: Optional[TrainingLog] = None, name: Optional[str] = None, limit_steps: int = 0) -> float:
     """Train on one experience with a fresh optimizer (as the paper's and ZSCL's code do per session).
 
     `train`: the run's train settings (missing keys take clipbench's defaults; its `per_experience` entry
     for this experience, by `name` or `index`, over them: `clipbench.recipes.experience_train`);
     `experience_classes`: the class ids of every experience (for `ce_classes: current`); `log`: the run's
-    Avalanche loggers (`--log`), if any. The strategy's `plain_criterion` is the same cross-entropy without
-    label smoothing, for methods whose reference computes a gradient with plain cross-entropy (KeepLoRA). A fresh optimizer per experience also means a checkpoint needs no optimizer or
-    schedule state. Returns seconds.
+    Avalanche loggers (`--log`), if any; `limit_steps` (the run's `limit.steps`, 0: none): at most that many
+    steps, whatever the recipe (epochs or iterations), the schedule laid over the steps taken. The strategy's
+    `plain_criterion` is the same cross-entropy without label smoothing, for methods whose reference computes
+    a gradient with plain cross-entropy (KeepLoRA). A fresh optimizer per experience also means a checkpoint
+    needs no optimizer or schedule state. Returns seconds.
     """
     start = time.perf_counter()
     train = experience_train({**DEFAULTS["train"], **train}, index, name)
@@ -290,6 +292,8 @@ def train_experience(model: CLIPClassifier, method: "Method", data: LabelledImag
     trainable = [p for p in model.parameters() if p.requires_grad]
     steps_per_epoch = math.ceil(len(data) / train["batch_size"])
     iterations = train["iterations"] or train["epochs"] * steps_per_epoch
+    if limit_steps and iterations > limit_steps:  # cut short: exactly `limit_steps` batches, pass after pass
+        iterations = train["iterations"] = limit_steps
     lr_at = None if is_constant(train) else (lambda step: learning_rate(step, iterations, steps_per_epoch, train))
     engine = EnginePlugin([method], iterations, progress, desc=f"train exp {index}", lr_at=lr_at,
                           grad_clip=train["grad_clip"], clipped=trainable, experience=index + 1)

@@ -52,6 +52,11 @@ class Diverged(Exception):
         super().__init__(f"{what} {where}")
 
 
+class GridError(ClipbenchError):
+    """Bad input that every run of the grid would meet (the model's weights cannot be loaded): it stops the
+    command with one line (exit 2) instead of failing run after run."""
+
+
 class StorageError(ClipbenchError):
     """A file of the results folder (or a cache) that cannot be written: a read-only folder, a full disk,
     a file where a folder should be. The message names the path and the cause."""

@@ -110,12 +110,25 @@ class Entry:
         return [float(v) for v in vals if v is not None and not (isinstance(v, float) and math.isnan(v))]
 
 
+@dataclass(frozen=True)
+class NotApplicable:
+    """A method x protocol the method declares it cannot run (an n/a record): a row whose cells say why."""
+
+    suite: str
+    protocol: str
+    method: str
+    model: str
+    reason: str
+
+
 @dataclass
 class Loaded:
-    """What the records under a results folder give: entries, and the records that could not be read."""
+    """What the records under a results folder give: entries, the records that could not be read, and the
+    pairs declared not applicable."""
 
     entries: List[Entry]
     corrupt: List[Tuple[str, str]]  # (path relative to the results folder, why)
+    not_applicable: List[NotApplicable] = field(default_factory=list)
 
 
 def _costs(record: Dict[str, Any]) -> Dict[str, Any]:
@@ -178,7 +191,14 @@ def load(results: Path, suite: Optional[str] = None) -> Loaded:
     readable, corrupt = store.scan_records()
     bad = [(str(p.relative_to(store.root)), why) for p, why in corrupt]
     groups: Dict[Tuple, Entry] = {}
+    na: Set[NotApplicable] = set()
     for path, record in readable:
+        if record.get("status") == "n/a" and isinstance(record.get("spec"), dict):
+            spec = record["spec"]
+            if not suite or spec.get("suite") == suite:
+                na.add(NotApplicable(str(spec.get("suite")), str(spec.get("protocol")), str(spec.get("method")),
+                                     str((spec.get("model") or {}).get("arch")), str(record.get("reason", ""))))
+            continue
         if record.get("status") != "complete":
             continue
         try:
@@ -204,7 +224,10 @@ def load(results: Path, suite: Optional[str] = None) -> Loaded:
     for group in by_method.values():
         _label(group)
     entries.sort(key=lambda e: (e.suite, e.protocol, e.method, e.model, e.label))
-    return Loaded(entries, sorted(bad))
+    ran = {(e.suite, e.protocol, e.method, e.model) for e in entries}
+    not_applicable = sorted((n for n in na if (n.suite, n.protocol, n.method, n.model) not in ran),
+                            key=lambda n: (n.suite, n.protocol, n.method, n.model, n.reason))
+    return Loaded(entries, sorted(bad), not_applicable)
 
 
 def tidy(entries: Sequence[Entry]) -> pd.DataFrame:
@@ -347,6 +370,10 @@ def protocol_entries(entries: Sequence[Entry], suite: str, protocol: str) -> Lis
     return [e for e in entries if e.suite == suite and e.protocol == protocol]
 
 
+def protocol_na(loaded: Loaded, suite: str, protocol: str) -> List[NotApplicable]:
+    return [n for n in loaded.not_applicable if n.suite == suite and n.protocol == protocol]
+
+
 def _entry_name(e: Entry, entries: Sequence[Entry]) -> str:
     return e.name if len({x.model for x in entries}) == 1 else f"{e.name} ({e.model})"
 
@@ -363,11 +390,12 @@ def recipe_label(spec: Dict[str, Any]) -> str:
     return {"reference": "reference", "method": "own, other benchmark", "suite": "suite"}.get(recipe.get("source"), "?")
 
 
-def main_table(entries: Sequence[Entry]) -> str:
-    """One protocol's main table: its headline metrics (bold, mean rank) and the cost columns."""
-    protocol = entries[0].protocol
+def main_table(entries: Sequence[Entry], not_applicable: Sequence[NotApplicable] = ()) -> str:
+    """One protocol's main table: its headline metrics (bold, mean rank) and the cost columns; below, a row per
+    method that declares it cannot run the protocol, its first cell saying why."""
+    protocol = entries[0].protocol if entries else not_applicable[0].protocol
     present = {m for e in entries for r in e.runs for m in r["metrics"]}
-    columns = [m for m in headline_of(protocol) if m in present]
+    columns = [m for m in headline_of(protocol) if m in present] or ([] if entries else headline_of(protocol))
     one_session = all(len(r["raw"]["acc_matrix"]) == 2 for e in entries for r in e.runs)
     bold = {m: bold_entries(entries, metric_of(m), m) for m in columns}
     ranks = mean_ranks(entries, ranked_metrics(columns, one_session))
@@ -381,6 +409,10 @@ def main_table(entries: Sequence[Entry]) -> str:
             line.append(_cost(key, [r["costs"][key] for r in e.runs if r["costs"].get(key) is not None]))
         line.append("-" if ranks[i] is None else f"{ranks[i]:.2f}")
         table.append(line)
+    for n in not_applicable:
+        cells = ([f"n/a: {escape(n.reason)}"] + ["n/a"] * (len(columns) - 1)) if columns else []
+        name = escape(n.method) if columns else f"{escape(n.method)} (n/a: {escape(n.reason)})"
+        table.append([name, escape(n.model), "0", "-"] + cells + ["-"] * (len(COST_COLUMNS) + 2))
     headers = (["method", "model", "seeds", "recipe"] + [escape(m) + (" ↓" if metric_of(m).lower_is_better else "") for m in columns]
                + [c for _, c in COST_COLUMNS] + ["extra at inference", "mean rank"])
     return tabulate(table, headers=headers, tablefmt="github", disable_numparse=True)
@@ -675,18 +707,23 @@ def write(results: Path, out: Path, suite: Optional[str] = None) -> List[Path]:
                                              indent=1) + "\n")
     put(out / "leaderboard.csv", frame.to_csv(index=False, float_format="%.10g"))
     all_protocols = {e.protocol for e in entries}
-    for suite_name in sorted({e.suite for e in entries}):
+    for suite_name in sorted({e.suite for e in entries} | {n.suite for n in loaded.not_applicable}):
         suite_entries = [e for e in entries if e.suite == suite_name]
         notes = Footnotes()
         parts = [f"# Leaderboard: {escape(suite_name)}\n", INTRO]
-        protocols = sorted({e.protocol for e in suite_entries})
+        protocols = sorted({e.protocol for e in suite_entries}
+                           | {n.protocol for n in loaded.not_applicable if n.suite == suite_name})
         for protocol in protocols:
             proto = protocol_entries(suite_entries, suite_name, protocol)
+            na = protocol_na(loaded, suite_name, protocol)
+            if not proto:  # only methods that cannot run it: their reasons, no page or picture
+                parts.append(f"## {escape(protocol)}\n\n{main_table(proto, na)}\n")
+                continue
             page = f"{slug(suite_name)}/{slug(protocol)}.md"
             pic = f"{slug(suite_name)}/{slug(protocol)}_curves.png"
             curves(proto, f"{suite_name} / {protocol}", out / pic)
             written.append(out / pic)
-            parts.append(f"## {escape(protocol)}\n\n{main_table(proto)}\n\n"
+            parts.append(f"## {escape(protocol)}\n\n{main_table(proto, na)}\n\n"
                          f"Every metric and each row's accuracy matrix: [{escape(protocol)}]({page}).\n\n"
                          f"![curves of target accuracy and zero-shot retention]({pic})\n")
             put(out / page, protocol_page(proto, out))
@@ -774,9 +811,11 @@ def markdown(results: Path, suite: Optional[str] = None) -> str:
     out = []
     if not loaded.entries:
         out.append("No complete runs found.\n")
-    for suite_name, protocol in sorted({(e.suite, e.protocol) for e in loaded.entries}):
+    pairs = {(e.suite, e.protocol) for e in loaded.entries} | {(n.suite, n.protocol) for n in loaded.not_applicable}
+    for suite_name, protocol in sorted(pairs):
         out.append(f"### {escape(suite_name)} / {escape(protocol)}\n")
-        out.append(main_table(protocol_entries(loaded.entries, suite_name, protocol)))
+        out.append(main_table(protocol_entries(loaded.entries, suite_name, protocol),
+                              protocol_na(loaded, suite_name, protocol)))
         out.append("")
     if loaded.corrupt:
         out.append(corrupt_section(loaded.corrupt))

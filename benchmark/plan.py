@@ -57,8 +57,6 @@ def plan(suite_name: str, methods: Optional[Sequence[str]] = None, protocols: Op
     fingerprints: Dict[str, str] = {}  # each dataset's files are read once per plan
     for protocol in protocol_defs:
         for method_cls in method_classes:
-            if protocol.kind not in method_cls.supports:
-                continue
             specs.extend(resolve_specs(suite, method_cls, protocol, seeds, overrides, strict_weights, fingerprints))
     checked = set()
     for spec in specs:  # each protocol's data once per distinct params and data_root, before anything runs
@@ -69,10 +67,20 @@ def plan(suite_name: str, methods: Optional[Sequence[str]] = None, protocols: Op
     return specs
 
 
+def not_applicable(spec: RunSpec) -> Optional[str]:
+    """Why the spec's method cannot run it by design (its `supports` kinds, its `not_applicable`), or None."""
+    method_cls = method_registry().get(spec.method)
+    if spec.protocol_kind not in method_cls.supports:
+        return f"supports only {' and '.join(k.replace('_', '-') for k in method_cls.supports)} protocols"
+    return method_cls.not_applicable(spec)
+
+
 def run_state(store: ResultStore, spec: RunSpec) -> str:
-    """complete, running (a live claim), corrupt (its record cannot be read), diverged, failed, partial (a
+    """n/a (the method declares it cannot run the spec), complete, running (a live claim), corrupt (its record cannot be read), diverged, failed, partial (a
     checkpoint exists), stale (only records made on other data or by other data/evaluation code exist)
     or missing."""
+    if not_applicable(spec) is not None:
+        return "n/a"
     record = store.read_record(spec)
     if record and record.get("status") == "complete":
         return "complete"

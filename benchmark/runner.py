@@ -13,7 +13,7 @@ import random
 import sys
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -26,11 +26,11 @@ from clipbench.streams import Streams
 from . import claims, provenance
 from .costs import PeakMemory, accumulated, peak_rss_mb, state_bytes
 from .decode import decode_streams
-from .errors import ClipbenchError, Diverged
+from .errors import ClipbenchError, Diverged, GridError, StorageError
 from .evaluator import Evaluator, Row, row_zero
 from .image_store import ImageStore, cache_dir
 from .models import LoadedModel, load_model
-from .plan import method_registry
+from .plan import method_registry, not_applicable
 from .recipes import experience_names
 from .spec import RunSpec
 from .store import SCHEMA_VERSION, ResultStore
@@ -100,9 +100,11 @@ def execute_run(spec: RunSpec, store: ResultStore, device: str, progress: bool, 
                 quiet: bool = False, options: Optional["RunOptions"] = None) -> Dict[str, Any]:
     """Run (or resume) one spec to completion and write its record.
 
-    Bad input (a ClipbenchError: missing data, unreadable weights) propagates and writes nothing.
     A non-finite loss or feature (`Diverged`) ends the run as `diverged`, naming the experience and step;
-    any other exception is a failed run. Either way the record says why and the checkpoint is kept.
+    any other exception is a failed run: a crash, or a ClipbenchError while the run is built (missing data,
+    a missing reference set, settings this run's method or data refuse), whose one-line message is its error.
+    Either way the record says why, the checkpoint is kept, and the other runs of the grid go on (bad input
+    the plan can see, such as an unknown method or `--set` key, is refused before any run and writes nothing).
     """
     started = provenance.now()
     wall = time.perf_counter()
@@ -118,11 +120,14 @@ def execute_run(spec: RunSpec, store: ResultStore, device: str, progress: bool, 
                                                  state["extra_bytes"])
             _run_experiences(spec, store, device, progress, quiet, state, options or RunOptions())
         status, error = "complete", None
-    except ClipbenchError:
-        raise
     except Diverged as err:
         status = "diverged"
         error = {"type": "Diverged", "message": str(err), "experience": err.experience, "step": err.step}
+    except (StorageError, GridError):  # the results folder, the disk, the model: every run would meet it (exit 2)
+        raise
+    except ClipbenchError as err:  # bad data or settings of this run: its message says what and how to fix it
+        status = "failed"
+        error = {"type": type(err).__name__, "message": str(err), "traceback": None}
     except Exception as err:
         status = "failed"
         error = {"type": type(err).__name__, "message": str(err), "traceback": traceback.format_exc()}
@@ -185,10 +190,15 @@ def _run_experiences(spec: RunSpec, store: ResultStore, device: str, progress: b
 
     protocol = get_protocol(spec.protocol)
     method_cls = method_registry().get(spec.method)
-    streams = protocol.build(spec.data_root, spec.seed, spec.protocol_params)
+    # the reference set is read only for a method that uses one (the set declared for it)
+    streams = protocol.build(spec.data_root, spec.seed, spec.protocol_params,
+                             reference_for=spec.method if method_cls.uses_reference else None)
     names = experience_names(protocol, spec.protocol_params)  # for train.per_experience by dataset name
     seed_everything(spec.seed, "model")  # random-init models are a function of the seed
-    loaded = load_model(spec.model["arch"], spec.model.get("pretrained"), device)
+    try:
+        loaded = load_model(spec.model["arch"], spec.model.get("pretrained"), device)
+    except ClipbenchError as err:  # the same for every run of the grid
+        raise GridError(str(err)) from None
     if options.on_model_loaded is not None:
         options.on_model_loaded(loaded)
     # image files -> the model's own preprocessing, decoded once per machine and memory-mapped
@@ -197,6 +207,7 @@ def _run_experiences(spec: RunSpec, store: ResultStore, device: str, progress: b
     model = CLIPClassifier(loaded, streams.class_names, streams.train_templates()).to(device)
     model.eval()
     method = method_cls(method_cls.Config(**spec.method_config))
+    method.limit_steps = int(spec.limit.get("steps", 0))
     method.setup(model, streams)
     state["inference_extras"] = method.inference_extras()
     state["exemplars"] = method.exemplar_count()
@@ -235,7 +246,8 @@ def _run_experiences(spec: RunSpec, store: ResultStore, device: str, progress: b
             active = max(classes[-1] + 1, int(data.labels.max()) + 1)  # a joint learner sees every class at once
             seconds = train_experience(model, method, data, exp, active, spec.train, device, progress,
                                        experience_classes=streams.experience_classes, log=state.get("log"),
-                                       name=names[exp] if names and exp < len(names) else None)
+                                       name=names[exp] if names and exp < len(names) else None,
+                                       limit_steps=method.limit_steps)
         elif data is not None:  # learning without gradients (analytic methods; nothing for zero-shot)
             t = time.perf_counter()
             method.fit_experience(data, exp, evaluator.image_features)
@@ -264,25 +276,66 @@ class Summary:
     failed: int = 0
     claimed: int = 0  # held by another live runner
     diverged: int = 0
+    na: int = 0  # not applicable by the method's declaration (never run, never a failure)
+    problems: List[str] = field(default_factory=list)  # "<run>: <why>" of each failed or diverged run
 
     def add(self, outcome: str) -> None:
-        """Count one `run_one` outcome ("ran", "skipped", "claimed", "failed" or "diverged")."""
+        """Count one `run_one` outcome ("ran", "skipped", "claimed", "failed", "diverged" or "na")."""
         setattr(self, outcome, getattr(self, outcome) + 1)
 
 
-def unfinished(specs: Sequence[RunSpec], store: ResultStore) -> Tuple[List[RunSpec], Summary]:
-    """The specs without a complete record, and a summary that already counts the others as skipped."""
-    todo = [s for s in specs if not store.is_complete(s)]
-    return todo, Summary(skipped=len(specs) - len(todo))
+def not_applicable_record(spec: RunSpec, reason: str, argv: Sequence[str]) -> Dict[str, Any]:
+    """The record of a pair the method declares it cannot run: `status: n/a` and why (the leaderboard shows it)."""
+    return {"schema_version": SCHEMA_VERSION, "status": "n/a", "id": spec.id, "spec": spec.to_dict(), "reason": reason,
+            "provenance": {"argv": list(argv), "ended": provenance.now()}, "error": None}
+
+
+def needs_write(spec: RunSpec, store: ResultStore) -> bool:
+    """Whether running `spec` would write: it has no complete record, or (n/a) no record saying so yet."""
+    reason = not_applicable(spec)
+    record = store.read_record(spec) or {}
+    if reason is not None:
+        return not (record.get("status") == "n/a" and record.get("reason") == reason)
+    return record.get("status") != "complete"
+
+
+def mark_not_applicable(spec: RunSpec, store: ResultStore, argv: Sequence[str]) -> Optional[str]:
+    """The n/a reason of `spec` (None when its method can run it); writes its n/a record when it has none."""
+    reason = not_applicable(spec)
+    if reason is not None:
+        record = store.read_record(spec)
+        if not record or record.get("status") != "n/a" or record.get("reason") != reason:
+            store.write_record(spec, not_applicable_record(spec, reason, argv))
+    return reason
+
+
+def unfinished(specs: Sequence[RunSpec], store: ResultStore, argv: Sequence[str] = ()) -> Tuple[List[RunSpec], Summary]:
+    """The specs without a complete record, and a summary that already counts the others as skipped (or
+    n/a: their records are written here)."""
+    summary = Summary()
+    todo = []
+    for s in specs:
+        if mark_not_applicable(s, store, argv) is not None:
+            summary.na += 1
+        elif store.is_complete(s):
+            summary.skipped += 1
+        else:
+            todo.append(s)
+    return todo, summary
 
 
 def execute(specs: Sequence[RunSpec], store: ResultStore, device: str, progress: bool, argv: List[str],
             quiet: bool = False, options: Optional[RunOptions] = None) -> Summary:
-    """Run every spec that has no complete record, in order. Returns counts."""
+    """Run every spec that has no complete record, in order (a failed run does not stop the others).
+    Returns counts, and the failed and diverged runs with why."""
     provenance.code_version()  # pin the commit of the code this process loaded
     summary = Summary()
     for i, spec in enumerate(specs, 1):
-        summary.add(run_one(spec, store, device, progress, argv, quiet, label=f"[{i}/{len(specs)}]", options=options))
+        outcome = run_one(spec, store, device, progress, argv, quiet, label=f"[{i}/{len(specs)}]", options=options)
+        summary.add(outcome)
+        if outcome in ("failed", "diverged"):
+            error = (store.read_record(spec) or {}).get("error") or {}
+            summary.problems.append(f"{spec_label(spec)}: {outcome}: {error.get('type', '?')}: {error.get('message', '?')}")
     return summary
 
 
@@ -295,9 +348,14 @@ def run_one(spec: RunSpec, store: ResultStore, device: str, progress: bool, argv
             label: str = "", options: Optional[RunOptions] = None) -> str:
     """One run under its claim, whatever executes it (this process, a Slurm job, a Ray task).
 
-    Returns "ran", "skipped" (already complete), "claimed" (another live runner has it), "failed" or "diverged".
+    Returns "ran", "skipped" (already complete), "claimed" (another live runner has it), "failed", "diverged"
+    or "na" (the method declares it cannot run this spec: an n/a record says why, nothing runs).
     """
     label = f"{label} {spec_label(spec)}".strip()
+    reason = mark_not_applicable(spec, store, argv)
+    if reason is not None:
+        _log(f"{label}: n/a: {reason}", quiet)
+        return "na"
     if store.is_complete(spec):
         _log(f"{label}: complete, skipped", quiet)
         return "skipped"

@@ -44,6 +44,9 @@ DEFAULTS: Dict[str, Any] = {
         "iterations": 0,  # 0 = train `epochs` epochs; > 0 = exactly this many steps per experience
     },
     "eval": {"batch_size": 256},
+    # cuts every run short, over every method's own recipe (`limit.steps`: at most this many training steps per
+    # experience and per method-internal loop; 0 = no limit): for smoke checks; recorded in the spec
+    "limit": {"steps": 0},
     "precision": "fp32",  # fp32 everywhere; amp_bf16 autocasts evaluation and training on a GPU
     "data_root": None,
     "recipe": "shared",  # shared (the suite's recipe for every method) | reference (clipbench.recipes)
@@ -136,10 +139,15 @@ class RunSpec:
     # which recipe it trains with (mode, source, the file it comes from: clipbench.recipes); in the record,
     # not in the id: the settings it names are `train` and `eval`, which the id hashes
     recipe: Dict[str, Any] = field(default_factory=dict, compare=False)
+    # `limit.steps` when set (a run cut short: its numbers differ); absent from the JSON otherwise, so the
+    # ids of ordinary runs are what they were before the setting existed
+    limit: Dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> Dict[str, Any]:
         d = asdict(self)
         d.pop("data_root")
+        if not d["limit"]:
+            d.pop("limit")
         return d
 
     def canonical_json(self) -> str:
@@ -196,7 +204,7 @@ def _set_dotted(tree: Dict[str, Any], key: str, value: Any) -> None:
 # the types of the settings outside train (train values are checked by `validate_train`)
 SETTING_TYPES: Dict[str, Any] = {"model.arch": str, "model.pretrained": Optional[str], "eval.batch_size": int,
                                  "precision": Literal["fp32", "amp_bf16"], "data_root": Optional[str],
-                                 "recipe": Literal["shared", "reference"]}
+                                 "recipe": Literal["shared", "reference"], "limit.steps": int}
 
 
 def known_settings(method_configs: Dict[str, type], protocols: Dict[str, ProtocolDef]) -> Dict[str, Any]:
@@ -293,6 +301,9 @@ def resolve_specs(suite: SuiteDef, method_cls: Any, protocol: ProtocolDef, seeds
     own = dict(settings["methods"].get(method_cls.name, {}))
     settings["train"] = deep_merge(settings["train"], own.pop("train", {}))  # `methods.<name>.train.<key>`
     validate_train(settings["train"], settings["eval"])
+    limit = {k: v for k, v in settings["limit"].items() if v}
+    if not _integer(0)(settings["limit"]["steps"]):
+        raise ClipbenchError(f"limit.steps={settings['limit']['steps']!r} is not allowed: expected an integer >= 0 (0: no limit)")
     model = settings["model"]
     if not model.get("arch"):
         raise ClipbenchError(f"suite '{suite.name}' names no model.arch")
@@ -317,7 +328,7 @@ def resolve_specs(suite: SuiteDef, method_cls: Any, protocol: ProtocolDef, seeds
             protocol_kind=protocol.kind, protocol_params=params,
             model={"arch": model["arch"], "pretrained": model.get("pretrained"), "weights": fingerprint},
             seed=int(seed), train=settings["train"], eval=settings["eval"], precision=settings["precision"],
-            data_root=settings["data_root"], data=data, code=code, recipe=recipe,
+            data_root=settings["data_root"], data=data, code=code, recipe=recipe, limit=limit,
         )
         for seed in seeds
     ]

@@ -256,16 +256,19 @@ class LabelledImages:
 
 @dataclass
 class CaptionedImages:
-    """Images with one or more captions each; `caption_image[k]` is the image of caption k."""
+    """Images with one or more captions each; `caption_image[k]` is the image of caption k.
+
+    A reference set whose images and sentences come from different sources (ZSCL's ImageNet images and
+    Conceptual Captions sentences) has `caption_image` None: its captions describe none of its images."""
 
     images: Images  # uint8 [N, 3, H, W], or sources the runner decodes for the model
     captions: List[str]
-    caption_image: torch.Tensor  # int64 [M]
+    caption_image: Optional[torch.Tensor]  # int64 [M]; None: images and sentences unpaired (reference sets only)
     folds: int = 1  # score recall on this many equal folds of images and average (COCO 5k as 5 x 1k)
 
     def __post_init__(self) -> None:
         _check_images(self.images)
-        if len(self.captions) != len(self.caption_image):
+        if self.caption_image is not None and len(self.captions) != len(self.caption_image):
             raise ValueError("captions and caption_image differ in length")
 
 
@@ -296,7 +299,9 @@ class Streams:
     retrieval_sets: Dict[str, CaptionedImages] = field(default_factory=dict)
     train_template: str = ""  # one training prompt for every class; "" = each class's first template
     # outside image-text data that replay/distillation methods may use (A-GEM's LAION subset, ZSCL's
-    # reference set); never used for evaluation
+    # reference images and sentences, DDAS's reference autoencoder); never used for evaluation. Builders over
+    # real datasets load it only for a method that reads one (`Method.uses_reference`): the set declared for
+    # that method (`references.<method>`, else `reference`)
     reference: Optional[CaptionedImages] = None
     # per class, its templates, where classes differ (MTIL: each dataset has its own); default `templates`
     class_templates: List[List[str]] = field(default_factory=list)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 
 from .base import Method, MethodConfig, register_method, require_choice
-from .toolkit import require_reference
+from .toolkit import reference_not_declared, require_reference
 
 
 def project_gradient(grad: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -45,8 +45,10 @@ class AGEM(Method):
     """A-GEM for CLIP (Ding et al., 2022; code: yxding95/CL-CLIP at 877a69f, methods/agem.py `AGEM.train`,
     data.py `Replayed`, `Replayed_MST`; the rule of Chaudhry et al., ICLR 2019).
 
-    The episodic memory holds image-text pairs: the suite's declared reference set (the paper used
-    a LAION subset, `Replayed`; the offline suite uses its alignment corpus's training split) plus,
+    The episodic memory holds image-text pairs: the reference pairs the protocol declares for it
+    (`references.agem`, else `reference`; the paper used a LAION subset, `Replayed`; the suites after it
+    declare Conceptual Captions' validation pairs; the offline suite uses its alignment corpus's training
+    split; a protocol without pairs gives n/a) plus,
     after each experience, `episodic_per_experience` = 250 of its images captioned with their class
     prompt (`Replayed_MST` samples 250 per COCO session; the EuroSAT script 250 per class). At every
     step the reference gradient g_ref is the gradient of CLIP's contrastive loss on a memory batch;
@@ -63,9 +65,14 @@ class AGEM(Method):
     name = "agem"
     version = 2
     Config = AGEMConfig
+    uses_reference = True
+
+    @classmethod
+    def not_applicable(cls, spec):
+        return reference_not_declared(spec, cls.name, ("pairs",))
 
     def setup(self, model, streams) -> None:
-        ref = require_reference(streams, self.name)
+        ref = require_reference(streams, self.name, pairs=True)
         self.streams = streams
         # banks of (uint8 images, captions): sources differ in image size, so each is kept apart
         self.banks: List[Tuple[torch.Tensor, List[str]]] = [(ref.images[ref.caption_image], list(ref.captions))]

@@ -15,6 +15,11 @@ and optional hooks:
 - `fit_experience(data, exp, encode)`: learning without gradients (analytic methods, `trains = False`);
 - `prompt_templates(templates)` and `scores(image_features, class_features)`: how the target stream is
   scored (defaults: the protocol's templates, CLIP's cosine similarity);
+- `not_applicable(spec)`: why the method cannot run a protocol by design (the plan marks the pair
+  "n/a: <why>", `run --all` skips it, the leaderboard shows the reason), or None;
+- `uses_reference = True`: the run reads the protocol's reference set for this method into
+  `streams.reference` (outside data: `toolkit.require_reference`); other runs never read it;
+- `capped(n)`: a method-internal loop of `n` steps, cut to the run's `limit.steps` when set;
 - any Avalanche callback (`before_training_exp`, `after_training_exp`, ...).
 
 Register with `@register_method`; third-party packages do the same from a module named in the
@@ -35,6 +40,7 @@ from clipbench.registry import Registry
 
 if TYPE_CHECKING:
     from clipbench.engine import CLIPClassifier
+    from clipbench.spec import RunSpec
     from clipbench.streams import LabelledImages
 
 PARTS = ("whole", "image", "text")
@@ -101,10 +107,25 @@ class Method(SupervisedPlugin):
     # True: `scores` receives the target stream's image features as the image encoder returns them, not
     # L2-normalised (PROOF scores unnormalised features); the per-class accuracy then comes from `scores` too
     scores_raw_features: ClassVar[bool] = False
+    # True: the method reads the protocol's reference set (outside data, `streams.reference`); a run of a method
+    # without it never reads one, so a reference set missing on disk fails only the runs that use it
+    uses_reference: ClassVar[bool] = False
 
     def __init__(self, config: Optional[MethodConfig] = None):
         super().__init__()
         self.config = config if config is not None else self.Config()
+        self.limit_steps = 0  # the run's `limit.steps` (0: none), set by the runner; see `capped`
+
+    @classmethod
+    def not_applicable(cls, spec: "RunSpec") -> Optional[str]:
+        """Why this method cannot run `spec` by design (e.g. "needs task identity at test time",
+        "needs methods.engine.descriptions: the LLM-written description file"), or None when it can."""
+        return None
+
+    def capped(self, steps: int) -> int:
+        """`steps` of a method-internal loop (an autoencoder's iterations, a calibration pass), cut to the
+        run's `limit.steps` when one is set (a smoke check): every loop that takes long honours it."""
+        return min(steps, self.limit_steps) if self.limit_steps else steps
 
     @classmethod
     def config_fields(cls) -> Dict[str, Any]:

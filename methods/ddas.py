@@ -26,9 +26,13 @@ Departures:
   CLIP-normalised images. Training images are not augmented (the harness has no augmentation).
 - Only the autoencoders of tasks learned so far (and the reference) compete; the code also scores the
   untrained autoencoders of later tasks, initialised at random.
-- The reference autoencoder is trained on the protocol's `reference` image set where it declares one
-  (the mini suite: 1,000 Tux Paint and emoji images of the alignment split), not on TinyImageNet;
-  without a reference set, only the threshold sends batches to zero-shot.
+- The reference autoencoder is trained on the images of the reference set the protocol declares for
+  `moe_adapters` (`references.moe_adapters`, else `reference`): the real suites declare TinyImageNet's
+  train images, as the code (`chooser_dataset[0]=TinyImagenet` in
+  `mtil/scripts/train/train_full_shot_router11_experts22_1000iters.sh`, read by `mtil/src/datasets/
+  collections.py` `TinyImagenet` from `<data>/tiny-imagenet-200`), as a fixed subset of 10,000 of its
+  100,000 (the code draws 1,000 batches from all of them); the mini suite: 1,000 Tux Paint and emoji images
+  of its alignment split. Without a reference set, only the threshold sends batches to zero-shot.
 - The threshold, 0.0655 in the code, was tuned there for AlexNet features; it is kept (measured on the
   mini suite with the default extractor, see the README).
 """

@@ -242,14 +242,15 @@ class MoEAdapters(MoEAdaptersCIL):
     train_defaults = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.0, "batch_size": 64, "ce_classes": "current",
                       "schedule": "cosine", "warmup_steps": 100, "label_smoothing": 0.2, "iterations": 1000}
     per_task_routers = True
+    uses_reference = True  # DDAS's reference autoencoder (images only; without a set, threshold only)
 
     def setup(self, model, streams) -> None:
         super().setup(model, streams)
         self.classifier = model  # its `text_rows`: the prompts encoded while a task trains
         device = next(model.parameters()).device
         self.ddas = DDAS(self.config.ddas_extractor, _input_size(model.clip), device, self.config.threshold)
-        if streams.reference is not None:
-            self.ddas.learn_reference(streams.reference.images, self.config.ddas_reference_iterations)
+        if streams.reference is not None and len(streams.reference.images):
+            self.ddas.learn_reference(streams.reference.images, self.capped(self.config.ddas_reference_iterations))
 
     def before_training_exp(self, strategy, **kwargs):
         super().before_training_exp(strategy, **kwargs)
@@ -262,7 +263,7 @@ class MoEAdapters(MoEAdaptersCIL):
         self.classifier.text_rows = None
         for i, mixture in enumerate(self.mixtures):
             self.frozen.setdefault(i, set()).update(mixture.most_used(self.config.frozen_per_task))
-        self.ddas.learn_task(self.streams.train[self.trained].images, self.config.ddas_iterations)
+        self.ddas.learn_task(self.streams.train[self.trained].images, self.capped(self.config.ddas_iterations))
         self.set_task(None)
         super().after_training_exp(strategy, **kwargs)
 

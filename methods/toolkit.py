@@ -8,7 +8,7 @@ the model, which for a ViT-B/32 would cost 600 MB per teacher.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterable, Optional
+from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -18,14 +18,34 @@ from torch.func import functional_call
 State = Dict[str, torch.Tensor]
 
 
-def require_reference(streams, method: str):
-    """The protocol's declared reference image-text set, or a clear error for methods that need one."""
+def require_reference(streams, method: str, pairs: bool = False):
+    """The reference set the protocol declares for `method` (read into `streams.reference` for methods with
+    `uses_reference`), or a clear error; `pairs`: its sentences must caption its images."""
     from clipbench.errors import ClipbenchError
 
     if streams.reference is None:
-        raise ClipbenchError(f"{method} needs the suite's reference image-text set; this protocol declares none "
-                             "(add a `reference:` dataset spec to the protocol file)")
+        raise ClipbenchError(f"{method} needs a reference set (outside data) and none was read for it: declare "
+                             f"`reference:` or `references.{method}:` in the protocol file (and `uses_reference = True` "
+                             "on the method's class)")
+    if pairs and streams.reference.caption_image is None:
+        raise ClipbenchError(f"{method} needs image-caption pairs as its reference set; the one declared for it takes "
+                             "images and sentences from separate sources")
     return streams.reference
+
+
+def reference_not_declared(spec, method: str, needs: Tuple[str, ...]) -> Optional[str]:
+    """The n/a reason of a method whose reference set the protocol of `spec` does not declare, or None.
+    `needs`: ("pairs",) for image-caption pairs, or the parts it reads among ("images", "sentences"), which
+    pairs also give. Protocols whose builder makes its own reference set (mini, synthetic) always have one."""
+    from clipbench.protocols.catalog import get_protocol
+
+    roles = get_protocol(spec.protocol).reference_roles(spec.protocol_params, method)
+    if roles is None or "pairs" in roles or (needs != ("pairs",) and set(needs) <= set(roles)):
+        return None
+    what = "image-caption pairs" if needs == ("pairs",) else " and ".join(f"reference {n}" for n in needs)
+    if not roles:
+        return f"needs {what} (outside data); the protocol declares no reference set"
+    return f"needs {what}; the protocol's reference set for it holds only {' and '.join(roles)}"
 
 
 def snapshot(model: nn.Module, params: Iterable[nn.Parameter]) -> State:

@@ -6,8 +6,8 @@ from typing import Any, Dict
 import torch
 
 from .base import Method, MethodConfig, register_method
-from .toolkit import (l2_to, load_into, require_reference, session_steps, snapshot, with_weights,
-                      zscl_distillation)
+from .toolkit import (l2_to, load_into, reference_not_declared, require_reference, session_steps, snapshot,
+                      with_weights, zscl_distillation)
 
 # ZSCL's MTIL script trains 1000 iterations per task and averages every 100 (mtil/scripts/ZSCL.sh:
 # `--iterations 1000 --we --avg_freq 100`): ten snapshots per session.
@@ -54,10 +54,15 @@ class ZSCL(Method):
     its start and one step of training. ZSCL's class-incremental configs average every 10 steps
     (`avg_freq: 10`), which the `cil_cifar100` suite sets.
 
-    The reference images and sentences are the suite's declared reference set (ZSCL uses ImageNet
-    images and Conceptual Captions sentences; the offline suite uses its alignment corpus).
+    The reference images and sentences are the reference set the protocol declares for it
+    (`references.zscl`, else `reference`): as ZSCL ran it, on MTIL ImageNet's train images
+    (`--ref-dataset ImageNet`, here a fixed subset) and the Conceptual Captions validation captions
+    (`--ref-sentences conceptual_captions`, mtil/scripts/ZSCL.sh), on CIFAR-100 and TinyImageNet the
+    Conceptual Captions validation pairs, images and captions (cil/configs/class/*-ZSCL.yaml:
+    `ref_dataset`, `ref_sentences: "conceptual_captions"`); the offline suite uses its alignment corpus.
+    A protocol that declares no reference images and sentences gives n/a.
     Departures: reference images are drawn uniformly with replacement (ZSCL iterates a shuffled
-    loader); image and sentence both come from the same reference pairs; label smoothing, the cosine
+    loader); label smoothing, the cosine
     schedule and ZSCL's extra final iteration (range(iterations + 1)) are training settings, not
     this method's.
     """
@@ -65,9 +70,19 @@ class ZSCL(Method):
     name = "zscl"
     version = 2
     Config = ZSCLConfig
+    uses_reference = True
+
+    @classmethod
+    def not_applicable(cls, spec):
+        return reference_not_declared(spec, cls.name, ("images", "sentences"))
 
     def setup(self, model, streams) -> None:
         self.reference = require_reference(streams, self.name)
+        if not len(self.reference.images) or not self.reference.captions:
+            from clipbench.errors import ClipbenchError
+
+            raise ClipbenchError("zscl needs reference images and sentences; the reference set read for it has "
+                                 f"{len(self.reference.images)} image(s) and {len(self.reference.captions)} sentence(s)")
         self.initial = snapshot(model, self.trainable_parameters(model))
         self.reference_tokens = model.tokenizer(list(streams.reference.captions))
 

@@ -145,6 +145,42 @@ class ProtocolDef:
         except Exception:  # noqa: BLE001 - not bad input that can be named here: the run records it as it always did
             return
 
+    def declares_references(self) -> bool:
+        """Whether the protocol's own params declare its reference sets (`reference`, `references`), as the
+        builders over real datasets do; builders that make their data (mini, synthetic) make their own."""
+        declared = self.builder_params()
+        return declared is not None and "reference" in {f.name for f in fields(declared)}
+
+    def reference_for(self, params: Dict[str, Any], method: str) -> Optional[Dict[str, Any]]:
+        """The reference set a method's run reads: `references.<method>`, else `reference`; None when the
+        protocol declares none for it (always None where the builder makes its own, see `declares_references`)."""
+        if not self.declares_references():
+            return None
+        return (params.get("references") or {}).get(method) or params.get("reference") or None
+
+    def reference_roles(self, params: Dict[str, Any], method: str) -> Optional[Tuple[str, ...]]:
+        """What the reference set declared for `method` holds: ("pairs",) for image-caption pairs, else its
+        parts among ("images", "sentences"); () when none is declared; None where the builder makes its own."""
+        if not self.declares_references():
+            return None
+        ref = self.reference_for(params, method)
+        if not ref:
+            return ()
+        return ("pairs",) if "adapter" in ref else tuple(k for k in ("images", "sentences") if ref.get(k))
+
+    def method_params(self, params: Dict[str, Any], method: Optional[str]) -> Dict[str, Any]:
+        """The builder params of a run that reads the reference set of `method` (None: no reference set): its
+        `reference` is the set declared for that method, and absent for None, so a run reads (and decodes) no
+        reference set it does not use and a missing set fails only the runs that need it. The params of builders
+        that make their data are unchanged."""
+        if not self.declares_references():
+            return dict(params)
+        chosen = self.reference_for(params, method) if method else None
+        out = {k: v for k, v in params.items() if k not in ("reference", "references")}
+        if chosen:
+            out["reference"] = chosen
+        return out
+
     def builder_version(self) -> int:
         return int(getattr(BUILDERS.get(self.builder), "version", 1))
 
@@ -163,9 +199,12 @@ class ProtocolDef:
                 suffixes[row["asset"]] = row.get("suffixes")
         return {label: paths_fingerprint(paths, memo, suffixes.get(label)) for label, paths in sorted(groups.items())}
 
-    def build(self, data_root: Optional[str], seed: int, params: Optional[Dict[str, Any]] = None) -> Streams:
-        """Build the streams for `seed` (data order and subsampling may depend on it)."""
-        streams = BUILDERS.get(self.builder)(dict(params if params is not None else self.params), data_root, seed)
+    def build(self, data_root: Optional[str], seed: int, params: Optional[Dict[str, Any]] = None,
+              reference_for: Optional[str] = None) -> Streams:
+        """Build the streams for `seed` (data order and subsampling may depend on it). `reference_for`: the
+        method whose reference set is read into `streams.reference` (None: no declared set is read)."""
+        params = self.method_params(dict(params if params is not None else self.params), reference_for)
+        streams = BUILDERS.get(self.builder)(params, data_root, seed)
         if streams.kind != self.kind:
             raise ClipbenchError(f"protocol '{self.name}' declares kind {self.kind} but its builder made {streams.kind}")
         streams.check(f"protocol '{self.name}'")

@@ -122,7 +122,7 @@ def data_root(tmp_path):
 
 def test_datasets_protocol_builds_streams(data_root):
     proto = ProtocolDef(**{k: v for k, v in PROTOCOL.items()})
-    streams = proto.build(str(data_root), 0)
+    streams = proto.build(str(data_root), 0, reference_for="agem")
     assert streams.class_names == ["cat", "dog", "eel", "fox"]
     assert streams.experience_classes == [[0, 1], [2, 3]]
     assert [len(t) for t in streams.train] == [4, 4] and [len(t) for t in streams.test] == [2, 2]
@@ -133,20 +133,22 @@ def test_datasets_protocol_builds_streams(data_root):
 
 
 def test_missing_dataset_folder_stops_the_run_with_one_line(data_root, tmp_path, capsys, monkeypatch):
-    """A run on a protocol whose data is missing exits 2 naming the folder, and writes no record."""
+    """A run on a protocol whose data is missing fails by itself (exit 1 after the others, a failed record)
+    naming the folder."""
     from clipbench.protocols import catalog
 
     proto = ProtocolDef(**PROTOCOL)
     monkeypatch.setitem(catalog._protocols(), proto.name, proto)
     results = tmp_path / "results"
     assert run_cli("run", "--method", "finetune", "--protocol", proto.name, "--suite", "tiny", "--results", results,
-                   "--quiet", "--set", f"data_root={tmp_path / 'nowhere'}") == 2
+                   "--quiet", "--set", f"data_root={tmp_path / 'nowhere'}") == 1
     err = capsys.readouterr().err
     assert "image folder not found at" in err and str(tmp_path / "nowhere") in err
-    assert not records(results)
+    [failed] = records(results).values()
+    assert failed["status"] == "failed" and "image folder not found at" in failed["error"]["message"]
     assert run_cli("run", "--method", "finetune", "lwf", "--protocol", proto.name, "--suite", "tiny", "--results", results,
                    "--quiet", "--set", f"data_root={data_root}") == 0
-    recs = records(results)
+    recs = {k: r for k, r in records(results).items() if r["status"] == "complete"}
     assert len(recs) == 2 and all(r["status"] == "complete" for r in recs.values())
     assert all("i2t_r1.coco" in r["metrics"] and "zs_acc.imagenet" in r["metrics"] for r in recs.values())
 

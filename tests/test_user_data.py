@@ -177,8 +177,11 @@ def test_undecodable_images_stop_the_run_naming_every_file(user_data, tmp_path, 
     bad[2].write_text("not an image\n")
     bad[3].write_bytes(sorted(birds.glob("*.png"))[0].read_bytes()[:300])
     capsys.readouterr()
-    assert run_cli("run", "--method", "finetune", "--protocol", "user_clipart", *tiny) == 2
+    assert run_cli("run", "--method", "finetune", "--protocol", "user_clipart", *tiny) == 1  # fails by itself
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "4 image(s) cannot be decoded" in err
+    assert len(err.splitlines()) == 1 and "4 image(s) cannot be decoded" in err  # listed at the end
     assert all(str(p) in err for p in bad) and "DecompressionBombError" in err
-    assert snapshot(results) == done  # the completed run untouched, nothing written for the refused one
+    after = snapshot(results)
+    assert {k: v for k, v in after.items() if k in done} == done  # the completed run untouched
+    [failed] = [r for r in records(results).values() if r["status"] != "complete"]
+    assert failed["status"] == "failed" and "4 image(s) cannot be decoded" in failed["error"]["message"]

@@ -1,8 +1,10 @@
 """Dataset specs, the building blocks of the builders over real datasets (`datasets`, `mtil`).
 
 A protocol names a target dataset (split into experiences by class), held-out zero-shot sets,
-retrieval sets and an optional reference set; each is a *dataset spec*, a mapping with an
-`adapter` (a format of `clipbench.protocols.formats`) and its arguments. Paths are relative to the run's
+retrieval sets and optional reference sets; each is a *dataset spec*, a mapping with an
+`adapter` (a format of `clipbench.protocols.formats`) and its arguments. A reference set (`reference`,
+and per method `references.<method>`, see `reference_parts`) is outside data for methods that use it;
+it is read only for a run whose method does (`ProtocolDef.method_params`). Paths are relative to the run's
 `data_root` (`--set data_root=/data`). `mtil` builds one task per dataset instead.
 
 `asset_report()` says, for `clipbench run --dry-run`, which files a protocol needs, whether they
@@ -120,7 +122,8 @@ class HeldoutParams:
 
     zeroshot: Dict[str, Spec] = field(default_factory=dict)  # name -> labelled dataset spec (+ templates, split)
     retrieval: Dict[str, Spec] = field(default_factory=dict)  # name -> captioned dataset spec (+ folds)
-    reference: Optional[Spec] = None  # image-caption pairs for methods that use outside data
+    reference: Optional[Spec] = None  # outside data for methods that use it: pairs, or images and sentences
+    references: Dict[str, Spec] = field(default_factory=dict)  # method name -> its own reference set, over `reference`
     train_per_class: Optional[PositiveInt] = None  # subsample each class (fixed by subsample_seed)
     test_per_class: Optional[PositiveInt] = None
     subsample_seed: Annotated[int, at_least(0)] = 0
@@ -132,8 +135,80 @@ def heldout_sets(params: Dict[str, Any], data_root: Optional[str]) -> Dict[str, 
         data, names = load_labelled(spec, spec.get("split", "test"), data_root, f"zeroshot.{name}")
         zeroshot[name] = ZeroShotSet(data, names, list(spec.get("templates", DEFAULT_TEMPLATES)))
     retrieval = {name: load_captioned(spec, data_root) for name, spec in (params.get("retrieval") or {}).items()}
-    reference = load_captioned(params["reference"], data_root) if params.get("reference") else None
+    reference = load_reference(params["reference"], data_root) if params.get("reference") else None
     return {"zeroshot_sets": zeroshot, "retrieval_sets": retrieval, "reference": reference}
+
+
+REFERENCE_PARTS = ("images", "sentences")
+
+
+def reference_parts(ref: Spec, where: str = "reference") -> Dict[str, Spec]:
+    """A reference set's dataset specs by role. A dataset spec (it has an `adapter`) is image-caption pairs:
+    {"pairs": spec}. A mapping of `images:` and/or `sentences:` dataset specs takes its images from one
+    source and its sentences from another (ZSCL on MTIL: ImageNet's train images, Conceptual Captions'
+    sentences). Any of these specs may hold `subset: {count: N, seed: S}`: a fixed draw of N items."""
+    if not isinstance(ref, dict) or not ref:
+        raise ClipbenchError(f"{where}: a reference set is a dataset spec of image-caption pairs (with `adapter`) "
+                             "or a mapping of `images:` and `sentences:` dataset specs")
+    if "adapter" in ref:
+        return {"pairs": ref}
+    unknown = [str(k) for k in ref if k not in REFERENCE_PARTS]
+    if unknown:
+        raise ClipbenchError(f"{where}: unknown key '{unknown[0]}' in a reference set; it holds `adapter` (image-caption "
+                             f"pairs) or {' and '.join(f'`{k}:`' for k in REFERENCE_PARTS)} dataset specs")
+    return {k: v for k, v in ref.items() if v}
+
+
+def subset_index(n: int, spec: Spec, what: str) -> Optional[torch.Tensor]:
+    """Sorted positions of the spec's `subset: {count, seed}` among `n` items (None: all of them)."""
+    sub = spec.get("subset")
+    if sub is None:
+        return None
+    count, seed = (sub.get("count"), sub.get("seed", 0)) if isinstance(sub, dict) else (None, None)
+    if (not isinstance(count, int) or isinstance(count, bool) or count < 1 or not isinstance(seed, int)
+            or set(sub) - {"count", "seed"}):
+        raise ClipbenchError(f"{what}: subset must be {{count: N >= 1, seed: S}}, got {sub!r}")
+    if count >= n:
+        return None
+    return torch.from_numpy(np.sort(np.random.default_rng(seed).choice(n, count, replace=False)))
+
+
+def _images_of(spec: Spec, data_root: Optional[str], what: str):
+    """The images of any labelled or captioned dataset spec (labels and captions dropped), subset applied."""
+    fmt = get_format(spec)
+    if fmt.labelled is not None:
+        images = load_labelled(spec, spec.get("split", "train"), data_root)[0].images
+    else:
+        images = load_captioned(spec, data_root).images
+    index = subset_index(len(images), spec, what)
+    return images if index is None else images[index]
+
+
+def load_reference(ref: Spec, data_root: Optional[str], where: str = "reference") -> CaptionedImages:
+    """A reference set as `CaptionedImages`: pairs keep `caption_image`; images and sentences from separate
+    sources have `caption_image` None (a set of sentences only has no images; one of images only, no sentences)."""
+    parts = reference_parts(ref, where)
+    if "pairs" in parts:
+        cap = load_captioned(parts["pairs"], data_root)
+        index = subset_index(len(cap.captions), parts["pairs"], where)
+        if index is None:
+            return cap
+        owners = cap.caption_image[index]
+        kept, renumber = owners.unique(return_inverse=True)
+        return CaptionedImages(cap.images[kept], [cap.captions[i] for i in index.tolist()], renumber)
+    images = (_images_of(parts["images"], data_root, f"{where}.images") if "images" in parts
+              else torch.zeros((0, 3, 1, 1), dtype=torch.uint8))
+    sentences: List[str] = []
+    if "sentences" in parts:
+        spec = parts["sentences"]
+        fmt = get_format(spec)
+        if fmt.captioned is None:
+            raise ClipbenchError(f"{where}.sentences: format '{fmt.name}' gives no captions; use one of "
+                                 f"{', '.join(n for n in FORMATS.names() if FORMATS.get(n).captioned)}")
+        captions = fmt.captioned(spec, data_root).captions
+        index = subset_index(len(captions), spec, f"{where}.sentences")
+        sentences = list(captions) if index is None else [captions[i] for i in index.tolist()]
+    return CaptionedImages(images, sentences, None)
 
 
 def experience_sizes(n_classes: int, params: Dict[str, Any], what: str = "the stream has") -> List[int]:
@@ -175,8 +250,11 @@ def experience_sizes_problem(n_classes: int, params: Dict[str, Any], what: str) 
 def heldout_specs(params: Dict[str, Any]) -> List[Tuple[str, Dict[str, Any]]]:
     specs = [(f"zero-shot {k}", v) for k, v in (params.get("zeroshot") or {}).items()]
     specs += [(f"retrieval {k}", v) for k, v in (params.get("retrieval") or {}).items()]
-    if params.get("reference"):
-        specs.append(("reference", params["reference"]))
+    sets = [("reference", params["reference"])] if params.get("reference") else []
+    sets += [(f"reference of {m}", ref) for m, ref in sorted((params.get("references") or {}).items()) if ref]
+    for label, ref in sets:
+        specs += [(label if role == "pairs" else f"{label}: {role}", spec)
+                  for role, spec in reference_parts(ref, label).items()]
     return specs
 
 

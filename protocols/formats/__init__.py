@@ -21,6 +21,8 @@ new file here (and its test): write `labelled` and/or `captioned`, then `registe
 | `objectnet_list` | objectnet_list.py | the authors' ObjectNet train/test lists over ObjectNet 1.0's images |
 | `imagenet_r_split` | imagenet_r_split.py | ImageNet-R cut by RAPF's imgr_train_test_split.txt (pinned by git blob id) |
 | `subset_list` | subset_list.py | continuum's `<path> <label>` subset lists (ImageNet-100 of RAPF / MG-CLIP) |
+| `conceptual_captions` | conceptual_captions.py | Conceptual Captions as ZSCL's gather_cc.py writes it (`title<TAB>filepath`) |
+| `flowers102` | flowers102.py | Oxford 102 Flowers in torchvision's layout (jpg/, imagelabels.mat, setid.mat) |
 """
 
 from __future__ import annotations
@@ -88,7 +90,7 @@ def get_format(spec: Spec) -> Format:
 
 # keys any dataset spec may hold, read around its format (`builders/dataset_specs.py`, the builders)
 COMMON_KEYS = ("adapter", "how", "source", "download", "names", "templates", "split", "folds", "test_fraction",
-               "random_split", "whole_split")
+               "random_split", "whole_split", "subset")  # subset: {count, seed}, a fixed draw from a reference set
 SPLITS = ("train", "test", "val", "all")  # the splits a per-split key may name (and the spec's own `split`)
 
 
@@ -96,7 +98,8 @@ def _common_types() -> Dict[str, Any]:
     from ..values import Fraction, PositiveInt, RandomSplit, Templates
 
     return {"adapter": str, "how": str, "source": str, "download": bool, "names": List[Any], "templates": Templates,
-            "split": str, "folds": PositiveInt, "test_fraction": Fraction, "random_split": RandomSplit, "whole_split": str}
+            "split": str, "folds": PositiveInt, "test_fraction": Fraction, "random_split": RandomSplit, "whole_split": str,
+            "subset": Dict[str, Any]}
 
 
 def check_spec(spec: Spec, where: Callable[[str], str]) -> None:

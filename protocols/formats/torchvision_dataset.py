@@ -87,7 +87,9 @@ def read(name: str, root: Path, split: str, download: bool = False, limit: Optio
         raise missing(f"torchvision {name}", root, f"{str(err).strip()} (set download: true to fetch it)") from None
     labels = _labels(ds)
     n = len(labels) if limit is None else min(int(limit), len(labels))
-    names = [str(c).replace("_", " ") for c in getattr(ds, "classes", [])] or [str(i) for i in range(max(labels) + 1)]
+    # Caltech101 keeps its folder names as `categories` (it has no `classes`)
+    found = getattr(ds, "classes", None) or getattr(ds, "categories", None) or []
+    names = [str(c).replace("_", " ") for c in found] or [str(i) for i in range(max(labels) + 1)]
     sources = ImageSources(DatasetReader(ds, name), range(n))
     return LabelledImages(sources, torch.tensor(labels[:n], dtype=torch.long)), names
 
