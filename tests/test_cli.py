@@ -31,7 +31,14 @@ def test_run_all_tiny_writes_complete_records_then_rewrites_nothing(results, cap
     from clipbench.methods.base import METHODS
 
     assert len(recs) == len(METHODS.names())
+    from clipbench.plan import not_applicable
+    from clipbench.spec import RunSpec
+
     for rec in recs.values():
+        reason = not_applicable(RunSpec.from_dict(rec["spec"]))  # what the method declares for this pair
+        if reason is not None:  # n/a by declaration: a record that says why, nothing ran
+            assert rec["status"] == "n/a" and rec["reason"] == reason
+            continue
         assert rec["status"] == "complete"
         assert set(rec) >= {"schema_version", "status", "spec", "raw", "metrics", "provenance"}
         assert len(rec["raw"]["acc_matrix"]) == 4  # row 0 + 3 experiences
