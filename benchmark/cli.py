@@ -280,8 +280,8 @@ def _cmd_run(args, argv: Sequence[str]) -> int:
         print(f"done: {summary.ran} ran, {summary.skipped} already complete, {summary.claimed} held by other runners, "
               f"{summary.na} n/a, {summary.failed} failed, {summary.diverged} diverged "
               f"(records under {store.root / 'runs'})", file=sys.stderr)
-    for problem in summary.problems:  # every failure at the end, where it cannot scroll away
-        print(f"  {problem}", file=sys.stderr)
+        for problem in summary.problems:  # every failure again at the end, where it cannot scroll away
+            print(f"  {problem}", file=sys.stderr)  # (--quiet: the run's own FAILED line said it, once)
     return 1 if summary.failed or summary.diverged else 0
 
 

@@ -365,7 +365,10 @@ class Streams:
             if same:
                 raise ClipbenchError(duplicate_classes_error(f"{what}: zero-shot set {name}", same))
         for name, cap in {**self.retrieval_sets, **({"reference": self.reference} if self.reference else {})}.items():
-            if len(cap.images) == 0 or not cap.captions:
+            # a reference set may hold images only, or sentences only (its parts come from separate sources)
+            empty = (len(cap.images) == 0 and not cap.captions) if name == "reference" and cap.caption_image is None \
+                else (len(cap.images) == 0 or not cap.captions)
+            if empty:
                 raise ClipbenchError(f"{what}: {'' if name == 'reference' else 'retrieval set '}{name} has no "
                                      "images or no captions; check its files and split")
             empty = next((k for k, c in enumerate(cap.captions) if not str(c).strip()), None)

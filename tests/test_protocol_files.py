@@ -37,9 +37,9 @@ BEFORE_INCLUDE = {
 # Changed on purpose since (issue 24, versions bumped): MTIL takes ZSCL's splits (_mtil.yaml v3) and the CIFAR-100
 # protocols the raw class names the class-incremental references prompt (_cifar100.yaml v3).
 BEFORE_INCLUDE.update({
-    "mtil_order1": "85aca6ac17ce10e9", "mtil_order2": "5387233efdcb4965", "cifar100_10steps": "fc7409d5e6b7803f",
-    "cifar100_20steps": "bc0da8a634797932", "cifar100_50steps": "b6374bff90fb90a4",
-    "mtil_cil_order1": "70a077b7d613a19d", "mtil_cil_order2": "e7fab36a4e64cbab", "mtil_fewshot_order1": "a2195b803e67766a",
+    "mtil_order1": "f49ae13317659e0d", "mtil_order2": "3eebfa2e87ecbee9", "cifar100_10steps": "468bb781a86eb4d0",
+    "cifar100_20steps": "ab103ac30db9813e", "cifar100_50steps": "cfd57b04e64982d2",
+    "mtil_cil_order1": "944088618e5075a2", "mtil_cil_order2": "4c54471f875abbb4", "mtil_fewshot_order1": "2bcd0cb2b015b47f",
 })
 
 
