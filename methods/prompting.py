@@ -101,6 +101,14 @@ def prefix_attention(y: torch.Tensor, attn: nn.MultiheadAttention, prefix: Optio
     return attn.out_proj(out.transpose(1, 2).reshape(b, n, d))
 
 
+def join_prefix(prefixes: Dict[int, Prefix], layer: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+    """Add a key/value prefix [B, Lp, D] to `layer`, after any prefix already there."""
+    if layer in prefixes:
+        old_k, old_v = prefixes[layer]
+        keys, values = torch.cat([old_k, keys], dim=1), torch.cat([old_v, values], dim=1)
+    prefixes[layer] = (keys, values)
+
+
 def pooled_prefix(p: torch.Tensor, prefix: Optional[Prefix]) -> torch.Tensor:
     """The analogous placement on a pooled feature p [B, P]: p + softmax(p K^T / sqrt(P)) V, K = [keys; p],
     V = [values; p], one head, no projections."""
