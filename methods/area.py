@@ -115,7 +115,8 @@ def area_logits(image: torch.Tensor, text: torch.Tensor, v_basis: torch.Tensor, 
 def occlude(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """`_generate_occluded_inputs`: per image, a rectangle of area rho H W (rho ~ U(0.1, 0.4)) and aspect eta
     (U(0.33, 3)) at a uniform position, filled with U(0, 1) noise (in the normalised input, as the code).
-    `u` [B, 4]: uniform numbers for rho, eta, row, column."""
+    `u` [B, 4]: uniform numbers for rho, eta, row, column. A uint8 input (the mini model's, prepared inside its
+    tower) gets uniform pixels 0-255."""
     b, c, h, w = x.shape
     out = x.clone()
     for i in range(b):
@@ -126,7 +127,8 @@ def occlude(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         ww = min(max(int((area / eta) ** 0.5), 1), w)
         top = min(int(float(u[i, 2]) * (h - hh + 1)), h - hh)
         left = min(int(float(u[i, 3]) * (w - ww + 1)), w - ww)
-        out[i, :, top:top + hh, left:left + ww] = torch.rand(c, hh, ww, device=x.device, dtype=x.dtype)
+        noise = torch.rand(c, hh, ww, device=x.device)
+        out[i, :, top:top + hh, left:left + ww] = noise.to(x.dtype) if x.is_floating_point() else (noise * 255).to(x.dtype)
     return out
 
 
