@@ -432,3 +432,202 @@ def test_artifact_method_run_without_file_fails_with_the_reason(results, capsys)
     assert run_cli("run", "--method", "gift", "--protocol", "tiny_shapes", "--suite", "tiny", "--results", results,
                    "--quiet", "--set", *SMALL) != 0
     assert "methods.gift.synthetic" in capsys.readouterr().err
+
+
+# ---- pinned steps: the engine's cross-entropy on the method's forward plus its loss term --------------------------
+
+from clipbench.engine import set_trainable  # noqa: E402
+from test_method_cores import streams, tiny_model  # noqa: E402,F401  (fixture and helper)
+from test_method_fidelity import strategy_on  # noqa: E402
+
+
+def _prepared(name, streams, task, **config):
+    torch.manual_seed(0)
+    model = tiny_model(streams)
+    method = METHODS.get(name)(METHODS.get(name).Config(**config))
+    method.setup(model, streams)
+    method.learned = task
+    set_trainable(model, method)
+    strategy = strategy_on(model, streams, task)
+    method.before_training_exp(strategy)
+    return model, method, strategy
+
+
+def _tokens(v, x):
+    t = v.conv1(x)
+    t = t.reshape(t.shape[0], t.shape[1], -1).permute(0, 2, 1)
+    t = torch.cat([v.class_embedding + torch.zeros(t.shape[0], 1, t.shape[-1]), t], dim=1)
+    return t + v.positional_embedding
+
+
+def _block(block, x, prompt=None):
+    a = block.attn
+    x = x + ref_attention_with_prefix(block.ln_1(x), a.in_proj_weight, a.in_proj_bias, a.out_proj.weight,
+                                      a.out_proj.bias, a.num_heads, prompt)
+    return x + block.mlp(block.ln_2(x))
+
+
+def _grads_match(model, mine, ref):
+    mine.backward(retain_graph=True)
+    got = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    ref.backward()
+    want = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert got and set(got) == set(want)
+    for n in got:
+        assert torch.allclose(got[n], want[n], atol=1e-5, rtol=1e-4), n
+
+
+def test_pinned_l2p(streams):
+    model, method, strategy = _prepared("l2p", streams, 1)
+    x, y = strategy.mb_x, strategy.mb_y
+    mine = F.cross_entropy(model(x), y) + method.loss(strategy)
+    v, pool = model.clip.visual, method.prompts
+    xin = model.preprocess(x)
+    with torch.no_grad():
+        query = type(v).forward(v, xin)  # original_backbone(x)
+    mask = torch.arange(5, 10)[None].expand(len(x), -1)  # task 1 under the forced prompt mask
+    _, prompts, reduce_sim = ref_prompt_forward(pool.prompt, pool.prompt_key, query, 5, 10, True, mask)
+    t = _tokens(v, xin)
+    t = torch.cat([t[:, 0:1], prompts, t[:, 1:]], dim=1)
+    out = v.ln_post(v.transformer(v.ln_pre(t)))[:, 0] @ v.proj
+    logits = method.head(out)[:, :model.num_active]
+    ref = F.cross_entropy(logits, y) - 0.1 * reduce_sim
+    assert torch.allclose(mine, ref, atol=1e-5)
+    _grads_match(model, mine, ref)
+
+
+def test_pinned_dualprompt(streams):
+    model, method, strategy = _prepared("dualprompt", streams, 0)
+    x, y = strategy.mb_x, strategy.mb_y
+    mine = F.cross_entropy(model(x), y) + method.loss(strategy)
+    v, p = model.clip.visual, method.prompts
+    xin = model.preprocess(x)
+    with torch.no_grad():
+        query = type(v).forward(v, xin)
+    mask = torch.zeros(len(x), 1, dtype=torch.long)  # task 0 uses E-prompt 0
+    _, _, reduce_sim = ref_prompt_forward(torch.zeros(10, 1, 1), p.prompt_key, query, 1, 10, True, mask)
+    e = ref_e_prompt_batched(p.prompt, mask)  # [layers, B, 2, Lp, H, d], the code's reshape
+    g = p.g_prompt[torch.tensor([0] * len(x))]  # [B, 2, Lg, H, d]
+    t = v.ln_pre(_tokens(v, xin))
+    blocks = v.transformer.resblocks  # the tiny tower has 2 blocks: G in block 0, E in block 1
+    t = _block(blocks[1], _block(blocks[0], t, g), e[0])
+    logits = method.head(v.ln_post(t)[:, 0] @ v.proj)[:, :model.num_active]
+    ref = F.cross_entropy(logits, y) - 0.1 * reduce_sim
+    assert torch.allclose(mine, ref, atol=1e-5)
+    _grads_match(model, mine, ref)
+    assert p.g_prompt.grad is None  # C3Box: the G-prompts do not train
+
+
+def test_pinned_coda_prompt(streams):
+    model, method, strategy = _prepared("coda_prompt", streams, 0)
+    x, y = strategy.mb_x, strategy.mb_y
+    mine = F.cross_entropy(model(x), y) + (method.loss(strategy) or 0)
+    v, comps = model.clip.visual, method.prompts
+    xin = model.preprocess(x)
+    with torch.no_grad():
+        query = type(v).forward(v, xin)  # the code's first pass without prompts, CLS after ln_post @ proj
+    t = v.ln_pre(_tokens(v, xin))
+    pt = method.per_task  # 100 // 10
+    h, width = v.transformer.resblocks[0].attn.num_heads, t.shape[-1]
+    for layer, block in enumerate(v.transformer.resblocks):
+        K, A, P = (comps.get(n, layer)[:pt] for n in ("k", "a", "p"))  # task 0 in training: K[s:f]
+        ek, ev = ref_coda_forward(query, K, A, P, 8)
+        prompt = torch.stack([ek.reshape(len(x), -1, h, width // h), ev.reshape(len(x), -1, h, width // h)], dim=1)
+        t = _block(block, t, prompt)
+    logits = method.head(v.ln_post(t)[:, 0] @ v.proj)[:, :model.num_active]
+    ref = F.cross_entropy(logits, y)  # ortho_mu 0
+    assert torch.allclose(mine, ref, atol=1e-5)
+    _grads_match(model, mine, ref)
+
+
+def test_pinned_clg_cbm():
+    """One bottleneck step: CE(heads(explainer(x / ||x||))) + sim * alignment + elastic net, as `_train_function`."""
+    torch.manual_seed(11)
+    explainer = nn.Linear(16, 9, bias=False)
+    unity = nn.ModuleList([nn.Linear(9, 2, bias=False), nn.Linear(9, 3, bias=False)])
+    x, y, bottleneck = torch.randn(8, 16), torch.tensor([0, 1, 2, 3, 4, 0, 2, 4]), F.normalize(torch.randn(9, 16), dim=-1)
+    logits, csv = clg_cbm.explain(x, explainer, unity)
+    mine = F.cross_entropy(logits, y) + clg_cbm.similarity_loss(x, bottleneck, csv) + clg_cbm.sparse_linear_loss(
+        [fc.weight for fc in unity])
+    xn = x / x.norm(dim=1, keepdim=True)  # forward_explainer
+    ref_csv = explainer(xn)
+    ref_logits = torch.cat([fc(ref_csv) for fc in unity], dim=1)
+    ref = F.cross_entropy(ref_logits, y) + ref_similiarity_loss(x, bottleneck, ref_csv) + ref_sparse_linear_loss(unity, 5)
+    assert torch.allclose(mine, ref, atol=1e-6)
+
+
+def test_clg_cbm_keeps_pool_concepts_per_class(streams, tmp_path):
+    from helpers import write_concepts
+
+    path = write_concepts(tmp_path / "c.json")
+    model = tiny_model(streams)
+    method = METHODS.get("clg_cbm")(METHODS.get("clg_cbm").Config(
+        concepts=str(path), class_names_file=str(path.with_suffix(".names.json")), pool=2, epochs=2, fb_epochs=2,
+        fb_epochs_inc=2))
+    method.setup(model, streams)
+    encode = lambda imgs: F.normalize(model.clip.encode_image(model.preprocess(imgs)), dim=-1)  # noqa: E731
+    for exp in range(2):
+        method.fit_experience(streams.train[exp], exp, encode)
+    assert method.bottleneck.shape[0] == 2 * 2 * 2 and len(method.raw_concepts) == 8
+    assert all(c.startswith("concept ") for c in method.raw_concepts)
+    scores = method.scores(torch.randn(3, method.bottleneck.shape[1]), torch.zeros(6, 1))
+    assert scores.shape == (3, 6) and (scores[:, 4:] < scores[:, :4].min(dim=1, keepdim=True).values).all()
+
+
+def test_pinned_area(streams, tmp_path):
+    from helpers import write_area_descriptions
+
+    model, method, strategy = _prepared("area", streams, 0, descriptions=str(write_area_descriptions(tmp_path / "d")),
+                                        vib_lambda=0.0)
+    x, y = strategy.mb_x, strategy.mb_y
+    logits = model(x)
+    mine = method.loss(strategy)  # the CE over real (and pseudo) rows lives in `loss`
+    h, c = method.head, model.num_active
+    with torch.no_grad():
+        feats = model.clip.encode_image(model.preprocess(x))
+    ref_logits = ref_area_forward(feats, method.text[:c], method.v_basis[:c], method.t_basis[:c], h.visual_adapter,
+                                  h.textual_adapter, h.visual_S[0], h.textual_S[0], model.clip.logit_scale.exp())
+    assert torch.allclose(logits, ref_logits, atol=1e-4)
+    assert torch.allclose(mine, F.cross_entropy(ref_logits, y), atol=1e-5)
+
+
+def test_pinned_gift(streams, tmp_path):
+    from helpers import write_synthetic_pairs
+
+    model, method, strategy = _prepared("gift", streams, 0, synthetic=str(write_synthetic_pairs(tmp_path / "s")))
+    model.last_image_features = None
+    teacher = copy.deepcopy(model)  # the model before the task: the teacher and the AWC anchor
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in method.trainable_parameters(model):
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    torch.manual_seed(5)
+    mine = method.loss(strategy)
+    torch.manual_seed(5)
+    images, tokens, labels = method.pools[0]
+    pick = torch.randperm(len(images))[:strategy.train_mb_size]
+    x, t, lab = images[pick], tokens[pick], labels[pick]
+    s = model.clip.logit_scale.exp()
+    with torch.no_grad():
+        ref_out, ref_emb = teacher.encode_images(x), teacher.encode_tokens(t)
+    cur_out, cur_emb = model.encode_images(x), model.encode_tokens(t)
+    logits_ref, logits_current = s * ref_out @ ref_emb.t(), s * cur_out @ cur_emb.t()
+    eq = (lab.view(1, -1).repeat(len(lab), 1) == lab.view(-1, 1)).float()
+    yy = eq / eq.sum(dim=1).view(-1, 1)
+    distill = ref_distillation(logits_ref, logits_current) + ref_distillation(logits_ref.t(), logits_current.t())
+    ita = 0.25 * (F.cross_entropy(logits_current, yy, label_smoothing=0.2)
+                  + F.cross_entropy(logits_current.t(), yy, label_smoothing=0.2))
+    params = dict(model.named_parameters())
+    anchor = dict(teacher.named_parameters())
+    names = [n for n in method.teacher]
+    grads = torch.autograd.grad(distill + ita, [params[n] for n in names], retain_graph=True, allow_unused=True)
+    ewc = 0.0
+    for n, gr in zip(names, grads):
+        if gr is not None and "logit_scale" not in n:
+            prec = gr ** 2 / (gr ** 2).mean()
+        else:
+            prec = torch.zeros_like(params[n]) + 1e-6
+        ewc = ewc + (prec * (params[n] - anchor[n].detach()) ** 2).sum()
+    ref = distill + ita + 1.0 * ewc
+    assert torch.allclose(mine, ref, rtol=1e-5, atol=1e-6)
