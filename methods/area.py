@@ -201,7 +201,6 @@ class AREA(Method):
     name = "area"
     version = 1
     Config = AreaConfig
-    supports = ("class_incremental",)
     scores_raw_features = True
     train_defaults = {"optimizer": "sgd", "momentum": 0.9, "lr": 0.03, "weight_decay": 0.01, "batch_size": 64,
                       "epochs": 40}

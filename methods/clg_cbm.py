@@ -197,7 +197,6 @@ class CLGCBM(Method):
     version = 1
     Config = CLGCBMConfig
     trains = False
-    supports = ("class_incremental",)
 
     @classmethod
     def not_applicable(cls, spec) -> Optional[str]:

@@ -172,7 +172,6 @@ class GIFT(WithTeacher):
     name = "gift"
     version = 1
     Config = GIFTConfig
-    supports = ("class_incremental", "task_incremental")
     train_defaults = {"optimizer": "adamw", "lr": 1e-5, "weight_decay": 0.0, "schedule": "cosine",
                       "warmup_steps": 100, "iterations": 1000, "batch_size": 64, "label_smoothing": 0.2}
 

@@ -198,7 +198,6 @@ class PromptMethod(Method):
 
     Config = PromptConfig
     scores_raw_features = True
-    supports = ("class_incremental",)
 
     # ---- subclass hooks
     def build_prompts(self, tower: Tower, query_dim: int, n_tasks: int) -> nn.Module:
