@@ -128,6 +128,15 @@ def experience_names(protocol: "ProtocolDef", params: Dict[str, Any]) -> Optiona
     return [str(n) for n in order] if isinstance(order, list) else None
 
 
+def nameable_experiences(protocol: "ProtocolDef", params: Dict[str, Any]) -> Optional[List[str]]:
+    """The names `train.per_experience` may use: every dataset the protocol defines (the `mtil` builder), also
+    those its `order` leaves out (a protocol cut to a few tasks, as the smoke grid's, keeps the suite's recipe)."""
+    if protocol.builder != "mtil":
+        return None
+    datasets = params.get("datasets")
+    return [str(n) for n in datasets] if isinstance(datasets, dict) else experience_names(protocol, params)
+
+
 def check_per_experience(train: Dict[str, Any], names: Optional[Sequence[str]], protocol: str,
                          rules: Dict[str, Any]) -> None:
     """`train.per_experience` names experiences of the protocol (dataset names, or 0-based indices), and

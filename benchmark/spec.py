@@ -21,7 +21,7 @@ from .augment import RECIPES
 from .errors import ClipbenchError
 from .schedules import SCHEDULES
 from .models import weights_fingerprint
-from .recipes import apply_recipe, check_per_experience, experience_names, is_per_experience_key
+from .recipes import apply_recipe, check_per_experience, is_per_experience_key, nameable_experiences
 from .types import field_types, problem
 from .yamlio import deep_merge, load_yaml_marked, parse_scalar
 
@@ -318,7 +318,7 @@ def resolve_specs(suite: SuiteDef, method_cls: Any, protocol: ProtocolDef, seeds
     params = deep_merge(protocol.params, settings["protocols"].get(protocol.name, {}))
     if params != protocol.params:  # a dataset spec set by the suite's settings, --config or --set
         protocol.check_dataset_specs(params, "the suite's settings, --config or --set")
-    check_per_experience(settings["train"], experience_names(protocol, params), protocol.name, TRAIN_RULES)
+    check_per_experience(settings["train"], nameable_experiences(protocol, params), protocol.name, TRAIN_RULES)
     data = protocol.data_fingerprint(settings["data_root"], params, fingerprints)
     code = code_versions(protocol)
     return [

@@ -19,7 +19,8 @@ class Crash(RuntimeError):
 
 
 @pytest.mark.parametrize("name", ["icarl_zscl", "lwf_vr", "lwf_zscl", "zscl", "agem", "ewc", "magmax", "keeplora",
-                                  "engine", "bofa", "rapf", "proof", "mg_clip", "clap4clip", "attriclip"])
+                                  "engine", "bofa", "rapf", "proof", "mg_clip", "clap4clip", "attriclip", "l2p",
+                                  "dualprompt", "coda_prompt", "area", "gift"])
 def test_crash_at_third_experience_then_resume_equals_uninterrupted(name, tmp_path, monkeypatch):
     cls = METHODS.get(name)
     original = cls.before_training_exp
