@@ -95,6 +95,8 @@ class ICaRL(WithTeacher):
         model.eval()
         for c in self.streams.experience_classes[exp]:
             images = data.images[data.labels == c]
+            if not len(images):  # a class of the experience without training images keeps no exemplars
+                continue
             self.exemplars[c] = images[herding(encode_in_batches(model, images, strategy.device), per_class)]
         model.train(was_training)
         self.exemplars = {c: imgs[:per_class] for c, imgs in self.exemplars.items()}

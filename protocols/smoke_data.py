@@ -327,8 +327,8 @@ def _flowers(root: Path, spec: Spec, rng: np.random.Generator) -> None:
     base = root / "flowers-102"
     labels, ids = [], {"trnid": [], "valid": [], "tstid": []}
     image_id = 1
-    for label in (1, 2, 3):
-        for key, n in (("trnid", 2), ("valid", 1), ("tstid", 1)):
+    for label in range(1, 103):  # all 102 classes: torchvision's names fix the count
+        for key, n in (("trnid", 1), ("valid", 1), ("tstid", 1)):
             for _ in range(n):
                 save_image(rng, base / "jpg" / f"image_{image_id:05d}.jpg", (30, 24))
                 labels.append(label)
