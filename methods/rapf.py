@@ -54,12 +54,14 @@ def shrink_cov(cov: torch.Tensor) -> torch.Tensor:
 
 def class_statistics(features: torch.Tensor, labels: torch.Tensor) -> Dict[int, Tuple[torch.Tensor, torch.Tensor]]:
     """RAPF's `analyze_mean_cov`: per class, the mean of its frozen image features and their covariance
-    (`torch.cov`, unbiased) plus 1e-4 I."""
+    (`torch.cov`, unbiased) plus 1e-4 I. A class of one image (no unbiased covariance: the code's is NaN and
+    its sampling fails) gets 1e-4 I alone."""
     out = {}
     for c in labels.unique().tolist():
         x = features[labels == c]
         eye = torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
-        out[int(c)] = (x.mean(0), torch.cov(x.T) + 1e-4 * eye)
+        cov = torch.cov(x.T) if len(x) > 1 else torch.zeros_like(eye)
+        out[int(c)] = (x.mean(0), cov + 1e-4 * eye)
     return out
 
 
