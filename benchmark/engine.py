@@ -222,8 +222,11 @@ def make_optimizer(params: List[nn.Parameter], train: dict) -> torch.optim.Optim
     if name == "adam":
         return torch.optim.Adam(params, lr=train["lr"], weight_decay=train.get("weight_decay", 0.0), fused=fused)
     if name == "sgd":
-        return torch.optim.SGD(params, lr=train["lr"], momentum=train.get("momentum", 0.9),
-                               weight_decay=train.get("weight_decay", 0.0), fused=fused)
+        momentum = train.get("momentum", 0.9)
+        # torch's fused SGD fails when a parameter gets its first gradient after the others have momentum
+        # buffers (a mixture's expert first chosen at a later step); its other kernels give the same update
+        return torch.optim.SGD(params, lr=train["lr"], momentum=momentum, weight_decay=train.get("weight_decay", 0.0),
+                               fused=fused and not momentum)
     raise ValueError(f"unknown optimizer {name!r}")
 
 

@@ -209,3 +209,17 @@ def test_augmented_training_is_reproducible(streams):
     assert any(not torch.equal(x, y) for x, y in zip(a, plain))
 
 
+
+
+def test_sgd_with_momentum_takes_a_parameter_whose_first_gradient_comes_late():
+    """A mixture's expert first chosen at step 2: torch's fused SGD fails on it ('expected Tensor ... got NoneType')."""
+    from clipbench.engine import make_optimizer
+
+    a, b, c = (torch.nn.Parameter(torch.ones(3)) for _ in range(3))
+    opt = make_optimizer([a, b, c], {"optimizer": "sgd", "lr": 0.1, "momentum": 0.9})
+    (a.sum() + b.sum()).backward()
+    opt.step()
+    opt.zero_grad()
+    (a.sum() + b.sum() + c.sum()).backward()
+    opt.step()
+    assert torch.allclose(c.detach(), torch.full((3,), 0.9)) and torch.allclose(a.detach(), torch.full((3,), 0.71))
