@@ -637,7 +637,9 @@ def retention_curve(raw: Dict[str, Any]) -> Optional[List[float]]:
 
 def curves(entries: Sequence[Entry], title: str, path: Path) -> None:
     plt = _plt()
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4))
+    # tall enough for the legend of every row (one column up to 20 rows, then two)
+    columns = 1 if len(entries) <= 20 else 2
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9 + 2 * (columns - 1), max(3.4, 0.16 * -(-len(entries) // columns) + 1.2)))
     colours = plt.get_cmap("tab20")(np.linspace(0, 1, max(len(entries), 2)))
     for k, e in enumerate(entries):
         style = dict(marker="os^D"[k % 4], ms=3, color=colours[k], linestyle=["-", "--", ":"][k % 3],
@@ -653,7 +655,7 @@ def curves(entries: Sequence[Entry], title: str, path: Path) -> None:
         ax.grid(alpha=0.3)
     # the legend sits right of the retention panel; without held-out sets that panel is empty: a's lines name it
     handles, labels = (b if b.lines else a).get_legend_handles_labels()
-    b.legend(handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    b.legend(handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), ncol=columns)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     _save(fig, path)
