@@ -13,7 +13,8 @@ from clipbench.errors import ClipbenchError
 
 from . import bridge
 from .base import Method, MethodConfig, register_method
-from .engine import _eval_mode, _no_cross_entropy
+from .engine import _no_cross_entropy
+from .toolkit import eval_mode
 from .gda import SharedCovarianceGDA
 
 REPO = "LAMDA-CL/C3Box at 1378ab2118f04d4ca0d4782d22bd0098a3eeb666"
@@ -209,14 +210,14 @@ class Bofa(Method):
 
     @torch.no_grad()
     def _pooled(self, model, images: torch.Tensor, batch: int = 128) -> torch.Tensor:
-        with _eval_mode(model):
+        with eval_mode(model):
             return torch.cat([bridge.pooled(self.visual, model.preprocess(images[s:s + batch]))
                               for s in range(0, len(images), batch)])
 
     @torch.no_grad()
     def _template_text(self, model, total: int) -> torch.Tensor:
         """Raw frozen text features of the training prompts of classes 0..total-1 (`init_accuracy`)."""
-        with _eval_mode(model):
+        with eval_mode(model):
             return model.clip.encode_text(model.prompt_tokens[:total])
 
     def before_training_exp(self, strategy, **kwargs):

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import types
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +15,7 @@ from clipbench.errors import ClipbenchError
 from . import bridge, descriptions
 from .base import Method, MethodConfig, register_method
 from .gda import SharedCovarianceGDA
+from .toolkit import eval_mode
 
 REPO = "LAMDA-CL/ICCV25-ENGINE at 8803d66de74d6c24f9300b8f9ad93c13b6de98bf"
 
@@ -288,7 +288,7 @@ class Engine(Method):
         """Raw frozen CLIP text features (no adapter is active at setup), in fixed batches."""
         model.to(self.device)
         assert self.text_adapters.active == 0
-        with _eval_mode(model):
+        with eval_mode(model):
             out = [model.clip.encode_text(model.tokenizer(strings[s:s + batch]).to(self.device))
                    for s in range(0, len(strings), batch)]
         return torch.cat(out) if out else torch.empty(0, 0)
@@ -330,7 +330,7 @@ class Engine(Method):
 
     @torch.no_grad()
     def _pooled(self, model, images: torch.Tensor, batch: int = 128) -> torch.Tensor:
-        with _eval_mode(model):
+        with eval_mode(model):
             return torch.cat([bridge.pooled(self.visual, model.preprocess(images[s:s + batch]))
                               for s in range(0, len(images), batch)])
 
@@ -414,14 +414,3 @@ class Engine(Method):
 def _no_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return logits.new_zeros(())
 
-
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Every module in eval mode for the block, each flag restored after."""
-    flags = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, flag in flags.items():
-            module.training = flag

@@ -13,6 +13,7 @@ from torch.func import functional_call
 from clipbench.errors import ClipbenchError
 
 from .base import Method, MethodConfig, register_method
+from .toolkit import eval_mode
 
 TOWERS = ("image", "text")
 
@@ -402,7 +403,7 @@ class KeepLoRA(Method):
         batches = full_batches(len(labels), strategy.train_mb_size)
         plain = getattr(strategy, "plain_criterion", strategy._criterion)
         sums = [torch.zeros_like(w) for w in weights]
-        with _eval_mode(model), _requiring_grad(weights):
+        with eval_mode(model), _requiring_grad(weights):
             for index in batches:
                 x, y = images[index].to(strategy.device), labels[index].to(strategy.device)
                 loss = plain(model(x), y)  # the code's F.cross_entropy: no label smoothing, whatever the recipe
@@ -423,7 +424,7 @@ class KeepLoRA(Method):
         for module in wrappers:
             module.features = {s.key: FeatureMean() for s in module.slots}
         try:
-            with _eval_mode(model):
+            with eval_mode(model):
                 if "image" in towers:
                     for index in full_batches(len(labels), strategy.train_mb_size):
                         model.encode_images(images[index].to(strategy.device))
@@ -441,17 +442,6 @@ class KeepLoRA(Method):
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.bases = state["bases"]
 
-
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Every module in eval mode for the block, each flag restored after (frozen towers stay put)."""
-    flags = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, flag in flags.items():
-            module.training = flag
 
 
 @contextmanager

@@ -8,7 +8,8 @@ the model, which for a ViT-B/32 would cost 600 MB per teacher.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterable, Optional, Tuple
+from contextlib import contextmanager
+from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -209,3 +210,16 @@ def same_optimizer(optimizer: torch.optim.Optimizer, params, lr_factor: float = 
     settings = {k: v for k, v in optimizer.defaults.items() if k in accepted}
     settings["lr"] = optimizer.defaults["lr"] * lr_factor
     return type(optimizer)(params, **settings)
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Every module of `model` in eval mode for the block, each module's own flag restored after (a frozen tower
+    that stays in eval mode while the rest trains stays so)."""
+    flags = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, flag in flags.items():
+            module.training = flag
