@@ -53,3 +53,16 @@ def no_network(monkeypatch):
 def results(tmp_path):
     """A fresh results folder."""
     return tmp_path / "results"
+
+
+@pytest.fixture(scope="module")
+def vit_file(tmp_path_factory):
+    """A real open_clip architecture (ViT-B-32) with random weights (seed 0) saved to a file, as a user passes
+    real weights: the slow end-to-end runs of the real suites load it."""
+    import open_clip
+    import torch
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "vit-b-32.pt"
+    torch.save(open_clip.create_model("ViT-B-32", pretrained=None).state_dict(), path)
+    return path

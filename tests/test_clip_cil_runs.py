@@ -11,7 +11,6 @@ import json
 import math
 
 import pytest
-import torch
 
 from clipbench.protocols.catalog import get_protocol
 from clipbench.protocols.formats._small import write_small
@@ -19,15 +18,6 @@ from helpers import records, run_cli
 
 RUNS = [("clip_cil", "clipcil_imagenet_r_b0inc20"), ("clip_cil_rapf", "imagenet_r_rapf_10steps")]
 
-
-@pytest.fixture(scope="module")
-def vit_file(tmp_path_factory):
-    import open_clip
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "vit-b-32.pt"
-    torch.save(open_clip.create_model("ViT-B-32", pretrained=None).state_dict(), path)
-    return path
 
 
 @pytest.mark.slow

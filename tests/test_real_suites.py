@@ -19,7 +19,6 @@ import json
 import math
 
 import pytest
-import torch
 
 from clipbench.protocols.catalog import get_protocol
 from clipbench.protocols.metrics import METRICS
@@ -36,15 +35,6 @@ ZERO_SHOT = {"zs_acc", "zs_drop", "zs_retention"}  # metrics of held-out zero-sh
 NEEDS_ZERO_SHOT = ZERO_SHOT | {"a_acc"}  # the founding paper's A-Acc averages UT-Acc and zero-shot accuracy
 RETRIEVAL = {f"{d}_r{k}{drop}" for d in ("i2t", "t2i") for k in (1, 5, 10) for drop in ("", "_drop")}
 
-
-@pytest.fixture(scope="module")
-def vit_file(tmp_path_factory):
-    import open_clip
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "vit-b-32.pt"
-    torch.save(open_clip.create_model("ViT-B-32", pretrained=None).state_dict(), path)
-    return path
 
 
 def expected_metrics(streams) -> set:
