@@ -5,7 +5,7 @@ the protocol's training template) over the classes active in the current experie
 Avalanche plugins; the engine's own plugin adds their extra loss terms (methods never write the
 strategy's loss), keeps frozen modules in eval mode, sets the learning rate of each step
 (`clipbench.schedules`), clips the gradient, and drives the progress bar. The training settings
-(`train.*`, README "Training settings") are read here; `clipbench.spec.validate_train` checks them.
+(`train.*`, docs/settings.md "Training settings") are read here; `clipbench.spec.validate_train` checks them.
 """
 
 from __future__ import annotations

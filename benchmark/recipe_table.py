@@ -1,5 +1,5 @@
-"""README's method x suite table of recipes (`recipe_table()`), from the suite files' `recipes:`
-(`clipbench.recipes`); `tests/test_recipes.py` keeps README equal to it."""
+"""docs/methods.md's method x suite table of recipes (`recipe_table()`), from the suite files' `recipes:`
+(`clipbench.recipes`); `tests/test_recipes.py` keeps docs/methods.md equal to it."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ SUITE_ORDER = ("paper", "cil_cifar100", "cil_tinyimagenet", "mtil", "mtil_cil", 
 
 
 def recipe_table(suites: Sequence[str] = SUITE_ORDER) -> str:
-    """README's method x suite table under `recipe: reference`: which recipe each cell trains with (`own`:
+    """docs/methods.md's method x suite table under `recipe: reference`: which recipe each cell trains with (`own`:
     its authors' on this benchmark; `own*`: its authors' from another benchmark; `suite`: the suite's; `-`:
     no gradient training; blank: not run there), then where each suite's and each own recipe comes from."""
     from clipbench.methods.base import METHODS

@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # only named in annotations: the catalog reads this module's 
 
 DEFAULTS: Dict[str, Any] = {
     "model": {"arch": None, "pretrained": None},
-    # Training settings (README, "Training settings"); every one is checked by `validate_train`.
+    # Training settings (docs/settings.md, "Training settings"); every one is checked by `validate_train`.
     "train": {
         "epochs": 1, "batch_size": 32, "lr": 1e-5, "weight_decay": 0.0,
         "optimizer": "adamw", "momentum": 0.9,  # adamw | adam | sgd (momentum: SGD only)

@@ -34,7 +34,7 @@ Departures:
   100,000 (the code draws 1,000 batches from all of them); the mini suite: 1,000 Tux Paint and emoji images
   of its alignment split. Without a reference set, only the threshold sends batches to zero-shot.
 - The threshold, 0.0655 in the code, was tuned there for AlexNet features; it is kept (measured on the
-  mini suite with the default extractor, see the README).
+  mini suite with the default extractor, see docs/methods.md, "Methods that insert modules").
 """
 
 from __future__ import annotations

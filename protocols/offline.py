@@ -1,4 +1,4 @@
-"""Loaders for the real data that ships in packages (see the README's "Offline assets").
+"""Loaders for the real data that ships in packages (see docs/suites.md, "The offline `mini` suite").
 
 Each loader returns pre-decoded uint8 images at a requested size and fails with one error naming
 the package that provides the data when it is missing. Decoded sets are memoised per process.

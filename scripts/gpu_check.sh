@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU checks of issue 16, in one run (about 5-10 minutes on one H100/H200). NOT RUN YET: no GPU was lent
-# while this was written; the README says so until its figures are filled in from a run.
+# while this was written; docs/performance.md says so until its figures are filled in from a run.
 #   scripts/gpu_check.sh [IMAGE_FOLDER]    (default: 1,000 generated JPEGs in 20 classes)
 # 1. installs the pinned stack into .venv-gpu (the repository's requirements, as `make setup` does);
 # 2. checks that batches fed through pinned memory equal the CPU path's, bit for bit;

@@ -1,6 +1,6 @@
 """Bad and unusual input, given as a new user gives it (issue 31): each case in `CASES` ends in one line on
 stderr naming the thing and the fix, exit 2, no traceback, and nothing written under the results folder.
-The README ("When things go wrong") states how many cases this file tries: `test_the_readme_states_the_count`.
+docs/failures.md ("When things go wrong") states how many cases this file tries: `test_the_docs_state_the_count`.
 
 Beside them, what a user keeps next to clipbench's files stays (`leaderboard --out`, the stale-temporary
 sweep), flags given twice keep every value or are refused, and the data fingerprint follows what the
@@ -19,7 +19,7 @@ import pytest
 from clipbench.protocols import catalog
 from helpers import run_cli
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+FAILURES_PAGE = Path(__file__).resolve().parent.parent / "docs" / "failures.md"
 
 
 @pytest.fixture(autouse=True)
@@ -116,11 +116,11 @@ def test_bad_input_is_one_line_exit_2_nothing_written(files, argv, message, tmp_
     assert not (tmp_path.parent / "escaped").exists() and not list(tmp_path.parent.glob("runs"))
 
 
-def test_the_readme_states_the_count():
-    """The README's count: the cases above, `leaderboard`'s (LEADERBOARD_CASES) and flags given twice (REPEATS)."""
-    count = re.search(r"(\d+) cases of bad input \(`tests/test_bad_inputs\.py`\)", README.read_text())
+def test_the_docs_state_the_count():
+    """docs/failures.md's count: the cases above, `leaderboard`'s (LEADERBOARD_CASES) and flags given twice (REPEATS)."""
+    count = re.search(r"(\d+) cases of bad input \(`tests/test_bad_inputs\.py`\)", FAILURES_PAGE.read_text())
     tried = len(CASES) + len(LEADERBOARD_CASES) + len(REPEATS)
-    assert count and int(count.group(1)) == tried, f"README should say {tried}"
+    assert count and int(count.group(1)) == tried, f"docs/failures.md should say {tried}"
 
 
 # ---- --config: a dotted key is applied as --set applies it (item 4)

@@ -1,6 +1,6 @@
 """Bad values in a user's protocol file, settings and data (issue 31: items 6, 9-12, 17, 18, 21): each is
 refused before anything runs, dry run included: one line naming the file, the line where it is known and the
-fix, exit 2, nothing written. `BAD_VALUES` is the list of cases tried; the README counts them."""
+fix, exit 2, nothing written. `BAD_VALUES` is the list of cases tried (docs/suites.md names it)."""
 
 from __future__ import annotations
 

@@ -243,7 +243,7 @@ def test_mtil_trains_and_scores_each_dataset_with_its_own_templates(tmp_path):
 
 
 def test_a_new_format_is_one_registered_module(tmp_path, monkeypatch):
-    """What the README shows: a format registered from one file is usable by protocol files at once."""
+    """What docs/suites.md says: a format registered from one file is usable by protocol files at once."""
     from clipbench.streams import FileReader, ImageSources, LabelledImages
     from clipbench.protocols.formats import FORMATS, Format, register_format
     from clipbench.protocols.builders.dataset_specs import load_labelled

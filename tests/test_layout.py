@@ -1,5 +1,5 @@
 """The house: every file named for what it holds, no import circle, the model loader free of protocols,
-and a new dataset format or builder being one new file (what the README's "Where things live" says)."""
+and a new dataset format or builder being one new file (what docs/architecture.md, "Where things live", says)."""
 
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ def _extend_package(monkeypatch, registry, package, folder: Path) -> None:
 
 
 def test_a_new_dataset_format_is_one_new_file(tmp_path, monkeypatch):
-    """The README's example: a file `parity_list.py` in the formats folder is usable by protocol files at once."""
+    """docs/suites.md's rule, by example: a file `parity_list.py` in the formats folder is usable by protocol files at once."""
     import clipbench.protocols.formats as formats
     from clipbench.protocols.builders.dataset_specs import load_labelled
     from fixtures_data import write_image_folder

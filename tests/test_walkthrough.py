@@ -1,4 +1,4 @@
-"""The README's "Your data in five minutes", run exactly as written: its `clipbench` commands, in a folder
+"""docs/your-data.md ("Your data in five minutes"), run exactly as written: its `clipbench` commands, in a folder
 outside the checkout holding an ImageFolder of real clip art (three openclipart-png folders) and a captions
 CSV, end with the user's protocol in the leaderboard."""
 
@@ -13,13 +13,14 @@ from clipbench.protocols import catalog
 from helpers import records, run_cli
 from test_new_protocol import captions_csv, clipart_folder
 
-README = Path(__file__).resolve().parent.parent / "README.md"
-HEADING = "## Your data in five minutes"
+ROOT = Path(__file__).resolve().parent.parent
+PAGE = ROOT / "docs" / "your-data.md"
+HEADING = "# Your data in five minutes"
 
 
 def walkthrough_commands() -> list:
-    """The `clipbench` lines of the section's first bash block."""
-    text = README.read_text()
+    """The `clipbench` lines of the page's first bash block."""
+    text = PAGE.read_text()
     section = text[text.index(HEADING):]
     block = section[section.index("```bash\n") + len("```bash\n"):]
     block = block[:block.index("```")]
@@ -35,7 +36,7 @@ def test_the_walkthrough_names_a_protocol_file_and_a_leaderboard():
 @pytest.mark.slow
 def test_walkthrough_from_a_folder_of_images_to_the_leaderboard(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv(catalog.INCLUDE_ENV, "")  # restored after the test, whatever the commands add
-    assert not tmp_path.resolve().is_relative_to(README.parent)
+    assert not tmp_path.resolve().is_relative_to(ROOT)
     clipart_folder(tmp_path)
     captions_csv(tmp_path)
     monkeypatch.chdir(tmp_path)
