@@ -12,6 +12,7 @@ from ..store import atomic_write_json
 from .entries import escape, load, slug, tidy
 from .figures import curves
 from .reported import load_reported, reported_files, reported_tables
+from .site import write_site
 from .tables import (INTRO, Footnotes, _corrupt_of, corrupt_section, main_table, protocol_entries, protocol_na,
                      protocol_page, provenance_footer)
 
@@ -80,6 +81,9 @@ def write(results: Path, out: Path, suite: Optional[str] = None) -> List[Path]:
             parts.append(notes.render() + "\n")
         parts.append(provenance_footer([r for e in suite_entries for r in e.runs]) + "\n")
         put(out / f"{slug(suite_name)}.md", "\n".join(parts))
+    # the same rows as a browsable site, beside the markdown; with `suite`, the index still links the others
+    others = sorted({f[:-5] for f in (_manifest(out) or set()) if f.endswith(".html") and "/" not in f} - {"index"})
+    write_site(out, loaded, reported, put, others if suite else [])
     _prune(out, written, suite)
     return written
 
