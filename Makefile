@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 ASSETS ?= .assets
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-DEBIAN_PACKAGES := dataset-fashion-mnist tuxpaint-stamps-default openclipart-png slurm-wlm munge
+DEBIAN_PACKAGES := dataset-fashion-mnist tuxpaint-stamps-default openclipart-png slurm-wlm munge chromium
 EMOJI  := emoji-datasource-google@16.0.0
 PIP    := $(BIN)/pip install -q --disable-pip-version-check
 

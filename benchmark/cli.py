@@ -147,13 +147,15 @@ def _parser() -> argparse.ArgumentParser:
                            help="also fetch archives whose publisher gives no checksum (FGVC-Aircraft, Tiny ImageNet)")
             d.add_argument("--workers", type=int, default=4, help="parallel downloads (default 4)")
 
-    lb = sub.add_parser("leaderboard", help="markdown, CSV, JSON and pictures from the run records")
+    lb = sub.add_parser("leaderboard", help="markdown, CSV, JSON, pictures and a static HTML site from the run records")
     lb.add_argument("--results", default=DEFAULT_RESULTS, help="folder holding runs/ (default: results)")
     lb.add_argument("--suite", help="only this suite (a name or a suite file)")
     _include(lb)
     lb.add_argument("--out", help="where to write (default: <results>/leaderboards)")
     lb.add_argument("--check", action="store_true", help="regenerate into a temporary folder; fail on any difference")
     lb.add_argument("--print", dest="print_only", action="store_true", help="print a plain table, write nothing")
+    lb.add_argument("--html", action="store_true", help="print only the path of the site's index.html (the site is "
+                    "written with the markdown every time: open it in a browser, or copy the folder to any static host)")
     return p
 
 
@@ -497,7 +499,10 @@ def _cmd_leaderboard(args) -> int:
         print(f"leaderboard check: {out} is up to date")
         return 0
     files = leaderboard.write(results, out, args.suite)
-    print(f"wrote {len(files)} file(s) under {out}")
+    if args.html:
+        print(out / "index.html")
+        return 0
+    print(f"wrote {len(files)} file(s) under {out}; the site: {out / 'index.html'}")
     return 0
 
 
