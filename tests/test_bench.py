@@ -57,4 +57,5 @@ def test_grid_overhead_is_the_grids_wall_time_over_its_runs_training_and_evaluat
     detail = out["grid_overhead"]
     assert detail["runs"] == detail["runs_timed"] == detail["ran"] >= 2 and detail["failed"] == 0
     assert 0 < detail["train_and_eval_s"] <= detail["wall_s"]
-    assert out["grid_wall_over_work"] == round(detail["wall_s"] / detail["train_and_eval_s"], 3) >= 1.0
+    assert out["grid_wall_over_work"] >= 1.0  # the rounded seconds give the ratio to within their rounding
+    assert abs(out["grid_wall_over_work"] * detail["train_and_eval_s"] - detail["wall_s"]) <= 0.05 * (1 + out["grid_wall_over_work"])
