@@ -104,6 +104,11 @@ class Template(SupervisedTemplate):
         self.dataloader = TensorBatches(images, labels, self.train_mb_size, shuffle, self.batches, self.transform,
                                         self.device)
 
+    def criterion(self):
+        # a criterion that knows the experience's labels scores the step's own batch without host syncs
+        for_batch = getattr(self._criterion, "for_batch", None)
+        return for_batch(self.mb_output, self.mb_y) if for_batch else self._criterion(self.mb_output, self.mb_y)
+
     def make_optimizer(self, **kwargs):
         # The engine builds a fresh optimizer over the trainable parameters for every experience.
         # Avalanche's default would put every model parameter into it, frozen towers included,

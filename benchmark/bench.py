@@ -11,6 +11,10 @@ two sides are timed back to back several times and the median of the pairs' rati
   `train_vs_bare_by_method` gives the same for every registered method (its own extra work shows).
 - grid_forward_ratio: images asked of the vision tower during a grid, with evaluation sharing
   (row 0 cached per suite, an untrained model encoded once) over the same grid without it.
+- grid_wall_over_work: a grid's wall time (planning, model loads, data, records, everything) over the sum
+  of its runs' own training and evaluation seconds (`raw.train_seconds` + `raw.eval_seconds` of each
+  record); 1.0 would be a grid that does nothing but train and evaluate (`grid_overhead`). `--grid`
+  measures the whole offline grid (`run --all`: every method, both mini protocols, one seed).
 - peak_rss_mb: the resident-memory high-water mark of a separate process running one suite run.
 - gpu (on a GPU only): ViT-B-32 training throughput in bf16 autocast, its FLOP/s and their share of the
   device's dense bf16 peak (`train_throughput`; null on a machine without CUDA).
@@ -188,6 +192,28 @@ def grid_forward_ratio(suite: str, methods: List[str], protocol: str, sets: List
                                     "grid": f"{suite}/{protocol}: {', '.join(methods)}"}}
 
 
+def grid_overhead(suite: str, methods: Optional[List[str]], sets: List[str]) -> Dict[str, Any]:
+    """One grid on a fresh results folder, in this process: its wall time over its runs' training and
+    evaluation time (from the records it wrote). `methods` None: every registered method."""
+    with tempfile.TemporaryDirectory() as tmp:
+        store = ResultStore(tmp)
+        started = time.perf_counter()
+        specs = plan(suite, methods, None, sets=sets)
+        summary = execute(specs, store, "cpu", progress=False, argv=["bench"], quiet=True)
+        wall = time.perf_counter() - started
+        work, runs = 0.0, 0
+        for spec in specs:
+            raw = (store.read_record(spec) or {}).get("raw") or {}
+            if raw.get("train_seconds") is not None:
+                work += sum(raw["train_seconds"]) + sum(raw.get("eval_seconds") or [])
+                runs += 1
+    return {"grid_wall_over_work": round(wall / work, 3) if work else None,
+            "grid_overhead": {"wall_s": round(wall, 1), "train_and_eval_s": round(work, 1), "runs_timed": runs,
+                              "runs": len(specs), "ran": summary.ran, "n/a": summary.na, "failed": summary.failed,
+                              "grid": f"{suite}: {'every method' if methods is None else ', '.join(methods)}"
+                                      f"{' (' + ' '.join(sets) + ')' if sets else ''}"}}
+
+
 # Dense bf16 tensor-core peaks (FLOP/s) from NVIDIA's data sheets, matched against the device name
 # in this order (so "H100 PCIe" wins over "H100"). Unknown devices get no share of peak.
 PEAK_BF16_FLOPS = (("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("A100", 312e12))
@@ -251,7 +277,7 @@ def child_peak_rss(args: List[str]) -> float:
     return round(max(after, before) / 1024.0, 1)
 
 
-def run(quick: bool) -> Dict[str, Any]:
+def run(quick: bool, grid: bool = False) -> Dict[str, Any]:
     """Measure and return every figure (see the module docstring)."""
     from clipbench.protocols.catalog import get_protocol
 
@@ -274,11 +300,17 @@ def run(quick: bool) -> Dict[str, Any]:
     if quick:
         small = ["protocols.tiny_shapes.train_per_class=8", "protocols.tiny_shapes.test_per_class=4"]
         out.update(grid_forward_ratio("tiny", ["zeroshot", "finetune", "lwf"], "tiny_shapes", small))
+        if not grid:
+            out.update(grid_overhead("tiny", ["zeroshot", "finetune", "lwf", "er"], small))
         # fewer Fashion-MNIST images than the suite's 200/100 per class; the held-out sets as they are
         mini_run = ["--set", "protocols.mini_fashion_mst.train_per_class=50", "protocols.mini_fashion_mst.test_per_class=20"]
         out["peak_rss_of"] = "one mini-suite run (finetune, mini_fashion_mst, 50/20 images per class) in a child process"
     else:
         out.update(grid_forward_ratio("mini", ["zeroshot", "finetune", "lwf", "er"], "mini_fashion_mst", []))
+        if not grid:
+            out.update(grid_overhead("mini", ["zeroshot", "finetune", "lwf", "er", "simplecil", "rapf"], []))
+    if grid:
+        out.update(grid_overhead("mini", None, []))
         mini_run = []
         out["peak_rss_of"] = "one mini-suite run (finetune, mini_fashion_mst) in a child process"
     with tempfile.TemporaryDirectory() as tmp:

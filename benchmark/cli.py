@@ -118,6 +118,8 @@ def _parser() -> argparse.ArgumentParser:
 
     bn = sub.add_parser("bench", help="speed and memory as ratios against bare PyTorch, in one JSON object")
     bn.add_argument("--quick", action="store_true", help="small sizes: under a minute on 2 cores")
+    bn.add_argument("--grid", action="store_true", help="also time the whole offline grid (run --all on mini, "
+                    "a few minutes): its wall time over its runs' training and evaluation time")
     bn.add_argument("--data", metavar="DIR", help="also measure the data path on an image folder DIR/<class>/<image> "
                     "(decode rate against torchvision, warm start, peak memory; the `data` section)")
     bn.add_argument("--data-only", action="store_true", help="with --data: only the `data` section")
@@ -228,6 +230,10 @@ def _cmd_run(args, argv: Sequence[str]) -> int:
         from .avalanche_api import parse_log  # Avalanche's loggers are reached only through it
     log = parse_log(args.log) if args.log else ()
     specs = plan(args.suite, args.method, args.protocol, args.seeds, args.config, args.set, strict_weights=not args.dry_run)
+    if not args.method:  # said once, so nobody wonders where a method went
+        for name, why in get_suite(args.suite).left_out_of_all.items():
+            print(f"clipbench: run --all leaves {name} out of suite {get_suite(args.suite).name}'s grid ({why}); "
+                  f"run it by name: --method {name}", file=sys.stderr)
     if args.shard:
         specs = shard(specs, *_parse_shard(args.shard))
     store = ResultStore(args.results)
@@ -418,7 +424,7 @@ def _cmd_bench(args) -> int:
         raise ClipbenchError("--data-only needs --data DIR")
     if args.workers is not None and args.workers < 1:
         raise ClipbenchError(f"--workers must be 1 or more, got {args.workers}")
-    out = {} if args.data_only else bench_run(args.quick)
+    out = {} if args.data_only else bench_run(args.quick, args.grid)
     if args.data:
         out["data"] = data_run(args.data, args.workers, args.repeats)
     print(json.dumps(out, indent=1))

@@ -257,19 +257,56 @@ def make_criterion(ce_classes: str, label_smoothing: float = 0.0,
     if ce_classes != "current":
         raise ValueError(f"train.ce_classes must be 'seen' or 'current', got {ce_classes!r}")
 
-    def own_experience(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        ranges = list(class_ranges) if class_ranges else [(0, logits.shape[1])]
+    return OwnExperienceCE(list(class_ranges) if class_ranges else None, label_smoothing)
+
+
+class OwnExperienceCE:
+    """`ce_classes: current`'s cross-entropy: each sample over its own experience's classes, mean over the batch.
+
+    `batch_owner`: set once per experience (`set_experience_labels`) when every training label of the
+    experience lies in one experience's range (no replay): the training step's own batches (`for_batch`,
+    called by the template) then skip finding each label's experience, a `unique().tolist()` that waits for
+    the device at every step. Any other call (a method scoring replayed or pseudo samples) takes the general
+    path. Both paths do the same arithmetic on the same values, so the loss is the same to the bit.
+    """
+
+    def __init__(self, ranges: Optional[List[Tuple[int, int]]], label_smoothing: float):
+        self.ranges, self.label_smoothing = ranges, label_smoothing
+        self.batch_owner: Optional[int] = None
+
+    def _ranges(self, logits: torch.Tensor) -> List[Tuple[int, int]]:
+        return self.ranges if self.ranges else [(0, logits.shape[1])]
+
+    def _owners(self, labels: torch.Tensor, ranges: List[Tuple[int, int]]) -> torch.Tensor:
         starts = torch.tensor([lo for lo, _ in ranges], device=labels.device)
-        owner = torch.bucketize(labels, starts, right=True) - 1  # the experience each label belongs to
+        return torch.bucketize(labels, starts, right=True) - 1  # the experience each label belongs to
+
+    def set_experience_labels(self, labels: torch.Tensor, num_classes: int) -> None:
+        """Record the one experience every label of this training set belongs to, if there is one."""
+        ranges = self.ranges if self.ranges else [(0, num_classes)]
+        owners = self._owners(labels.cpu(), ranges).unique().tolist() if len(labels) else []
+        self.batch_owner = owners[0] if len(owners) == 1 else None
+
+    def _sum(self, logits: torch.Tensor, labels: torch.Tensor, lo: int) -> torch.Tensor:
+        return F.cross_entropy(logits, labels - lo, label_smoothing=self.label_smoothing, reduction="sum")
+
+    def __call__(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        ranges = self._ranges(logits)
+        owner = self._owners(labels, ranges)
         total = logits.new_zeros(())
         for k in owner.unique().tolist():
             lo, hi = ranges[k]
             rows = owner == k
-            total = total + F.cross_entropy(logits[rows, lo:hi], labels[rows] - lo,
-                                            label_smoothing=label_smoothing, reduction="sum")
+            total = total + self._sum(logits[rows, lo:hi], labels[rows], lo)
         return total / len(labels)
 
-    return own_experience
+    def for_batch(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The loss of one of the experience's own training batches."""
+        if self.batch_owner is None:
+            return self(logits, labels)
+        lo, hi = self._ranges(logits)[self.batch_owner]
+        # a contiguous copy: the same layout (and so the same bits) as the general path's row selection
+        return (logits.new_zeros(()) + self._sum(logits[:, lo:hi].contiguous(), labels, lo)) / len(labels)
 
 
 def train_experience(model: CLIPClassifier, method: "Method", data: LabelledImages, index: int, num_active: int,
@@ -312,6 +349,9 @@ def train_experience(model: CLIPClassifier, method: "Method", data: LabelledImag
             device=device, plugins=[method, engine], evaluator=log.plugin() if log else EvaluationPlugin(),
         )
     strategy.plain_criterion = make_criterion(train["ce_classes"], 0.0, ranges)
+    for criterion in (strategy._criterion, strategy.plain_criterion):
+        if isinstance(criterion, OwnExperienceCE):
+            criterion.set_experience_labels(data.labels, num_active)
     if log:
         log.start(strategy, index)
     strategy.train(make_experience(data.images, data.labels, index), num_workers=0)

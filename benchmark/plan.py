@@ -9,7 +9,7 @@ from typing import Dict, List, Optional, Sequence
 from clipbench.protocols.catalog import ProtocolDef, SuiteDef, get_protocol, get_suite
 
 from . import claims
-from .errors import ClipbenchError
+from .errors import ClipbenchError, unknown_name_error
 from .recipes import check_suite_recipes
 from .spec import DEFAULTS, RunSpec, dotted_tree, known_settings, resolve_specs, user_overrides, validate_seeds
 from .store import ResultStore
@@ -34,10 +34,13 @@ def plan(suite_name: str, methods: Optional[Sequence[str]] = None, protocols: Op
     """Every run spec of the selection; validates all names and settings before anything runs."""
     suite: SuiteDef = get_suite(suite_name)
     registry = method_registry()
+    for name in suite.left_out_of_all:
+        if name not in registry.names():
+            raise unknown_name_error("method", name, registry.names())
     if methods:
         method_names = list(methods)
-    elif suite.methods == "all":
-        method_names = registry.names()
+    elif suite.methods == "all":  # every registered method but those the suite leaves out of its grid
+        method_names = [m for m in registry.names() if m not in suite.left_out_of_all]
     else:
         method_names = list(suite.methods)
     method_classes = [registry.get(m) for m in method_names]

@@ -193,12 +193,16 @@ Images = Union[torch.Tensor, ImageSources]
 
 
 class JoinedImages:
-    """Several uint8 image tensors [N_k, 3, H, W] read as one, without copying them: a slice `[a:b]` is
-    the same batch `torch.cat(parts)[a:b]` would give, copied only when it straddles two parts. So
-    evaluating every test set in one pass keeps memory-mapped sets on disk instead of one copy in RAM."""
+    """Several uint8 image tensors [N_k, 3, H, W] read as one, without copying them: `[a:b]` is the batch
+    `torch.cat(parts)[a:b]` would give, copied only when it straddles two parts; `[i]` one image; `[index]`
+    (a long or boolean tensor) the rows `torch.cat(parts)[index]` would give, gathered from each part. So
+    evaluating every test set in one pass, and training on a set joined with replayed samples (joint, replay:
+    `LabelledImages.concat`), keep memory-mapped sets on disk instead of one copy in RAM."""
 
     def __init__(self, parts: Sequence[torch.Tensor]):
-        self.parts = [p for p in parts if len(p)] or list(parts[:1])
+        # a joined part is read through its own parts: one level, however sets were joined
+        flat = [q for p in parts for q in (p.parts if isinstance(p, JoinedImages) else [p])]
+        self.parts = [p for p in flat if len(p)] or list(flat[:1])
         self.bounds = np.cumsum([0] + [len(p) for p in self.parts]).tolist()
         self.dtype = self.parts[0].dtype if self.parts else torch.uint8
         self.shape = torch.Size([self.bounds[-1], *(self.parts[0].shape[1:] if self.parts else (3, 0, 0))])
@@ -206,9 +210,18 @@ class JoinedImages:
     def __len__(self) -> int:
         return self.bounds[-1]
 
-    def __getitem__(self, key: slice) -> torch.Tensor:
+    def dim(self) -> int:
+        return len(self.shape)
+
+    def __getitem__(self, key) -> torch.Tensor:
+        if isinstance(key, torch.Tensor):
+            return self.take(key)
+        if isinstance(key, int):
+            key = key + len(self) if key < 0 else key
+            k = int(np.searchsorted(self.bounds, key, side="right")) - 1
+            return self.parts[k][key - self.bounds[k]]
         if not isinstance(key, slice) or key.step not in (None, 1):
-            raise TypeError("JoinedImages takes contiguous slices only")
+            raise TypeError("JoinedImages takes an int, a contiguous slice or an index tensor")
         start, stop, _ = key.indices(len(self))
         pieces = [p[max(start - lo, 0):min(stop, hi) - lo]
                   for p, lo, hi in zip(self.parts, self.bounds, self.bounds[1:]) if lo < stop and start < hi]
@@ -216,9 +229,22 @@ class JoinedImages:
             return pieces[0]
         return torch.cat(pieces) if pieces else self.parts[0][:0]
 
+    def take(self, index: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The rows `index` (long, or a boolean mask) in its order, into `out` when given (e.g. pinned memory)."""
+        index = index.cpu()
+        if index.dtype == torch.bool:
+            index = index.nonzero().squeeze(1)
+        if out is None:
+            out = torch.empty((len(index), *self.shape[1:]), dtype=self.dtype)
+        for part, lo, hi in zip(self.parts, self.bounds, self.bounds[1:]):
+            rows = ((index >= lo) & (index < hi)).nonzero().squeeze(1)
+            if len(rows):
+                out[rows] = part[index[rows] - lo]
+        return out
+
 
 def _check_images(images: Images) -> None:
-    if isinstance(images, ImageSources):
+    if isinstance(images, (ImageSources, JoinedImages)):
         return
     if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be uint8 [N, 3, H, W] or ImageSources, got {images.dtype} {tuple(images.shape)}")
@@ -228,7 +254,7 @@ def _check_images(images: Images) -> None:
 class LabelledImages:
     """Images with one integer label each (labels index the owner's class-name list)."""
 
-    images: Images  # uint8 [N, 3, H, W], or sources the runner decodes for the model
+    images: Images  # uint8 [N, 3, H, W] (or several joined), or sources the runner decodes for the model
     labels: torch.Tensor  # int64 [N]
 
     def __post_init__(self) -> None:
@@ -244,14 +270,16 @@ class LabelledImages:
 
     @staticmethod
     def concat(parts: List["LabelledImages"]) -> "LabelledImages":
-        """One set from several; decoded images are resized to the first part's size when they differ."""
+        """One set from several (`JoinedImages`, no copy); decoded images are resized to the first part's
+        size when they differ."""
         if isinstance(parts[0].images, ImageSources):
             return LabelledImages(ImageSources.concat([p.images for p in parts]), torch.cat([p.labels for p in parts]))
         size = parts[0].images.shape[-2:]
         images = [p.images if p.images.shape[-2:] == size else
-                  F.interpolate(p.images.float(), size=tuple(size), mode="bilinear", antialias=True).round().clamp(0, 255).to(torch.uint8)
+                  F.interpolate(p.images[:].float(), size=tuple(size), mode="bilinear", antialias=True).round().clamp(0, 255).to(torch.uint8)
                   for p in parts]
-        return LabelledImages(torch.cat(images), torch.cat([p.labels for p in parts]))
+        # joined, not copied: a memory-mapped training set stays on disk under its replayed samples
+        return LabelledImages(JoinedImages(images), torch.cat([p.labels for p in parts]))
 
 
 @dataclass
@@ -261,7 +289,7 @@ class CaptionedImages:
     A reference set whose images and sentences come from different sources (ZSCL's ImageNet images and
     Conceptual Captions sentences) has `caption_image` None: its captions describe none of its images."""
 
-    images: Images  # uint8 [N, 3, H, W], or sources the runner decodes for the model
+    images: Images  # uint8 [N, 3, H, W] (or several joined), or sources the runner decodes for the model
     captions: List[str]
     caption_image: Optional[torch.Tensor]  # int64 [M]; None: images and sentences unpaired (reference sets only)
     folds: int = 1  # score recall on this many equal folds of images and average (COCO 5k as 5 x 1k)

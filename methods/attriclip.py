@@ -162,15 +162,6 @@ class AttriCLIP(Method):
     version = 1
     Config = AttriCLIPConfig
 
-    @classmethod
-    def not_applicable(cls, spec) -> Optional[str]:
-        """n/a on the offline mini model: each training image's own prompts need a pass of the text tower per
-        class, backward included, which the mini model's cached MiniLM tower cannot serve (about an hour per mini
-        run on 2 CPU cores, measured); it runs on every open_clip model (tiny, the real suites)."""
-        if spec.model.get("arch") == "clipbench-mini":
-            return ("too slow on the CPU-bound mini model (a text-tower pass per training image and class: about an "
-                    "hour per run on 2 cores); run it on an open_clip model")
-        return None
     train_defaults = {"optimizer": "sgd", "momentum": 0.0, "lr": 8e-4, "weight_decay": 0.0, "batch_size": 16,
                       "epochs": 10, "schedule": "cosine", "ce_classes": "current"}
 

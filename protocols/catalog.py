@@ -258,6 +258,8 @@ class SuiteDef:
     settings: Dict[str, Any] = field(default_factory=dict)  # dotted key -> value, layered before --config and --set
     recipe: str = "shared"  # the default recipe mode: shared | reference (clipbench.recipes)
     recipes: Dict[str, Any] = field(default_factory=dict)  # method -> its authors' recipe on this suite
+    # method -> why `run --all` leaves it out of this suite's grid (`methods: all`); it still runs by name
+    left_out_of_all: Dict[str, str] = field(default_factory=dict)
     train_source: str = ""  # where the suite's own `train:` recipe comes from (repository, commit, files)
     source: str = ""  # the file it was read from
     lines: Dict[str, int] = field(default_factory=dict, compare=False)  # settings key -> its line in `source`
@@ -468,6 +470,10 @@ def load_suite_file(path: Path) -> SuiteDef:
     if recipe not in MODES:
         raise ClipbenchError(f"{_at(where, path, 'recipe')}: recipe: must be one of {', '.join(MODES)}, got {recipe!r}")
     recipes = check_entries(doc.get("recipes"), _at(where, path, "recipes"))
+    left_out = doc.get("left_out_of_all") or {}
+    if not isinstance(left_out, dict) or not all(isinstance(k, str) and isinstance(v, str) and v for k, v in left_out.items()):
+        raise ClipbenchError(f"{_at(where, path, 'left_out_of_all')}: `left_out_of_all:` maps a method name to why "
+                             "`run --all` leaves it out, e.g. `attriclip: about 10 minutes a run`")
     protocols = doc["protocols"]
     if not isinstance(protocols, list) or not all(isinstance(p, str) for p in protocols):
         raise ClipbenchError(f"{_at(where, path, 'protocols')}: `protocols:` is a list of protocol names or files")
@@ -476,7 +482,7 @@ def load_suite_file(path: Path) -> SuiteDef:
         protocols=list(protocols), methods=methods,
         seeds=_suite_seeds(doc.get("seeds", [0]), _at(where, path, "seeds")), train=dict(doc.get("train") or {}),
         eval=dict(doc.get("eval") or {}), data_root=_data_root(doc.get("data_root"), _at(where, path, "data_root")), resources=dict(doc.get("resources") or {}),
-        settings={str(k): v for k, v in settings.items()}, recipe=recipe, recipes=recipes,
+        settings={str(k): v for k, v in settings.items()}, recipe=recipe, recipes=recipes, left_out_of_all=dict(left_out),
         train_source=str(doc.get("train_source", "")), source=str(path),
         lines={str(k): where[("settings", str(k))][1] for k in settings if ("settings", str(k)) in where},
     )

@@ -47,3 +47,15 @@ def test_data_bench_reports_decode_ratio_warm_start_and_memory(tmp_path):
     warm = warm_start(tmp_path, workers=1, arch="clipbench-tiny")
     assert 0 < warm["warm_start_s"] < warm["first_run"]["to_first_batch_s"] + 60
     assert warm["peak_rss_mb"] >= warm["second_run"]["peak_rss_mb"] > 0
+
+
+def test_grid_overhead_is_the_grids_wall_time_over_its_runs_training_and_evaluation():
+    from clipbench.bench import grid_overhead
+
+    small = ["protocols.tiny_shapes.train_per_class=8", "protocols.tiny_shapes.test_per_class=4"]
+    out = grid_overhead("tiny", ["zeroshot", "finetune"], small)
+    detail = out["grid_overhead"]
+    assert detail["runs"] == detail["runs_timed"] == detail["ran"] >= 2 and detail["failed"] == 0
+    assert 0 < detail["train_and_eval_s"] <= detail["wall_s"]
+    assert out["grid_wall_over_work"] >= 1.0  # the rounded seconds give the ratio to within their rounding
+    assert abs(out["grid_wall_over_work"] * detail["train_and_eval_s"] - detail["wall_s"]) <= 0.05 * (1 + out["grid_wall_over_work"])

@@ -213,3 +213,20 @@ def test_flowers102_reads_torchvision_layout(tmp_path):
     assert [p.name for p in data.images.items] == ["image_00004.jpg", "image_00001.jpg"] and data.labels.tolist() == [4, 4]
     data, _ = read(tmp_path, "test")
     assert data.labels.tolist() == [101, 0] and len(names) == 102 and names[0] == Flowers102.classes[0]
+
+
+def test_a_suite_may_leave_a_method_out_of_its_all_grid_and_it_still_runs_by_name(tmp_path, capsys):
+    import yaml
+
+    from clipbench.plan import plan
+
+    mini = plan("mini")
+    assert "attriclip" not in {s.method for s in mini} and len({s.method for s in mini}) >= 40
+    assert {s.method for s in plan("mini", ["attriclip"])} == {"attriclip"}
+    suite = tmp_path / "lo.yaml"
+    suite.write_text(yaml.safe_dump({"name": "lo", "model": {"arch": "clipbench-tiny"}, "protocols": ["tiny_shapes"],
+                                     "left_out_of_all": {"no_such_method": "slow"}}))
+    from clipbench.cli import main
+
+    assert main(["run", "--all", "--suite", str(suite), "--dry-run", "--results", str(tmp_path / "r")]) == 2
+    assert "no_such_method" in capsys.readouterr().err and not (tmp_path / "r").exists()

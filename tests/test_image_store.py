@@ -168,3 +168,26 @@ def test_runs_decode_each_set_once_after_subsampling_into_the_cache_dir(files, t
     assert {p: p.stat().st_mtime_ns for p in sorted((cache / "images").glob("*.u8"))} == before
     assert not (results / "cache" / "images").exists()  # --cache-dir replaced the default
     assert run_cli("run", "--method", "finetune", *args[:-2], "--workers", "0") == 2
+
+
+def test_joined_images_index_as_one_tensor_would_and_concat_copies_nothing():
+    from clipbench.feed import DeviceFeeder
+    from clipbench.streams import JoinedImages, LabelledImages
+
+    parts = [torch.randint(0, 256, (n, 3, 4, 4), dtype=torch.uint8) for n in (5, 0, 3, 7)]
+    whole, joined = torch.cat(parts), JoinedImages(parts)
+    index = torch.randperm(15)[:9]
+    assert torch.equal(joined[index], whole[index])
+    mask = torch.rand(15) > 0.5
+    assert torch.equal(joined[mask], whole[mask])
+    assert torch.equal(joined[6], whole[6]) and torch.equal(joined[-1], whole[-1])
+    staged = torch.empty(9, 3, 4, 4, dtype=torch.uint8)
+    assert torch.equal(joined.take(index, out=staged), whole[index]) and staged.data_ptr() == joined.take(index, staged).data_ptr()
+    assert torch.equal(DeviceFeeder("cpu", 9, (3, 4, 4), torch.uint8).gather(joined, index), whole[index])
+    # replay: the training set joined with a memory stays the tensors it was made of (no copy in RAM)
+    train = LabelledImages(parts[3], torch.zeros(7, dtype=torch.long))
+    memory = LabelledImages(parts[0], torch.ones(5, dtype=torch.long))
+    both = LabelledImages.concat([LabelledImages.concat([train, memory]), memory])
+    assert isinstance(both.images, JoinedImages) and len(both) == 17
+    assert [p.data_ptr() for p in both.images.parts] == [parts[3].data_ptr(), parts[0].data_ptr(), parts[0].data_ptr()]
+    assert torch.equal(both.images[0:17], torch.cat([parts[3], parts[0], parts[0]]))

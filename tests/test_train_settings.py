@@ -199,3 +199,25 @@ def test_offline_suites_keep_plain_training(suite, protocol):
                                   "ce_classes", "optimizer")} == {
         "schedule": "constant", "warmup_steps": 0, "label_smoothing": 0.0, "grad_clip": 0.0, "augment": "none",
         "iterations": 0, "ce_classes": "seen", "optimizer": "adamw"}
+
+
+@pytest.mark.parametrize("recipe", ["clclip", "zscl"])
+def test_batch_augmentation_equals_the_reference_transform_image_by_image(recipe):
+    """The augmenter works on whole batches (clclip resizes the batch at once); every image still gets the
+    pixels and the random draw the reference's per-sample transform gives it, batch after batch."""
+    from torchvision.transforms import v2
+
+    from clipbench.augment import Augmenter
+
+    bicubic = v2.InterpolationMode.BICUBIC
+    images = torch.randint(0, 256, (6, 3, 40, 40), dtype=torch.uint8)
+    reference = (v2.Compose([v2.Resize(round(40 * 256 / 224), interpolation=bicubic, antialias=True),
+                             v2.RandomCrop((40, 40)), v2.RandomHorizontalFlip(p=0.5)]) if recipe == "clclip"
+                 else v2.RandomResizedCrop((40, 40), scale=(0.9, 1.0), interpolation=bicubic, antialias=True))
+    augmenter, generator = Augmenter(recipe, 11), torch.Generator().manual_seed(11)
+    for _ in range(3):
+        seed = int(torch.randint(2**62, (), generator=generator))
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(seed)
+            expected = torch.stack([reference(image) for image in images])
+        assert torch.equal(augmenter(images), expected)
