@@ -123,6 +123,13 @@ def _parser() -> argparse.ArgumentParser:
     bn.add_argument("--data", metavar="DIR", help="also measure the data path on an image folder DIR/<class>/<image> "
                     "(decode rate against torchvision, warm start, peak memory; the `data` section)")
     bn.add_argument("--data-only", action="store_true", help="with --data: only the `data` section")
+    bn.add_argument("--rehearse", action="store_true", help="only the real-scale rehearsal: write a CIFAR-100-sized "
+                    "stream (100 classes, 50,000 + 10,000 JPEGs at 224 px; --scale shrinks it) to a temporary folder "
+                    "and measure decoding, store size, memory, time to the first step and evaluation throughput")
+    bn.add_argument("--scale", type=float, default=1.0, help="with --rehearse: fraction of the image counts (default 1)")
+    bn.add_argument("--arch", default="ViT-S-32", help="with --rehearse: the open_clip model (random weights; "
+                    "default ViT-S-32)")
+    bn.add_argument("--eval-images", type=int, help="with --rehearse: test images to encode (default: all)")
     bn.add_argument("--workers", type=int, help="with --data: decoding processes (default: every available core)")
     bn.add_argument("--repeats", type=int, default=3, help="with --data: decode timings per side (default 3)")
 
@@ -422,6 +429,16 @@ def _cmd_bench(args) -> int:
 
     if args.data_only and not args.data:
         raise ClipbenchError("--data-only needs --data DIR")
+    if args.rehearse:
+        import torch
+
+        from .image_store import default_workers
+        from .rehearse import run as rehearse_run
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        print(json.dumps({"rehearsal": rehearse_run(args.scale, args.workers or default_workers(), args.arch,
+                                                    args.eval_images, device=device)}, indent=1))
+        return 0
     if args.workers is not None and args.workers < 1:
         raise ClipbenchError(f"--workers must be 1 or more, got {args.workers}")
     out = {} if args.data_only else bench_run(args.quick, args.grid)

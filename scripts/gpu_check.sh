@@ -6,7 +6,8 @@
 # 2. checks that batches fed through pinned memory equal the CPU path's, bit for bit;
 # 3. `clipbench bench --data`: store decode rate against torchvision, warm start, peak memory, and ViT-B/16
 #    bf16 training images/s fed from the store beside the same step on images already on the device;
-# 4. the real-suite slow test (paper, mtil, cil_cifar100 on ViT-B-32, a few steps each) on the GPU.
+# 4. `clipbench bench --rehearse --arch ViT-B-16`: the CIFAR-100-sized stream through the store, on the GPU;
+# 5. the real-suite slow test (paper, mtil, cil_cifar100 on ViT-B-32, a few steps each) on the GPU.
 # Everything it prints is also written under ${OUT:-gpu_check_out}/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -64,6 +65,9 @@ PYEOF
 
 echo "== clipbench bench --data $DATA"
 "$VENV/bin/clipbench" bench --data "$DATA" --data-only --repeats 1 | tee "$OUT/bench_data.json"
+
+echo "== real scale rehearsed: a CIFAR-100-sized stream (50,000 + 10,000 JPEGs at 224 px), ViT-B/16 on the GPU"
+"$VENV/bin/clipbench" bench --rehearse --arch ViT-B-16 | tee "$OUT/bench_rehearse.json"
 
 echo "== real suites on the GPU (slow test)"
 "$PY" -m pytest -q -m slow tests/test_real_suites.py --durations=5 | tee "$OUT/slow_test.txt"

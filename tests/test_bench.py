@@ -59,3 +59,21 @@ def test_grid_overhead_is_the_grids_wall_time_over_its_runs_training_and_evaluat
     assert 0 < detail["train_and_eval_s"] <= detail["wall_s"]
     assert out["grid_wall_over_work"] >= 1.0  # the rounded seconds give the ratio to within their rounding
     assert abs(out["grid_wall_over_work"] * detail["train_and_eval_s"] - detail["wall_s"]) <= 0.05 * (1 + out["grid_wall_over_work"])
+
+
+def test_the_real_scale_rehearsal_writes_the_stream_and_measures_it(tmp_path):
+    """At a tiny scale: the stream is written in the lamda_folder layout and read back through the store."""
+    from clipbench.rehearse import run, write_stream
+
+    out = run(scale=0.004, workers=1, arch="ViT-S-32", eval_images=2, folder=str(tmp_path / "stream"))
+    stream = out["stream"]
+    assert (stream["classes"], stream["train_images"], stream["test_images"]) == (2, 4, 2)
+    assert len(list((tmp_path / "stream" / "train").rglob("*.jpg"))) == 4
+    assert 3 * 224 * 224 <= out["store_bytes_per_image"] < 3 * 224 * 224 + 1024  # uint8 at the input size, + metadata
+    assert out["peak_rss_mb"] >= out["rss_after_store"]["anon_mb"] > 0 and out["eval_images_per_s"] > 0
+    assert 0 < out["first_batch_warm_s"] < out["first_step_warm_s"] and 0 < out["first_batch_cold_s"] < out["first_step_cold_s"]
+    assert out["eval_images"] == 2
+    again = write_stream(tmp_path / "again", 0.004, 1)  # the same files every time
+    first = sorted((tmp_path / "stream").rglob("*.jpg"))
+    assert again["files_mb"] == stream["files_mb"] and [p.read_bytes() for p in first] == \
+        [p.read_bytes() for p in sorted((tmp_path / "again").rglob("*.jpg"))]
