@@ -238,8 +238,9 @@ def _cmd_run(args, argv: Sequence[str]) -> int:
     log = parse_log(args.log) if args.log else ()
     specs = plan(args.suite, args.method, args.protocol, args.seeds, args.config, args.set, strict_weights=not args.dry_run)
     if not args.method:  # said once, so nobody wonders where a method went
-        for name, why in get_suite(args.suite).left_out_of_all.items():
-            print(f"clipbench: run --all leaves {name} out of suite {get_suite(args.suite).name}'s grid ({why}); "
+        suite = get_suite(args.suite)
+        for name, why in suite.left_out_of_all.items():
+            print(f"clipbench: run --all leaves {name} out of suite {suite.name}'s grid ({why}); "
                   f"run it by name: --method {name}", file=sys.stderr)
     if args.shard:
         specs = shard(specs, *_parse_shard(args.shard))

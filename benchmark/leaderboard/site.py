@@ -119,10 +119,7 @@ def _metric_text(mean: Optional[float], std: Optional[float]) -> str:
 
 def _cost_value(entry: Entry, key: str) -> Optional[float]:
     vals = [r["costs"][key] for r in entry.runs if r["costs"].get(key) is not None]
-    if not vals:
-        return None
-    v = float(np.mean(vals))
-    return v / 1e6 if key == "trainable_params" else v
+    return _scaled(key, float(np.mean(vals))) if vals else None
 
 
 def _cost_text(key: str, v: Optional[float]) -> str:
@@ -182,6 +179,7 @@ def suite_page(suite: str, loaded: Loaded, reported: Sequence[Dict[str, Any]]) -
             + [c for _, c in COSTS] + ["extra at inference", "mean rank"])
     numeric = {"seeds", *columns, *(c for _, c in COSTS), "mean rank"}
     rows: List[str] = []
+    has_na = any(n.suite == suite for n in loaded.not_applicable)
     for protocol in protocols:
         proto = protocol_entries(entries, suite, protocol)
         own_cols = [m for m in headline_of(protocol) if any(m in r["metrics"] for e in proto for r in e.runs)]
@@ -223,7 +221,7 @@ def suite_page(suite: str, loaded: Loaded, reported: Sequence[Dict[str, Any]]) -
                         f'data-family="{esc(family_of(row["method"]))}" data-recipe="reported" data-kind="reported" '
                         f'title="{esc(doc["source"])}">' + "".join(cells) + "</tr>")
     ths = "".join(f'<th data-type="{"num" if h in numeric else "text"}" data-col="{esc(h)}">{esc(h)}</th>' for h in head)
-    kinds = ["reproduced"] + (["reported"] if docs else []) + (["n/a"] if any("data-kind=\"n/a\"" in r for r in rows) else [])
+    kinds = ["reproduced"] + (["reported"] if docs else []) + (["n/a"] if has_na else [])
     recipes = [recipe_label(e.runs[0]["spec"]) for e in entries] + (["reported"] if docs else [])
     families = [family_of(e.method) for e in entries] + [family_of(r["method"]) for d in docs for r in d["rows"].values()]
     body = (f"<h1>Leaderboard: {esc(suite)}</h1>\n"
