@@ -27,7 +27,7 @@ from . import claims, provenance
 from .costs import PeakMemory, accumulated, peak_rss_mb, state_bytes
 from .decode import decode_streams
 from .errors import ClipbenchError, Diverged, GridError, StorageError
-from .evaluator import Evaluator, Row, row_zero
+from .evaluator import Evaluator, Row, row_zero, stream_texts
 from .image_store import ImageStore, cache_dir
 from .models import LoadedModel, load_model
 from .plan import method_registry, not_applicable
@@ -204,6 +204,8 @@ def _run_experiences(spec: RunSpec, store: ResultStore, device: str, progress: b
     # image files -> the model's own preprocessing, decoded once per machine and memory-mapped
     images = ImageStore(cache_dir(options.cache_dir, store.root), options.workers, progress)
     decode_streams(streams, loaded.preprocess, progress, store=images)
+    if loaded.warm_texts is not None:  # a cached text tower: the run's texts in one pass (changes no number)
+        loaded.warm_texts(stream_texts(streams))
     model = CLIPClassifier(loaded, streams.class_names, streams.train_templates()).to(device)
     model.eval()
     method = method_cls(method_cls.Config(**spec.method_config))
