@@ -73,6 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--cache-dir", help="where decoded images are kept, shared by runners (default: "
                      "$CLIPBENCH_CACHE, else <results>/cache)")
     run.add_argument("--workers", type=int, help="processes decoding images (default: every available core)")
+    run.add_argument("--jobs", type=int, help="local executor: runs at once, each in its own worker process (default: "
+                     "on the CPU one per core, or per --threads cores, bounded by memory (3 GB each); on a GPU 1)")
     run.add_argument("--executor", choices=["local", "slurm", "ray"], default="local",
                      help="local (default): this process; slurm: one job array via submitit; ray: one task per run")
     run.add_argument("--address", help="Ray cluster address (default: start a local one)")
@@ -118,6 +120,8 @@ def _parser() -> argparse.ArgumentParser:
 
     bn = sub.add_parser("bench", help="speed and memory as ratios against bare PyTorch, in one JSON object")
     bn.add_argument("--quick", action="store_true", help="small sizes: under a minute on 2 cores")
+    bn.add_argument("--grid", action="store_true", help="grid_wall_over_work of the whole offline grid (`run --all`, "
+                    "minutes) instead of a small tiny-suite grid")
     bn.add_argument("--data", metavar="DIR", help="also measure the data path on an image folder DIR/<class>/<image> "
                     "(decode rate against torchvision, warm start, peak memory; the `data` section)")
     bn.add_argument("--data-only", action="store_true", help="with --data: only the `data` section")
@@ -235,7 +239,7 @@ def _cmd_run(args, argv: Sequence[str]) -> int:
     if args.dry_run:
         return _print_plan_json(specs, store) if args.json else _print_plan(args.suite, specs, store)
     # every refusal before the first write (removing stale temporaries is one)
-    for flag, value in (("--workers", args.workers), ("--threads", args.threads)):
+    for flag, value in (("--workers", args.workers), ("--threads", args.threads), ("--jobs", args.jobs)):
         if value is not None and value < 1:
             raise ClipbenchError(f"{flag} must be 1 or more, got {value}")
     device = args.device or default_device()
@@ -257,9 +261,15 @@ def _cmd_run(args, argv: Sequence[str]) -> int:
 
         torch.set_num_threads(args.threads)
     if args.executor == "local":
+        from .runner import default_jobs
+
         options = RunOptions(cache_dir=args.cache_dir, workers=args.workers, log=log)
-        summary = execute(specs, store, device, progress=not args.quiet and sys.stderr.isatty(), argv=list(argv),
-                          quiet=args.quiet, options=options)
+        pending = sum(needs_write(s, store) for s in specs)
+        jobs = args.jobs or default_jobs(device, args.threads, pending)
+        # several workers share the cores: each gets --threads, else its share of them
+        threads = args.threads or (max(1, _cores() // jobs) if jobs > 1 else 0)
+        summary = execute(specs, store, device, progress=not args.quiet and sys.stderr.isatty() and jobs == 1,
+                          argv=list(argv), quiet=args.quiet, options=options, jobs=jobs, threads=threads)
     else:
         # runs on other machines read these from the environment the job inherits
         if args.cache_dir:
@@ -283,6 +293,10 @@ def _cmd_run(args, argv: Sequence[str]) -> int:
         for problem in summary.problems:  # every failure again at the end, where it cannot scroll away
             print(f"  {problem}", file=sys.stderr)  # (--quiet: the run's own FAILED line said it, once)
     return 1 if summary.failed or summary.diverged else 0
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _parse_shard(text: str):
@@ -416,7 +430,7 @@ def _cmd_bench(args) -> int:
         raise ClipbenchError("--data-only needs --data DIR")
     if args.workers is not None and args.workers < 1:
         raise ClipbenchError(f"--workers must be 1 or more, got {args.workers}")
-    out = {} if args.data_only else bench_run(args.quick)
+    out = {} if args.data_only else bench_run(args.quick, args.grid)
     if args.data:
         out["data"] = data_run(args.data, args.workers, args.repeats)
     print(json.dumps(out, indent=1))

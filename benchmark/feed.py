@@ -49,7 +49,10 @@ class DeviceFeeder:
         if not self.pinned:
             return source[index]
         staged = self._slot(len(index))
-        torch.index_select(source, 0, index, out=staged)
+        if isinstance(source, torch.Tensor):
+            torch.index_select(source, 0, index, out=staged)
+        else:  # joined sets (`clipbench.streams.JoinedImages`) gather part by part
+            staged.copy_(source[index])
         return self._send(staged)
 
     def put(self, batch: torch.Tensor) -> torch.Tensor:

@@ -155,6 +155,10 @@ def execute_run(spec: RunSpec, store: ResultStore, device: str, progress: bool, 
             "process_peak_rss_mb": round(peak_rss_mb(), 1),  # high-water mark of the whole (last) process so far
             "peak_gpu_mb": round(costs["peak_gpu_bytes"] / 2**20, 1) if costs["peak_gpu_bytes"] is not None else None,
             "wall_seconds": round(costs["wall_seconds"], 3),  # summed over the run's processes
+            # of which training and evaluation (`raw.train_seconds`, `raw.eval_seconds` summed): the rest is the
+            # run's own overhead (building, loading, checkpoints)
+            "train_seconds": round(sum(raw.get("train_seconds") or []), 3),
+            "eval_seconds": round(sum(raw.get("eval_seconds") or []), 3),
             "processes": costs["processes"],  # 1, plus one per resume
             "inference_extras": state["inference_extras"],  # what inference needs beyond the model ("": nothing)
             "exemplars": state["exemplars"],  # training images the method keeps, after its last experience
@@ -327,17 +331,83 @@ def unfinished(specs: Sequence[RunSpec], store: ResultStore, argv: Sequence[str]
 
 
 def execute(specs: Sequence[RunSpec], store: ResultStore, device: str, progress: bool, argv: List[str],
-            quiet: bool = False, options: Optional[RunOptions] = None) -> Summary:
+            quiet: bool = False, options: Optional[RunOptions] = None, jobs: int = 1, threads: int = 0) -> Summary:
     """Run every spec that has no complete record, in order (a failed run does not stop the others).
-    Returns counts, and the failed and diverged runs with why."""
-    provenance.code_version()  # pin the commit of the code this process loaded
+    Returns counts, and the failed and diverged runs with why.
+
+    `jobs` > 1: that many worker processes (each with `threads` torch threads, 0: torch's default) take the
+    runs in plan order, each the next one left; a run's numbers do not depend on the process it ran in
+    (the frozen towers' caches are per process and compute every row alike)."""
+    code = provenance.code_version()  # pin the commit of the code this process loaded
+    if jobs > 1 and len(specs) > 1:
+        return _execute_parallel(specs, store, device, argv, quiet, options or RunOptions(), jobs, threads, code)
     summary = Summary()
     for i, spec in enumerate(specs, 1):
         outcome = run_one(spec, store, device, progress, argv, quiet, label=f"[{i}/{len(specs)}]", options=options)
-        summary.add(outcome)
-        if outcome in ("failed", "diverged"):
-            error = (store.read_record(spec) or {}).get("error") or {}
-            summary.problems.append(f"{spec_label(spec)}: {outcome}: {error.get('type', '?')}: {error.get('message', '?')}")
+        _count(summary, spec, outcome, store)
+    return summary
+
+
+def _count(summary: Summary, spec: RunSpec, outcome: str, store: ResultStore) -> None:
+    summary.add(outcome)
+    if outcome in ("failed", "diverged"):
+        error = (store.read_record(spec) or {}).get("error") or {}
+        summary.problems.append(f"{spec_label(spec)}: {outcome}: {error.get('type', '?')}: {error.get('message', '?')}")
+
+
+def default_jobs(device: str, threads: Optional[int], pending: int) -> int:
+    """Worker processes for `clipbench run` when `--jobs` is not given: on the CPU, one per `threads` cores this
+    process may use (threads: 1 when not given), at most one per pending run and one per 3 GB of available
+    memory (a mini run peaks near 2 GB); on a GPU, one (the runs share the device); for fewer than 4 runs, one
+    (a worker takes seconds to start: it imports torch, open_clip and Avalanche again)."""
+    import os
+
+    if not device.startswith("cpu") or pending < 4:
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    jobs = max(1, cores // max(1, threads or 1))
+    try:
+        with open("/proc/meminfo") as fh:
+            available = next(int(line.split()[1]) for line in fh if line.startswith("MemAvailable:")) * 1024
+        jobs = min(jobs, max(1, available // (3 * 2**30)))
+    except (OSError, StopIteration, ValueError):
+        pass
+    return max(1, min(jobs, pending))
+
+
+def _worker_start(threads: int, code: Dict[str, Any]) -> None:
+    """In each worker: its torch threads, and the commit the parent pinned (a commit made while the grid runs
+    must not be credited with its numbers)."""
+    if threads:
+        torch.set_num_threads(threads)
+    provenance.code_version = lambda: dict(code)  # type: ignore[assignment]
+
+
+def _worker_run(spec: Dict[str, Any], root: str, device: str, argv: List[str], quiet: bool, label: str,
+                options: RunOptions) -> str:
+    return run_one(RunSpec.from_dict(spec), ResultStore(root), device, False, argv, quiet, label=label, options=options)
+
+
+def _execute_parallel(specs: Sequence[RunSpec], store: ResultStore, device: str, argv: List[str], quiet: bool,
+                      options: RunOptions, jobs: int, threads: int, code: Dict[str, Any]) -> Summary:
+    """`execute` over `jobs` worker processes (spawned: a forked torch can hang on its thread pools)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    if options.on_model_loaded is not None:
+        raise ValueError("on_model_loaded needs runs in this process (jobs=1)")
+    summary = Summary()
+    root = str(store.root.resolve())
+    with ProcessPoolExecutor(max_workers=min(jobs, len(specs)), mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_worker_start, initargs=(threads, code)) as pool:
+        futures = [pool.submit(_worker_run, {**s.to_dict(), "data_root": s.data_root}, root, device, list(argv), quiet,
+                               f"[{i}/{len(specs)}]", options) for i, s in enumerate(specs, 1)]
+        try:
+            for spec, future in zip(specs, futures):  # in plan order; a StorageError or GridError stops the grid
+                _count(summary, spec, future.result(), store)
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)  # the runs under way finish; no other starts
+            raise
     return summary
 
 

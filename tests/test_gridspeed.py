@@ -1,5 +1,6 @@
 """The grid's speed-ups change no number: each one against the computation it replaced."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -124,3 +125,41 @@ def test_warming_the_text_cache_changes_no_feature():
     assert all(k in store for k in keys)
     with torch.no_grad():
         assert torch.equal(loaded.clip.text.pooled(tokens), few)
+
+
+def test_joined_images_index_as_the_concatenation_would():
+    """`LabelledImages.concat` copies no image: every way training and methods index the joined set gives what
+    `torch.cat` of the parts gives."""
+    from clipbench.streams import JoinedImages, LabelledImages
+
+    g = torch.Generator().manual_seed(0)
+    parts = [torch.randint(0, 256, (n, 3, 4, 4), dtype=torch.uint8, generator=g) for n in (5, 0, 3, 7)]
+    whole = torch.cat(parts)
+    joined = JoinedImages(parts)
+    keys = [slice(0, 15), slice(4, 9), slice(6, 8), slice(0, 15, 2), torch.randperm(15, generator=g)[:9],
+            torch.tensor([14, 0, 0, 7, -1]), whole[:, 0, 0, 0] > 128, [3, 11], 12, -15]
+    for key in keys:
+        assert torch.equal(joined[key], whole[key]), key
+    assert joined.shape == whole.shape and len(joined) == 15 and joined.dim() == 4
+    labelled = LabelledImages.concat([LabelledImages(p, torch.full((len(p),), k)) for k, p in enumerate(parts)])
+    assert isinstance(labelled.images, JoinedImages)
+    assert all(a is b for a, b in zip(labelled.images.parts, [parts[0], parts[2], parts[3]]))  # the same tensors
+    again = LabelledImages.concat([labelled, LabelledImages(parts[0], torch.zeros(5, dtype=torch.long))])
+    assert torch.equal(again.images[0:20], torch.cat([whole, parts[0]]))
+    picked = labelled.subset(torch.tensor([1, 9, 14]))
+    assert torch.equal(picked.images, whole[[1, 9, 14]]) and picked.labels.tolist() == [0, 3, 3]
+    with pytest.raises(IndexError):
+        joined[torch.tensor([15])]
+
+
+def test_training_batches_from_joined_images_equal_the_concatenation():
+    from clipbench.avalanche_api import TensorBatches
+    from clipbench.streams import JoinedImages
+
+    parts = [torch.randint(0, 256, (n, 3, 2, 2), dtype=torch.uint8) for n in (6, 5)]
+    labels = torch.arange(11)
+    batches = []
+    for images in (torch.cat(parts), JoinedImages(parts)):
+        torch.manual_seed(1)
+        batches.append([b[0] for b in TensorBatches(images, labels, 4)])
+    assert all(torch.equal(a, b) for a, b in zip(*batches)) and len(batches[0]) == 3
