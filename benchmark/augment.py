@@ -25,12 +25,6 @@ Determinism: each experience's augmenter owns a generator, seeded by one draw fr
 generator (which the runner seeds per run and experience) when the experience starts; each batch
 draws one seed from it, and torchvision draws that batch's parameters from the CPU generator forked
 to that seed, so augmenting never moves the global random state (the data order) further.
-
-Batched: each image's parameters are drawn by the transforms' own `make_params`, image after image in
-the order the per-image pipeline drew them (clclip: the crop, then the flip), and applied to the whole
-batch: clclip resizes the batch in one call, then crops and flips each image by indexing; zscl resizes
-the crops of one size together. Resizing works pixel by pixel, so the images are the ones the per-image
-pipeline gave, to the bit (`tests/test_augment.py` compares both).
 """
 
 from __future__ import annotations
@@ -47,7 +41,6 @@ RECIPES: Dict[str, str] = {
 
 
 def _transform(recipe: str, height: int, width: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The recipe as torchvision's per-image pipeline (what `_Batched` reproduces on whole batches)."""
     from torchvision.transforms import v2  # lazily: torchvision is heavy to import
 
     bicubic = v2.InterpolationMode.BICUBIC
@@ -57,53 +50,6 @@ def _transform(recipe: str, height: int, width: int) -> Callable[[torch.Tensor],
     if recipe == "zscl":
         return v2.RandomResizedCrop((height, width), scale=(0.9, 1.0), interpolation=bicubic, antialias=True)
     raise ValueError(f"unknown augmentation recipe {recipe!r}")
-
-
-CHUNK_PIXELS = 16 * 96 * 96  # pixels resized per call (16 images at 96 px, 3 at 224): a whole batch of 64 at 224 px
-# resized 2x slower here than image by image (its float copy outgrows the cache); 16 at 96 px 3x faster
-
-
-class _Batched:
-    """One recipe at one image size, applied to a whole uint8 batch [B, 3, H, W] with each image's own draw."""
-
-    def __init__(self, recipe: str, height: int, width: int):
-        from torchvision.transforms import v2
-
-        self.recipe, self.size, self.v2 = recipe, (height, width), v2
-        self.pipeline = _transform(recipe, height, width)
-        if recipe == "clclip":
-            self.resize, self.crop, self.flip = self.pipeline.transforms
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        if not len(images):
-            return images
-        F = self.v2.functional
-        bicubic = self.v2.InterpolationMode.BICUBIC
-        if self.recipe == "clclip":
-            step = max(1, CHUNK_PIXELS // (images.shape[-2] * images.shape[-1]))
-            resized = torch.cat([F.resize(images[a:a + step], self.resize.size, interpolation=bicubic, antialias=True)
-                                 for a in range(0, len(images), step)])
-            h, w = self.size
-            out = torch.empty((len(images), images.shape[1], h, w), dtype=images.dtype, device=images.device)
-            for k in range(len(images)):  # the draws in the per-image order: crop, then flip
-                params = self.crop.make_params([resized[k]])
-                crop = resized[k, :, params["top"]:params["top"] + h, params["left"]:params["left"] + w]
-                out[k] = crop.flip(-1) if torch.rand(1) < self.flip.p else crop  # RandomHorizontalFlip keeps rand >= p
-            return out
-        # zscl: one crop box per image; the crops of one size are resized together
-        boxes = [self.pipeline.make_params([image]) for image in images]
-        out = torch.empty((len(images), images.shape[1], *self.size), dtype=images.dtype, device=images.device)
-        by_size: Dict[tuple, list] = {}
-        for k, box in enumerate(boxes):
-            by_size.setdefault((box["height"], box["width"]), []).append(k)
-        for (h, w), members in by_size.items():
-            step = max(1, CHUNK_PIXELS // (h * w))
-            crops = torch.stack([images[k, :, boxes[k]["top"]:boxes[k]["top"] + h, boxes[k]["left"]:boxes[k]["left"] + w]
-                                 for k in members])
-            out[torch.tensor(members, device=images.device)] = torch.cat([
-                F.resize(crops[a:a + step], list(self.size), interpolation=bicubic, antialias=True)
-                for a in range(0, len(crops), step)])
-        return out
 
 
 class Augmenter:
@@ -118,12 +64,12 @@ class Augmenter:
         images = images.to(self.device, non_blocking=True)
         size = tuple(images.shape[-2:])
         if size not in self._transforms:
-            self._transforms[size] = _Batched(self.recipe, *size)
+            self._transforms[size] = _transform(self.recipe, *size)
         transform = self._transforms[size]
         batch_seed = int(torch.randint(2**62, (), generator=self.generator))
         with torch.random.fork_rng(devices=[]):  # the CPU generator only; CUDA's is left alone
             torch.default_generator.manual_seed(batch_seed)
-            return transform(images)
+            return torch.stack([transform(image) for image in images])
 
 
 def make_augmenter(recipe: str, device: str = "cpu") -> Optional[Augmenter]:

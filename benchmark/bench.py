@@ -188,30 +188,6 @@ def grid_forward_ratio(suite: str, methods: List[str], protocol: str, sets: List
                                     "grid": f"{suite}/{protocol}: {', '.join(methods)}"}}
 
 
-def grid_wall_over_work(argv: List[str]) -> Dict[str, Any]:
-    """`clipbench run <argv>` into a fresh results folder, in this process as the command line runs it (plan,
-    worker processes, model loads, records): its wall time over the sum of its runs' training and
-    evaluation seconds (`costs.train_seconds` + `costs.eval_seconds`). Below 1 when runs overlap in
-    worker processes; the wall time is the machine's, so a busy machine raises it."""
-    import json
-    from pathlib import Path
-
-    from .cli import main as cli_main
-
-    with tempfile.TemporaryDirectory() as tmp:
-        started = time.perf_counter()
-        cli_main(["run", *argv, "--results", tmp, "--quiet"])
-        wall = time.perf_counter() - started
-        records = [json.loads(p.read_text()) for p in Path(tmp).glob("runs/*/*/*/*/run.json")]
-    done = [r for r in records if r.get("status") == "complete"]
-    train = sum(r["costs"]["train_seconds"] for r in done)
-    evaluation = sum(r["costs"]["eval_seconds"] for r in done)
-    return {"grid_wall_over_work": round(wall / max(train + evaluation, 1e-9), 3),
-            "grid_overhead": {"grid": " ".join(argv), "runs": len(done), "wall_seconds": round(wall, 1),
-                              "train_seconds": round(train, 1), "eval_seconds": round(evaluation, 1),
-                              "runs_wall_seconds": round(sum(r["costs"]["wall_seconds"] for r in done), 1)}}
-
-
 # Dense bf16 tensor-core peaks (FLOP/s) from NVIDIA's data sheets, matched against the device name
 # in this order (so "H100 PCIe" wins over "H100"). Unknown devices get no share of peak.
 PEAK_BF16_FLOPS = (("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("A100", 312e12))
@@ -275,7 +251,7 @@ def child_peak_rss(args: List[str]) -> float:
     return round(max(after, before) / 1024.0, 1)
 
 
-def run(quick: bool, grid: bool = False) -> Dict[str, Any]:
+def run(quick: bool) -> Dict[str, Any]:
     """Measure and return every figure (see the module docstring)."""
     from clipbench.protocols.catalog import get_protocol
 
@@ -305,11 +281,6 @@ def run(quick: bool, grid: bool = False) -> Dict[str, Any]:
         out.update(grid_forward_ratio("mini", ["zeroshot", "finetune", "lwf", "er"], "mini_fashion_mst", []))
         mini_run = []
         out["peak_rss_of"] = "one mini-suite run (finetune, mini_fashion_mst) in a child process"
-    if grid:  # the whole offline grid, as `clipbench run --all` runs it
-        out.update(grid_wall_over_work(["--all"]))
-    else:  # a small grid: the tiny suite
-        out.update(grid_wall_over_work(["--suite", "tiny", "--method", "zeroshot", "finetune", "lwf", "--protocol",
-                                        "tiny_shapes", "--set", *(small if quick else ["protocols.tiny_shapes.train_per_class=32"])]))
     with tempfile.TemporaryDirectory() as tmp:
         out["peak_rss_mb"] = child_peak_rss(["run", "--method", "finetune", "--protocol", "mini_fashion_mst",
                                              "--suite", "mini", "--results", tmp, "--quiet", *mini_run])

@@ -120,8 +120,6 @@ def _parser() -> argparse.ArgumentParser:
 
     bn = sub.add_parser("bench", help="speed and memory as ratios against bare PyTorch, in one JSON object")
     bn.add_argument("--quick", action="store_true", help="small sizes: under a minute on 2 cores")
-    bn.add_argument("--grid", action="store_true", help="grid_wall_over_work of the whole offline grid (`run --all`, "
-                    "minutes) instead of a small tiny-suite grid")
     bn.add_argument("--data", metavar="DIR", help="also measure the data path on an image folder DIR/<class>/<image> "
                     "(decode rate against torchvision, warm start, peak memory; the `data` section)")
     bn.add_argument("--data-only", action="store_true", help="with --data: only the `data` section")
@@ -430,7 +428,7 @@ def _cmd_bench(args) -> int:
         raise ClipbenchError("--data-only needs --data DIR")
     if args.workers is not None and args.workers < 1:
         raise ClipbenchError(f"--workers must be 1 or more, got {args.workers}")
-    out = {} if args.data_only else bench_run(args.quick, args.grid)
+    out = {} if args.data_only else bench_run(args.quick)
     if args.data:
         out["data"] = data_run(args.data, args.workers, args.repeats)
     print(json.dumps(out, indent=1))

@@ -240,16 +240,8 @@ def set_trainable(model: CLIPClassifier, method: "Method") -> int:
     return sum(p.numel() for p in {id(p): p for p in params}.values())
 
 
-def label_owners(labels: torch.Tensor, class_ranges: Optional[Sequence[Tuple[int, int]]], n_classes: int) -> torch.Tensor:
-    """The experience each label belongs to (its index in `class_ranges`; None: one range of `n_classes`)."""
-    ranges = list(class_ranges) if class_ranges else [(0, n_classes)]
-    starts = torch.tensor([lo for lo, _ in ranges], device=labels.device)
-    return torch.bucketize(labels, starts, right=True) - 1
-
-
 def make_criterion(ce_classes: str, label_smoothing: float = 0.0,
-                   class_ranges: Optional[Sequence[Tuple[int, int]]] = None,
-                   owners: Optional[Sequence[int]] = None):
+                   class_ranges: Optional[Sequence[Tuple[int, int]]] = None):
     """The cross-entropy of a training step, with `label_smoothing` (ZSCL: 0.2).
 
     "seen": over every active class. "current": each sample over its own experience's classes
@@ -259,28 +251,18 @@ def make_criterion(ce_classes: str, label_smoothing: float = 0.0,
     softmax) and as ZSCL trains each MTIL task and CIL step over its own classes; a replayed sample
     is scored over its own experience's classes instead of falling outside the current range (a loss
     of about 5,000 per sample under the mask). The mean is over the batch.
-
-    `owners`: the experiences (indices into `class_ranges`) whose labels the training data holds, found once
-    per experience (`label_owners`); None: found in every batch, which waits for the device at every step.
-    A batch without an owner's samples adds that owner's empty sum, exactly 0. With one owner (no replay)
-    the batch is scored without grouping, the same numbers.
     """
     if ce_classes == "seen":
         return nn.CrossEntropyLoss(label_smoothing=label_smoothing)
     if ce_classes != "current":
         raise ValueError(f"train.ce_classes must be 'seen' or 'current', got {ce_classes!r}")
-    fixed = sorted(set(int(k) for k in owners)) if owners is not None else None
 
     def own_experience(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         ranges = list(class_ranges) if class_ranges else [(0, logits.shape[1])]
+        starts = torch.tensor([lo for lo, _ in ranges], device=labels.device)
+        owner = torch.bucketize(labels, starts, right=True) - 1  # the experience each label belongs to
         total = logits.new_zeros(())
-        if fixed is not None and len(fixed) == 1:  # every sample is one experience's: no grouping
-            lo, hi = ranges[fixed[0]]
-            total = total + F.cross_entropy(logits[:, lo:hi].contiguous(), labels - lo,
-                                            label_smoothing=label_smoothing, reduction="sum")
-            return total / len(labels)
-        owner = label_owners(labels, ranges, logits.shape[1])  # the experience each label belongs to
-        for k in (fixed if fixed is not None else owner.unique().tolist()):
+        for k in owner.unique().tolist():
             lo, hi = ranges[k]
             rows = owner == k
             total = total + F.cross_entropy(logits[rows, lo:hi], labels[rows] - lo,
@@ -319,19 +301,17 @@ def train_experience(model: CLIPClassifier, method: "Method", data: LabelledImag
     engine = EnginePlugin([method], iterations, progress, desc=f"train exp {index}", lr_at=lr_at,
                           grad_clip=train["grad_clip"], clipped=trainable, experience=index + 1)
     ranges = [(c[0], c[-1] + 1) for c in experience_classes if c] if experience_classes else None
-    # the experiences whose samples this experience trains on (replay adds earlier ones), once, not per step
-    owners = label_owners(data.labels, ranges, num_active).unique().tolist() if train["ce_classes"] == "current" else None
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="No loggers specified")  # metrics come from records, not loggers
         strategy = Template(
             model=model, optimizer=make_optimizer(trainable, train),
-            criterion=make_criterion(train["ce_classes"], train["label_smoothing"], ranges, owners),
+            criterion=make_criterion(train["ce_classes"], train["label_smoothing"], ranges),
             train_mb_size=train["batch_size"], eval_mb_size=train["batch_size"],
             train_epochs=1 if train["iterations"] else train["epochs"],
             batches=train["iterations"] or None, transform=make_augmenter(train["augment"], device),
             device=device, plugins=[method, engine], evaluator=log.plugin() if log else EvaluationPlugin(),
         )
-    strategy.plain_criterion = make_criterion(train["ce_classes"], 0.0, ranges, owners)
+    strategy.plain_criterion = make_criterion(train["ce_classes"], 0.0, ranges)
     if log:
         log.start(strategy, index)
     strategy.train(make_experience(data.images, data.labels, index), num_workers=0)

@@ -49,10 +49,7 @@ class DeviceFeeder:
         if not self.pinned:
             return source[index]
         staged = self._slot(len(index))
-        if isinstance(source, torch.Tensor):
-            torch.index_select(source, 0, index, out=staged)
-        else:  # joined sets (`clipbench.streams.JoinedImages`) gather part by part
-            staged.copy_(source[index])
+        torch.index_select(source, 0, index, out=staged)
         return self._send(staged)
 
     def put(self, batch: torch.Tensor) -> torch.Tensor:

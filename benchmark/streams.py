@@ -189,72 +189,37 @@ class ImageSources:
         return ImageSources(parts[0].reader, [i for p in parts for i in p.items])
 
 
-Images = Union[torch.Tensor, ImageSources, "JoinedImages"]
+Images = Union[torch.Tensor, ImageSources]
 
 
 class JoinedImages:
-    """Several uint8 image tensors [N_k, 3, H, W] read as one, without copying them: `[key]` gives what
-    `torch.cat(parts)[key]` would give, copying only the rows asked for. A slice `[a:b]` is a view when it
-    lies in one part; an index (integers, a boolean mask, one integer) gathers its rows part by part. So
-    evaluating every test set in one pass, and training on sets joined with `LabelledImages.concat` (a
-    joint learner's whole stream, replay's experience plus memory), keeps memory-mapped sets on disk
-    instead of one copy in RAM."""
+    """Several uint8 image tensors [N_k, 3, H, W] read as one, without copying them: a slice `[a:b]` is
+    the same batch `torch.cat(parts)[a:b]` would give, copied only when it straddles two parts. So
+    evaluating every test set in one pass keeps memory-mapped sets on disk instead of one copy in RAM."""
 
     def __init__(self, parts: Sequence[torch.Tensor]):
         self.parts = [p for p in parts if len(p)] or list(parts[:1])
         self.bounds = np.cumsum([0] + [len(p) for p in self.parts]).tolist()
         self.dtype = self.parts[0].dtype if self.parts else torch.uint8
         self.shape = torch.Size([self.bounds[-1], *(self.parts[0].shape[1:] if self.parts else (3, 0, 0))])
-        self.device = self.parts[0].device if self.parts else torch.device("cpu")
-        self._starts = torch.tensor(self.bounds[1:-1], dtype=torch.long)
 
     def __len__(self) -> int:
         return self.bounds[-1]
 
-    def dim(self) -> int:
-        return len(self.shape)
-
-    def size(self, dim: Optional[int] = None):
-        return self.shape if dim is None else self.shape[dim]
-
-    def __getitem__(self, key: Any) -> torch.Tensor:
-        if len(self.parts) == 1:
-            return self.parts[0][key]
-        if isinstance(key, slice) and key.step in (None, 1):
-            start, stop, _ = key.indices(len(self))
-            pieces = [p[max(start - lo, 0):min(stop, hi) - lo]
-                      for p, lo, hi in zip(self.parts, self.bounds, self.bounds[1:]) if lo < stop and start < hi]
-            if len(pieces) == 1:
-                return pieces[0]
-            return torch.cat(pieces) if pieces else self.parts[0][:0]
-        if isinstance(key, (int, np.integer)):
-            return self[[int(key)]][0]
-        index = torch.arange(len(self))[key] if isinstance(key, slice) else torch.as_tensor(key)
-        if index.dtype == torch.bool:
-            if index.shape != (len(self),):
-                raise IndexError(f"a mask of {tuple(index.shape)} for {len(self)} images")
-            index = index.nonzero().flatten()
-        index = index.reshape(-1).long().cpu()
-        if len(index) and (int(index.min()) < -len(self) or int(index.max()) >= len(self)):
-            raise IndexError(f"image index out of range for {len(self)} images")
-        index = torch.where(index < 0, index + len(self), index)
-        owner = torch.bucketize(index, self._starts, right=True)  # the part each row lies in
-        out = torch.empty((len(index), *self.shape[1:]), dtype=self.dtype, device=self.device)
-        for k in owner.unique().tolist():
-            rows = (owner == k).nonzero().flatten()
-            out[rows.to(self.device)] = self.parts[k][(index[rows] - self.bounds[k]).to(self.parts[k].device)]
-        return out
-
-    def materialize(self) -> torch.Tensor:
-        """Every image in one tensor (a copy)."""
-        return self[0:len(self)]
+    def __getitem__(self, key: slice) -> torch.Tensor:
+        if not isinstance(key, slice) or key.step not in (None, 1):
+            raise TypeError("JoinedImages takes contiguous slices only")
+        start, stop, _ = key.indices(len(self))
+        pieces = [p[max(start - lo, 0):min(stop, hi) - lo]
+                  for p, lo, hi in zip(self.parts, self.bounds, self.bounds[1:]) if lo < stop and start < hi]
+        if len(pieces) == 1:
+            return pieces[0]
+        return torch.cat(pieces) if pieces else self.parts[0][:0]
 
 
 def _check_images(images: Images) -> None:
     if isinstance(images, ImageSources):
         return
-    if isinstance(images, JoinedImages):
-        images = images.parts[0][:0]
     if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be uint8 [N, 3, H, W] or ImageSources, got {images.dtype} {tuple(images.shape)}")
 
@@ -279,17 +244,14 @@ class LabelledImages:
 
     @staticmethod
     def concat(parts: List["LabelledImages"]) -> "LabelledImages":
-        """One set from several, without copying their images (`JoinedImages`: memory-mapped sets stay on disk);
-        decoded images are resized to the first part's size when they differ (those parts are copies)."""
+        """One set from several; decoded images are resized to the first part's size when they differ."""
         if isinstance(parts[0].images, ImageSources):
             return LabelledImages(ImageSources.concat([p.images for p in parts]), torch.cat([p.labels for p in parts]))
         size = parts[0].images.shape[-2:]
-        images: List[torch.Tensor] = []
-        for p in parts:
-            for part in (p.images.parts if isinstance(p.images, JoinedImages) else [p.images]):
-                images.append(part if part.shape[-2:] == size else F.interpolate(
-                    part.float(), size=tuple(size), mode="bilinear", antialias=True).round().clamp(0, 255).to(torch.uint8))
-        return LabelledImages(JoinedImages(images), torch.cat([p.labels for p in parts]))
+        images = [p.images if p.images.shape[-2:] == size else
+                  F.interpolate(p.images.float(), size=tuple(size), mode="bilinear", antialias=True).round().clamp(0, 255).to(torch.uint8)
+                  for p in parts]
+        return LabelledImages(torch.cat(images), torch.cat([p.labels for p in parts]))
 
 
 @dataclass

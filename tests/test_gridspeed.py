@@ -1,11 +1,8 @@
 """The grid's speed-ups change no number: each one against the computation it replaced."""
 
-import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from clipbench.engine import label_owners, make_criterion
 from clipbench.evaluate import any_training, encoding_mode
 
 
@@ -56,28 +53,6 @@ def test_any_training_sees_a_deep_module():
     assert any_training(net)
 
 
-def test_current_classes_criterion_with_owners_found_once_equals_per_step():
-    """`owners` given (found once per experience) gives the per-step criterion's loss and gradient to the bit:
-    one owner (no replay), and several with batches that miss some of them."""
-    torch.manual_seed(0)
-    ranges = [(0, 2), (2, 4), (4, 6)]
-    for labels, eps in ((torch.tensor([4, 5, 4, 5, 5, 4]), 0.0), (torch.tensor([4, 5, 5, 4, 4, 4]), 0.2),
-                        (torch.tensor([4, 0, 5, 3, 5, 4]), 0.1), (torch.tensor([4, 5, 5, 4, 4, 5]), 0.1)):
-        owners = label_owners(torch.tensor([0, 1, 3, 4, 5]) if labels.min() < 4 and eps else labels, ranges, 6)
-        owners = owners.unique().tolist()
-        logits = (torch.randn(6, 6) * 5).requires_grad_(True)
-        old = make_criterion("current", eps, ranges)(logits, labels)
-        (g_old,) = torch.autograd.grad(old, logits)
-        new = make_criterion("current", eps, ranges, owners)(logits, labels)
-        (g_new,) = torch.autograd.grad(new, logits)
-        assert torch.equal(old, new) and torch.equal(g_old, g_new), (labels, owners)
-
-
-def test_label_owners():
-    assert label_owners(torch.tensor([0, 1, 2, 5, 4]), [(0, 2), (2, 4), (4, 6)], 6).tolist() == [0, 0, 1, 2, 2]
-    assert label_owners(torch.tensor([3, 0]), None, 4).tolist() == [0, 0]
-
-
 def test_ddas_reads_the_mini_towers_features_to_the_bit():
     """DDAS's default extractor and the mini image tower read before its ReLU6 are one computation: features
     taken from the tower's passes (in other batch groupings) equal the extractor's own."""
@@ -126,40 +101,3 @@ def test_warming_the_text_cache_changes_no_feature():
     with torch.no_grad():
         assert torch.equal(loaded.clip.text.pooled(tokens), few)
 
-
-def test_joined_images_index_as_the_concatenation_would():
-    """`LabelledImages.concat` copies no image: every way training and methods index the joined set gives what
-    `torch.cat` of the parts gives."""
-    from clipbench.streams import JoinedImages, LabelledImages
-
-    g = torch.Generator().manual_seed(0)
-    parts = [torch.randint(0, 256, (n, 3, 4, 4), dtype=torch.uint8, generator=g) for n in (5, 0, 3, 7)]
-    whole = torch.cat(parts)
-    joined = JoinedImages(parts)
-    keys = [slice(0, 15), slice(4, 9), slice(6, 8), slice(0, 15, 2), torch.randperm(15, generator=g)[:9],
-            torch.tensor([14, 0, 0, 7, -1]), whole[:, 0, 0, 0] > 128, [3, 11], 12, -15]
-    for key in keys:
-        assert torch.equal(joined[key], whole[key]), key
-    assert joined.shape == whole.shape and len(joined) == 15 and joined.dim() == 4
-    labelled = LabelledImages.concat([LabelledImages(p, torch.full((len(p),), k)) for k, p in enumerate(parts)])
-    assert isinstance(labelled.images, JoinedImages)
-    assert all(a is b for a, b in zip(labelled.images.parts, [parts[0], parts[2], parts[3]]))  # the same tensors
-    again = LabelledImages.concat([labelled, LabelledImages(parts[0], torch.zeros(5, dtype=torch.long))])
-    assert torch.equal(again.images[0:20], torch.cat([whole, parts[0]]))
-    picked = labelled.subset(torch.tensor([1, 9, 14]))
-    assert torch.equal(picked.images, whole[[1, 9, 14]]) and picked.labels.tolist() == [0, 3, 3]
-    with pytest.raises(IndexError):
-        joined[torch.tensor([15])]
-
-
-def test_training_batches_from_joined_images_equal_the_concatenation():
-    from clipbench.avalanche_api import TensorBatches
-    from clipbench.streams import JoinedImages
-
-    parts = [torch.randint(0, 256, (n, 3, 2, 2), dtype=torch.uint8) for n in (6, 5)]
-    labels = torch.arange(11)
-    batches = []
-    for images in (torch.cat(parts), JoinedImages(parts)):
-        torch.manual_seed(1)
-        batches.append([b[0] for b in TensorBatches(images, labels, 4)])
-    assert all(torch.equal(a, b) for a, b in zip(*batches)) and len(batches[0]) == 3
