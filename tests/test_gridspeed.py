@@ -101,3 +101,35 @@ def test_warming_the_text_cache_changes_no_feature():
     with torch.no_grad():
         assert torch.equal(loaded.clip.text.pooled(tokens), few)
 
+
+
+def test_a_mini_model_copied_from_the_last_build_equals_a_fresh_build():
+    """The second build from the same generator state is a copy: the same weights, the same generator states
+    after it, and the same outputs; from another state it is built afresh."""
+    import random
+
+    import numpy as np
+
+    from clipbench import mini_model
+    from clipbench.models import load_model
+
+    def build(seed):
+        torch.manual_seed(seed), random.seed(seed), np.random.seed(seed)
+        loaded = load_model("clipbench-mini", None, "cpu")  # random projections: drawn from the seeded generator
+        return loaded, (torch.rand(3), random.random(), np.random.rand())
+
+    mini_model._BUILT.clear()
+    fresh, after_fresh = build(1)
+    copied, after_copy = build(1)
+    assert mini_model._BUILT["last"][2] is not copied.clip and copied.clip is not fresh.clip
+    assert torch.equal(after_fresh[0], after_copy[0]) and after_fresh[1:] == after_copy[1:]
+    a, b = fresh.clip.state_dict(), copied.clip.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    images = torch.randint(0, 256, (2, 3, 28, 28), dtype=torch.uint8)
+    with torch.no_grad():
+        assert torch.equal(fresh.clip.encode_image(images), copied.clip.encode_image(images))
+        copied.clip.visual.head.proj.weight.add_(1.0)  # a run's training never reaches the next copy
+    other, _ = build(2)
+    assert not torch.equal(other.clip.visual.head.proj.weight, fresh.clip.visual.head.proj.weight)
+    again, _ = build(1)
+    assert torch.equal(again.clip.visual.head.proj.weight, fresh.clip.visual.head.proj.weight)
