@@ -9,11 +9,13 @@ with the same numbers as an uninterrupted one. A complete record is never rewrit
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import sys
 import time
 import traceback
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -356,12 +358,14 @@ def _count(summary: Summary, spec: RunSpec, outcome: str, store: ResultStore) ->
 
 
 def default_jobs(device: str, threads: Optional[int], pending: int) -> int:
-    """Worker processes for `clipbench run` when `--jobs` is not given: on the CPU, one per `threads` cores this
-    process may use (threads: 1 when not given), at most one per pending run and one per 3 GB of available
+    """Worker processes for `clipbench run` when `--jobs` is not given: `$CLIPBENCH_JOBS`, else on the CPU, one per
+    `threads` cores this process may use (threads: 1 when not given), at most one per pending run and one per 3 GB of available
     memory (a mini run peaks near 2 GB); on a GPU, one (the runs share the device); for fewer than 4 runs, one
     (a worker takes seconds to start: it imports torch, open_clip and Avalanche again)."""
     import os
 
+    if os.environ.get("CLIPBENCH_JOBS", "").isdigit() and int(os.environ["CLIPBENCH_JOBS"]) > 0:
+        return int(os.environ["CLIPBENCH_JOBS"])  # the default a user (or the test suite: 1) sets
     if not device.startswith("cpu") or pending < 4:
         return 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -388,9 +392,37 @@ def _worker_run(spec: Dict[str, Any], root: str, device: str, argv: List[str], q
     return run_one(RunSpec.from_dict(spec), ResultStore(root), device, False, argv, quiet, label=label, options=options)
 
 
+# published records, whose costs order the runs of worker processes (`longest_first`)
+PUBLISHED = Path(__file__).resolve().parents[1] / "results" / "published"
+
+
+def _known_seconds(spec: RunSpec, stores: Sequence[ResultStore]) -> Optional[float]:
+    """The longest wall time a record of this method, protocol and model took (any seed, any version), or None."""
+    seconds = []
+    for store in stores:
+        folder = store.run_dir(spec).parent
+        for path in folder.glob("seed*/run.json") if folder.is_dir() else ():
+            try:
+                seconds.append(float(json.loads(path.read_text())["costs"]["wall_seconds"]))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+    return max(seconds) if seconds else None
+
+
+def longest_first(specs: Sequence[RunSpec], store: ResultStore) -> List[int]:
+    """The order worker processes take runs in: runs with no record to go by first, in plan order, then the others
+    by the wall time their records (this results folder's, else the published ones) took, longest first. So
+    the runs left when workers run out of work are short ones and the workers finish together (a 20 s run
+    taken last by one worker would keep the grid 20 s longer)."""
+    stores = [store] + ([ResultStore(PUBLISHED)] if PUBLISHED.is_dir() else [])
+    known = [_known_seconds(s, stores) for s in specs]
+    return sorted(range(len(specs)), key=lambda i: (known[i] is not None, -(known[i] or 0.0), i))
+
+
 def _execute_parallel(specs: Sequence[RunSpec], store: ResultStore, device: str, argv: List[str], quiet: bool,
                       options: RunOptions, jobs: int, threads: int, code: Dict[str, Any]) -> Summary:
-    """`execute` over `jobs` worker processes (spawned: a forked torch can hang on its thread pools)."""
+    """`execute` over `jobs` worker processes (spawned: a forked torch can hang on its thread pools), which take
+    the runs `longest_first`."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
@@ -398,13 +430,14 @@ def _execute_parallel(specs: Sequence[RunSpec], store: ResultStore, device: str,
         raise ValueError("on_model_loaded needs runs in this process (jobs=1)")
     summary = Summary()
     root = str(store.root.resolve())
+    order = longest_first(specs, store)
     with ProcessPoolExecutor(max_workers=min(jobs, len(specs)), mp_context=multiprocessing.get_context("spawn"),
                              initializer=_worker_start, initargs=(threads, code)) as pool:
-        futures = [pool.submit(_worker_run, {**s.to_dict(), "data_root": s.data_root}, root, device, list(argv), quiet,
-                               f"[{i}/{len(specs)}]", options) for i, s in enumerate(specs, 1)]
+        futures = {i: pool.submit(_worker_run, {**specs[i].to_dict(), "data_root": specs[i].data_root}, root, device,
+                                  list(argv), quiet, f"[{i + 1}/{len(specs)}]", options) for i in order}
         try:
-            for spec, future in zip(specs, futures):  # in plan order; a StorageError or GridError stops the grid
-                _count(summary, spec, future.result(), store)
+            for i, spec in enumerate(specs):  # counted in plan order; a StorageError or GridError stops the grid
+                _count(summary, spec, futures[i].result(), store)
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)  # the runs under way finish; no other starts
             raise

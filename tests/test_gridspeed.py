@@ -1,5 +1,8 @@
 """The grid's speed-ups change no number: each one against the computation it replaced."""
 
+import os
+
+import pytest
 import torch
 from torch import nn
 
@@ -133,3 +136,45 @@ def test_a_mini_model_copied_from_the_last_build_equals_a_fresh_build():
     assert not torch.equal(other.clip.visual.head.proj.weight, fresh.clip.visual.head.proj.weight)
     again, _ = build(1)
     assert torch.equal(again.clip.visual.head.proj.weight, fresh.clip.visual.head.proj.weight)
+
+
+def test_default_jobs(monkeypatch):
+    from clipbench.runner import default_jobs
+
+    monkeypatch.setenv("CLIPBENCH_JOBS", "3")
+    assert default_jobs("cpu", None, 100) == 3
+    monkeypatch.delenv("CLIPBENCH_JOBS")
+    assert default_jobs("cuda", None, 100) == 1  # one device: one process
+    assert default_jobs("cpu", None, 3) == 1  # too few runs to repay a worker's start
+    assert 1 <= default_jobs("cpu", None, 100) <= len(os.sched_getaffinity(0))
+    assert default_jobs("cpu", 10_000, 100) == 1  # each worker its --threads cores
+
+
+def test_workers_take_known_long_runs_first(tmp_path):
+    from clipbench.plan import plan
+    from clipbench.runner import longest_first
+    from clipbench.store import ResultStore, atomic_write_json
+
+    specs = plan("tiny", ["zeroshot", "finetune", "lwf", "er"], ["tiny_shapes"])
+    store = ResultStore(tmp_path)
+    for spec, seconds in zip(specs[1:], (5.0, 9.0)):  # finetune 5 s, lwf 9 s (another seed's record), er unknown
+        atomic_write_json(store.run_dir(spec).parent / "seed7-x" / "run.json", {"costs": {"wall_seconds": seconds}})
+    order = [specs[i].method for i in longest_first(specs, store)]
+    assert order == ["zeroshot", "er", "lwf", "finetune"]  # no record to go by first, in plan order
+
+
+@pytest.mark.slow
+def test_runs_in_worker_processes_give_the_records_of_one_process(tmp_path, monkeypatch):
+    """`--jobs 2`: the same numbers as in one process, every run once, the summary in plan order."""
+    from helpers import SMALL, records, run_cli
+
+    monkeypatch.delenv("CLIPBENCH_JOBS")
+    methods = ["zeroshot", "finetune", "lwf", "er"]
+    for jobs, folder in ((1, "one"), (2, "two")):
+        assert run_cli("run", "--method", *methods, "--suite", "tiny", "--protocol", "tiny_shapes", "--results",
+                       str(tmp_path / folder), "--quiet", "--jobs", str(jobs), "--set", *SMALL) == 0
+    one, two = records(tmp_path / "one"), records(tmp_path / "two")
+    assert one.keys() == two.keys() and len(one) == len(methods)
+    for key in one:
+        assert one[key]["metrics"] == two[key]["metrics"] and one[key]["raw"]["acc_matrix"] == two[key]["raw"]["acc_matrix"]
+        assert two[key]["provenance"]["torch_threads"] >= 1
