@@ -74,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
                      "$CLIPBENCH_CACHE, else <results>/cache)")
     run.add_argument("--workers", type=int, help="processes decoding images (default: every available core)")
     run.add_argument("--jobs", type=int, help="local executor: runs at once, each in its own worker process "
-                     "(default: $CLIPBENCH_JOBS, else on the CPU one per core, or per --threads cores, bounded by "
+                     "(default: $CLIPBENCH_JOBS, else on the CPU one per idle core, or per --threads idle cores, bounded by "
                      "memory (3 GB each), from 4 runs to do; on a GPU 1)")
     run.add_argument("--executor", choices=["local", "slurm", "ray"], default="local",
                      help="local (default): this process; slurm: one job array via submitit; ray: one task per run")

@@ -359,9 +359,10 @@ def _count(summary: Summary, spec: RunSpec, outcome: str, store: ResultStore) ->
 
 def default_jobs(device: str, threads: Optional[int], pending: int) -> int:
     """Worker processes for `clipbench run` when `--jobs` is not given: `$CLIPBENCH_JOBS`, else on the CPU, one per
-    `threads` cores this process may use (threads: 1 when not given), at most one per pending run and one per 3 GB of available
-    memory (a mini run peaks near 2 GB); on a GPU, one (the runs share the device); for fewer than 4 runs, one
-    (a worker takes seconds to start: it imports torch, open_clip and Avalanche again)."""
+    `threads` cores this process may use (threads: 1 when not given) that other processes leave idle (the cores
+    less the whole part of the 1-minute load average), at most one per pending run and one per 3 GB of available memory (a mini
+    run peaks near 2 GB); on a GPU, one (the runs share the device); for fewer than 4 runs, one (a worker
+    takes seconds to start: it imports torch, open_clip and Avalanche again, and fills its own caches)."""
     import os
 
     if os.environ.get("CLIPBENCH_JOBS", "").isdigit() and int(os.environ["CLIPBENCH_JOBS"]) > 0:
@@ -370,6 +371,10 @@ def default_jobs(device: str, threads: Optional[int], pending: int) -> int:
         return 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     jobs = max(1, cores // max(1, threads or 1))
+    try:  # cores other processes keep busy are no use: two workers time-sharing one core ran slower than one
+        jobs = min(jobs, max(1, cores - int(os.getloadavg()[0])))  # whole cores busy elsewhere
+    except OSError:
+        pass
     try:
         with open("/proc/meminfo") as fh:
             available = next(int(line.split()[1]) for line in fh if line.startswith("MemAvailable:")) * 1024

@@ -148,6 +148,10 @@ def test_default_jobs(monkeypatch):
     assert default_jobs("cpu", None, 3) == 1  # too few runs to repay a worker's start
     assert 1 <= default_jobs("cpu", None, 100) <= len(os.sched_getaffinity(0))
     assert default_jobs("cpu", 10_000, 100) == 1  # each worker its --threads cores
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert default_jobs("cpu", None, 100) == min(len(os.sched_getaffinity(0)), default_jobs("cpu", None, 100))
+    monkeypatch.setattr(os, "getloadavg", lambda: (1000.0, 0.0, 0.0))
+    assert default_jobs("cpu", None, 100) == 1  # every core busy with other processes
 
 
 def test_workers_take_known_long_runs_first(tmp_path):
