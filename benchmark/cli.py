@@ -73,6 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--cache-dir", help="where decoded images are kept, shared by runners (default: "
                      "$CLIPBENCH_CACHE, else <results>/cache)")
     run.add_argument("--workers", type=int, help="processes decoding images (default: every available core)")
+    run.add_argument("--jobs", type=int, help="local executor: runs at once, each in its own worker process "
+                     "(default: $CLIPBENCH_JOBS, else on the CPU one per idle core, or per --threads idle cores, bounded by "
+                     "memory (3 GB each), from 4 runs to do; on a GPU 1)")
     run.add_argument("--executor", choices=["local", "slurm", "ray"], default="local",
                      help="local (default): this process; slurm: one job array via submitit; ray: one task per run")
     run.add_argument("--address", help="Ray cluster address (default: start a local one)")
@@ -251,7 +254,7 @@ def _cmd_run(args, argv: Sequence[str]) -> int:
     if args.dry_run:
         return _print_plan_json(specs, store) if args.json else _print_plan(args.suite, specs, store)
     # every refusal before the first write (removing stale temporaries is one)
-    for flag, value in (("--workers", args.workers), ("--threads", args.threads)):
+    for flag, value in (("--workers", args.workers), ("--threads", args.threads), ("--jobs", args.jobs)):
         if value is not None and value < 1:
             raise ClipbenchError(f"{flag} must be 1 or more, got {value}")
     device = args.device or default_device()
@@ -273,9 +276,15 @@ def _cmd_run(args, argv: Sequence[str]) -> int:
 
         torch.set_num_threads(args.threads)
     if args.executor == "local":
+        from .runner import default_jobs
+
         options = RunOptions(cache_dir=args.cache_dir, workers=args.workers, log=log)
-        summary = execute(specs, store, device, progress=not args.quiet and sys.stderr.isatty(), argv=list(argv),
-                          quiet=args.quiet, options=options)
+        pending = sum(needs_write(s, store) for s in specs)
+        jobs = args.jobs or default_jobs(device, args.threads, pending)
+        # several workers share the cores: each gets --threads, else its share of them
+        threads = args.threads or (max(1, _cores() // jobs) if jobs > 1 else 0)
+        summary = execute(specs, store, device, progress=not args.quiet and sys.stderr.isatty() and jobs == 1,
+                          argv=list(argv), quiet=args.quiet, options=options, jobs=jobs, threads=threads)
     else:
         # runs on other machines read these from the environment the job inherits
         if args.cache_dir:
@@ -299,6 +308,10 @@ def _cmd_run(args, argv: Sequence[str]) -> int:
         for problem in summary.problems:  # every failure again at the end, where it cannot scroll away
             print(f"  {problem}", file=sys.stderr)  # (--quiet: the run's own FAILED line said it, once)
     return 1 if summary.failed or summary.diverged else 0
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _parse_shard(text: str):

@@ -7,7 +7,7 @@ later from the stored numbers (see `clipbench.protocols.metrics`).
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, ContextManager, Dict, List, Optional, Sequence
+from typing import Any, Callable, ContextManager, Dict, Iterator, List, Optional, Sequence
 
 import torch
 from tqdm import tqdm
@@ -27,6 +27,36 @@ def _autocast(device: str, precision: str):
     return contextlib.nullcontext()
 
 
+def any_training(module: torch.nn.Module) -> bool:
+    """Whether `module` or any module below it is in training mode (a walk over `_modules`, about 6x faster
+    than `module.modules()` and 6x faster again than `module.eval()` on the mini model's 398 modules)."""
+    stack = [module]
+    while stack:
+        m = stack.pop()
+        if m.training:
+            return True
+        stack.extend(c for c in m._modules.values() if c is not None)
+    return False
+
+
+@contextlib.contextmanager
+def encoding_mode(module: torch.nn.Module) -> Iterator[None]:
+    """`module.eval()` for the block, then `module.train(was)` with `was` its own flag before, as the encoders
+    always did (every module below it ends in that mode). When every module is already in eval mode, both
+    calls would change nothing: they are skipped (each walks every module through `__setattr__`, 0.9 ms on
+    the mini model; the DIKI batch-1 evaluation encodes texts thousands of times). A module the block itself
+    switches to training is set back by `module.train(False)`, as before."""
+    if any_training(module):
+        was = module.training
+        module.eval()
+        yield
+        module.train(was)
+        return
+    yield
+    if any_training(module):
+        module.train(False)
+
+
 @torch.inference_mode()
 def encode_images(loaded: LoadedModel, images: torch.Tensor, batch_size: int, device: str = "cpu",
                   precision: str = "fp32", desc: str = "", progress: bool = False,
@@ -39,8 +69,14 @@ def encode_images(loaded: LoadedModel, images: torch.Tensor, batch_size: int, de
     method's route inferred from the whole batch, see `Method.route_batch`).
     """
     clip = loaded.clip
-    was_training = clip.training
-    clip.eval()
+    with encoding_mode(clip):
+        return _encode_images(loaded, images, batch_size, device, precision, desc, progress, per_batch, normalize)
+
+
+def _encode_images(loaded: LoadedModel, images: torch.Tensor, batch_size: int, device: str, precision: str, desc: str,
+                   progress: bool, per_batch: Optional[Callable[[torch.Tensor], ContextManager]],
+                   normalize: bool) -> torch.Tensor:
+    clip = loaded.clip
     out = []
     # one input buffer for every batch (inference mode: nothing keeps a batch's input alive)
     buffer = loaded.input_buffer(images, batch_size, device)
@@ -53,7 +89,6 @@ def encode_images(loaded: LoadedModel, images: torch.Tensor, batch_size: int, de
         with _autocast(device, precision), (per_batch(chunk) if per_batch else contextlib.nullcontext()):
             f = clip.encode_image(x)
         out.append(torch.nn.functional.normalize(f.float(), dim=-1) if normalize else f.float())
-    clip.train(was_training)
     return torch.cat(out).cpu() if out else torch.empty(0)
 
 
@@ -63,15 +98,13 @@ def encode_texts(loaded: LoadedModel, texts: Sequence[str], batch_size: int, dev
     """Texts -> normalised text features [M, D], in batches. `tokens`: the texts already tokenized
     (`loaded.tokenizer(texts)`), for callers that encode the same texts many times."""
     clip = loaded.clip
-    was_training = clip.training
-    clip.eval()
     out = []
-    for s in range(0, len(texts), batch_size):
-        chunk = loaded.tokenizer(list(texts[s:s + batch_size])) if tokens is None else tokens[s:s + batch_size]
-        with _autocast(device, precision):
-            f = clip.encode_text(chunk.to(device))
-        out.append(torch.nn.functional.normalize(f.float(), dim=-1).cpu())
-    clip.train(was_training)
+    with encoding_mode(clip):
+        for s in range(0, len(texts), batch_size):
+            chunk = loaded.tokenizer(list(texts[s:s + batch_size])) if tokens is None else tokens[s:s + batch_size]
+            with _autocast(device, precision):
+                f = clip.encode_text(chunk.to(device))
+            out.append(torch.nn.functional.normalize(f.float(), dim=-1).cpu())
     return torch.cat(out) if out else torch.empty(0)
 
 

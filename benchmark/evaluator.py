@@ -238,6 +238,17 @@ class Evaluator:
         return Row(acc, zeroshot, retrieval)
 
 
+def stream_texts(streams: Streams) -> List[str]:
+    """Every text a run of `streams` encodes with the model's own prompts: each class's training prompt and
+    evaluation prompts, the zero-shot sets' prompts, the retrieval captions and the reference sentences."""
+    texts = streams.train_prompts() + class_prompts(streams.class_names, streams.class_templates)
+    for zs in streams.zeroshot_sets.values():
+        texts += class_prompts(zs.class_names, zs.templates)
+    for cap in [*streams.retrieval_sets.values(), *([streams.reference] if streams.reference is not None else [])]:
+        texts += list(cap.captions)
+    return texts
+
+
 def row_zero_key(spec: RunSpec, device: str, templates: Optional[List[List[str]]] = None) -> str:
     """What row 0 depends on: the model and its weights, the protocol, the fingerprint of its data, the code
     that turns data into numbers, the evaluation settings, and the target classifier's templates when a

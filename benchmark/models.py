@@ -12,7 +12,7 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, Optional, Sequence, Set, Tuple
 
 import torch
 
@@ -48,6 +48,9 @@ class LoadedModel:
     takes_uint8: bool = False
     # how image files are decoded for this model (its own eval transform up to uint8 pixels)
     preprocess: Optional[Preprocess] = None
+    # computes, all at once, what a model that caches its frozen text tower (the mini model) will be asked for
+    # these texts; changes no number (None: nothing to warm)
+    warm_texts: Optional[Callable[[Sequence[str]], None]] = None
 
     def model_input(self, images: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
         """What `clip.encode_image` takes for a batch: uint8 batches resized and normalised (on their
@@ -169,6 +172,9 @@ def weights_fingerprint(arch: str, pretrained: Optional[str]) -> str:
     return f"hub:{arch}/{pretrained}"
 
 
+_WARMED: dict = {}  # per tower fingerprint: the texts whose frozen-tower features this process computed
+
+
 def load_model(arch: str, pretrained: Optional[str], device: str = "cpu") -> LoadedModel:
     """Build the open_clip model and its tokenizer. Seed torch first when `pretrained` is None."""
     open_clip = _open_clip()
@@ -176,9 +182,18 @@ def load_model(arch: str, pretrained: Optional[str], device: str = "cpu") -> Loa
     pretrained = resolve_bundled(pretrained)
     if arch == mini_model.ARCH:
         clip = mini_model.build(open_clip, Path(pretrained) if pretrained else None, device)
-        return LoadedModel(clip, open_clip.get_tokenizer(arch), (mini_model.IMAGE_SIZE,) * 2, mini_model.MEAN,
+        tokenizer = open_clip.get_tokenizer(arch)
+        warmed: Set[str] = _WARMED.setdefault(mini_model.tower_fingerprint(), set())
+
+        def warm_texts(texts: Sequence[str]) -> None:  # each text once per process: the cache outlives the model
+            fresh = sorted(set(texts) - warmed)
+            if fresh:
+                mini_model.warm_text_cache(clip, tokenizer(fresh).to(device))
+                warmed.update(fresh)
+
+        return LoadedModel(clip, tokenizer, (mini_model.IMAGE_SIZE,) * 2, mini_model.MEAN,
                            mini_model.STD, mini_model.FROZEN_PREFIXES, takes_uint8=True,
-                           preprocess=Preprocess("square_white", (mini_model.IMAGE_SIZE,) * 2))
+                           preprocess=Preprocess("square_white", (mini_model.IMAGE_SIZE,) * 2), warm_texts=warm_texts)
     name, weights = arch, pretrained
     if pretrained and str(pretrained).startswith(LOCAL_DIR):
         name, weights = str(pretrained), None

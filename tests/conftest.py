@@ -24,6 +24,13 @@ def _is_local(host) -> bool:
 
 
 @pytest.fixture(autouse=True)
+def runs_in_process(monkeypatch):
+    """`clipbench run` keeps its runs in the test's process (tests patch its internals); `--jobs N` still starts
+    N workers (tests/test_gridspeed.py)."""
+    monkeypatch.setenv("CLIPBENCH_JOBS", "1")
+
+
+@pytest.fixture(autouse=True)
 def no_network(monkeypatch):
     """Any lookup or connection beyond loopback fails loudly, so no test can download weights."""
 
