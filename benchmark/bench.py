@@ -13,7 +13,8 @@ two sides are timed back to back several times and the median of the pairs' rati
   (row 0 cached per suite, an untrained model encoded once) over the same grid without it.
 - grid_wall_over_work: a grid's wall time (planning, model loads, data, records, everything) over the sum
   of its runs' own training and evaluation seconds (`raw.train_seconds` + `raw.eval_seconds` of each
-  record); 1.0 would be a grid that does nothing but train and evaluate (`grid_overhead`). `--grid`
+  record), with the processes `clipbench run` would use (`jobs`); 1/jobs would be a grid that does nothing
+  but train and evaluate (`grid_overhead`). `--grid`
   measures the whole offline grid (`run --all`: every method, both mini protocols, one seed).
 - peak_rss_mb: the resident-memory high-water mark of a separate process running one suite run.
 - gpu (on a GPU only): ViT-B-32 training throughput in bf16 autocast, its FLOP/s and their share of the
@@ -40,6 +41,8 @@ from .evaluate import encode_images
 from .models import LoadedModel, load_model
 from .plan import plan
 from .runner import RunOptions, execute, seed_everything
+from .workers import default_jobs, run_threads
+from .workers import execute as execute_jobs
 from .spec import DEFAULTS
 from .store import ResultStore
 
@@ -199,7 +202,9 @@ def grid_overhead(suite: str, methods: Optional[List[str]], sets: List[str]) -> 
         store = ResultStore(tmp)
         started = time.perf_counter()
         specs = plan(suite, methods, None, sets=sets)
-        summary = execute(specs, store, "cpu", progress=False, argv=["bench"], quiet=True)
+        jobs = default_jobs("cpu", None, len(specs))  # the processes `clipbench run` would use
+        summary = execute_jobs(specs, store, "cpu", progress=False, argv=["bench"], quiet=True, jobs=jobs,
+                               threads=run_threads(jobs, None))
         wall = time.perf_counter() - started
         work, runs = 0.0, 0
         for spec in specs:
@@ -209,6 +214,7 @@ def grid_overhead(suite: str, methods: Optional[List[str]], sets: List[str]) -> 
                 runs += 1
     return {"grid_wall_over_work": round(wall / work, 3) if work else None,
             "grid_overhead": {"wall_s": round(wall, 1), "train_and_eval_s": round(work, 1), "runs_timed": runs,
+                              "jobs": jobs,
                               "runs": len(specs), "ran": summary.ran, "n/a": summary.na, "failed": summary.failed,
                               "grid": f"{suite}: {'every method' if methods is None else ', '.join(methods)}"
                                       f"{' (' + ' '.join(sets) + ')' if sets else ''}"}}

@@ -73,9 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--cache-dir", help="where decoded images are kept, shared by runners (default: "
                      "$CLIPBENCH_CACHE, else <results>/cache)")
     run.add_argument("--workers", type=int, help="processes decoding images (default: every available core)")
-    run.add_argument("--jobs", type=int, help="local executor: runs at once, each in its own worker process "
-                     "(default: $CLIPBENCH_JOBS, else on the CPU one per idle core, or per --threads idle cores, bounded by "
-                     "memory (3 GB each), from 4 runs to do; on a GPU 1)")
+    run.add_argument("--jobs", type=int, help="local executor: runs at once, this process and N-1 worker processes, "
+                     "each with --threads torch threads, else 1 (default: $CLIPBENCH_JOBS, else on the CPU one per "
+                     "core, bounded by memory (3 GB each), from 4 runs to do; on a GPU 1)")
     run.add_argument("--executor", choices=["local", "slurm", "ray"], default="local",
                      help="local (default): this process; slurm: one job array via submitit; ray: one task per run")
     run.add_argument("--address", help="Ray cluster address (default: start a local one)")
@@ -229,11 +229,37 @@ def _cmd_list(args) -> int:
 
 
 def _cmd_run(args, argv: Sequence[str]) -> int:
+    workers = _early_workers(args)
+    try:
+        return _run(args, argv, workers)
+    finally:
+        if workers is not None:
+            workers.close()
+
+
+def _early_workers(args):
+    """Worker processes for a grid, started before it is planned so their imports overlap the planning (see
+    `clipbench.workers`): when runs stay on this machine, several at once are wanted (`--jobs N`, or `run
+    --all` where `default_jobs` gives more than one), and the command is not a dry run. None otherwise."""
+    if args.executor != "local" or args.dry_run or args.json or (args.jobs is not None and args.jobs < 2):
+        return None
+    if args.jobs is None and args.method:  # a few named runs: the plan decides (`default_jobs`)
+        return None
+    from .runner import default_device
+    from .workers import RunWorkers, default_jobs, run_threads
+
+    jobs = args.jobs or default_jobs(args.device or default_device(), args.threads, 10**6)
+    if jobs < 2:
+        return None
+    return RunWorkers(jobs - 1, run_threads(jobs, args.threads))
+
+
+def _run(args, argv: Sequence[str], workers) -> int:
     from clipbench.protocols.catalog import get_suite
 
     from .image_store import cache_dir
     from .plan import plan, shard
-    from .runner import RunOptions, default_device, execute, needs_write
+    from .runner import RunOptions, default_device, needs_write
     from .store import ResultStore, remove_stale_temporaries
 
     if args.log:
@@ -276,15 +302,20 @@ def _cmd_run(args, argv: Sequence[str]) -> int:
 
         torch.set_num_threads(args.threads)
     if args.executor == "local":
-        from .runner import default_jobs
+        from .workers import default_jobs, execute, run_threads
 
         options = RunOptions(cache_dir=args.cache_dir, workers=args.workers, log=log)
         pending = sum(needs_write(s, store) for s in specs)
-        jobs = args.jobs or default_jobs(device, args.threads, pending)
-        # several workers share the cores: each gets --threads, else its share of them
-        threads = args.threads or (max(1, _cores() // jobs) if jobs > 1 else 0)
+        if workers is not None:  # started before planning: as many as the plan needs, with their threads
+            jobs = max(1, min(len(workers) + 1, pending if args.jobs else (pending >= 4) * pending))
+            workers.keep(jobs - 1)
+            threads = workers.threads if jobs > 1 else 0
+        else:
+            jobs = args.jobs or default_jobs(device, args.threads, pending)
+            threads = run_threads(jobs, args.threads)
         summary = execute(specs, store, device, progress=not args.quiet and sys.stderr.isatty() and jobs == 1,
-                          argv=list(argv), quiet=args.quiet, options=options, jobs=jobs, threads=threads)
+                          argv=list(argv), quiet=args.quiet, options=options, jobs=jobs, threads=threads,
+                          workers=workers if jobs > 1 else None)
     else:
         # runs on other machines read these from the environment the job inherits
         if args.cache_dir:
@@ -308,10 +339,6 @@ def _cmd_run(args, argv: Sequence[str]) -> int:
         for problem in summary.problems:  # every failure again at the end, where it cannot scroll away
             print(f"  {problem}", file=sys.stderr)  # (--quiet: the run's own FAILED line said it, once)
     return 1 if summary.failed or summary.diverged else 0
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _parse_shard(text: str):

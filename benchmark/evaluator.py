@@ -19,9 +19,9 @@ import torch
 from clipbench.streams import JoinedImages, Streams
 
 from .errors import Diverged
-from .evaluate import (accuracy, class_embeddings, class_prompts, encode_images, encode_texts, per_class_accuracy,
-                       per_class_templates, prompt_ensemble, retrieval_recall_folds, similarity_recall_folds,
-                       top1_accuracy)
+from .evaluate import (accuracy, class_embeddings, class_prompts, encode_images, encode_texts, encoding_mode,
+                       per_class_accuracy, per_class_templates, prompt_ensemble, retrieval_recall_folds,
+                       similarity_recall_folds, top1_accuracy)
 from .models import LoadedModel
 from .spec import RunSpec
 from .store import ResultStore, atomic_write_json
@@ -107,8 +107,9 @@ class Evaluator:
         method is the pretrained model, measured as any other.
         """
         if version != 0 and self.method is not None and self.method.infers_task_per_batch:
-            row_b = self._routed_row(row, self.batch)
-            row_b.batch1 = self._routed_row_each(row)
+            with encoding_mode(self.loaded.clip):  # one mode check for the row's many small encodings
+                row_b = self._routed_row(row, self.batch)
+                row_b.batch1 = self._routed_row_each(row)
             return row_b
         if version != self._version:
             self._cached, self._version = self._features(), version

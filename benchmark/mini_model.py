@@ -190,8 +190,11 @@ def cached_rows(store: Dict[bytes, torch.Tensor], x: torch.Tensor, compute, towe
     return torch.stack([fresh[i] if i in fresh else store[k] for i, k in enumerate(keys)]).to(x.device)
 
 
-def preactivation_key(fingerprint: str) -> str:
-    return f"{fingerprint}:image-preactivation:{IMAGE_SIZE}"
+def cache_names(fingerprint: str) -> Dict[str, str]:
+    """The names in `_CACHE` of the towers' content caches: image features, the image tower's pre-ReLU6
+    reading (`preactivation_features`) and text features."""
+    return {"image": f"{fingerprint}:image:{IMAGE_SIZE}", "preactivation": f"{fingerprint}:image-preactivation:{IMAGE_SIZE}",
+            "text": f"{fingerprint}:text:{CONTEXT_LENGTH}"}
 
 
 def preactivation_features(fingerprint: str) -> Dict[bytes, torch.Tensor]:
@@ -199,7 +202,7 @@ def preactivation_features(fingerprint: str) -> Dict[bytes, torch.Tensor]:
     averaged over space: exactly what DDAS's default extractor (the same EfficientNet-Lite0 with the same
     weights, input and batch size) computes, kept from each pass the tower made anyway, so MoE-Adapters'
     selector reads it instead of a second pass over every image."""
-    return _CACHE.setdefault(preactivation_key(fingerprint), {})
+    return _CACHE.setdefault(cache_names(fingerprint)["preactivation"], {})
 
 
 def install_caches(clip: nn.Module, fingerprint: str) -> None:
@@ -212,8 +215,8 @@ def install_caches(clip: nn.Module, fingerprint: str) -> None:
     from .model_input import to_model_input
 
     visual, text = clip.visual, clip.text
-    image_store = _CACHE.setdefault(f"{fingerprint}:image:{IMAGE_SIZE}", {})
-    text_store = _CACHE.setdefault(f"{fingerprint}:text:{CONTEXT_LENGTH}", {})
+    names = cache_names(fingerprint)
+    image_store, text_store = _CACHE.setdefault(names["image"], {}), _CACHE.setdefault(names["text"], {})
     pad_id = text.config.pad_token_id
 
     def trunk(x: torch.Tensor) -> torch.Tensor:
@@ -252,7 +255,7 @@ def install_caches(clip: nn.Module, fingerprint: str) -> None:
         return out
 
     # `pooled(x)`: the frozen tower's output below the projection, computed once per input
-    preactivation = _CACHE.setdefault(preactivation_key(fingerprint), {})
+    preactivation = _CACHE.setdefault(names["preactivation"], {})
 
     def image_pooled(x: torch.Tensor) -> torch.Tensor:
         if x.dtype != torch.uint8:  # prepared floats (noisy inputs, prompts): never asked for twice

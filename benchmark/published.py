@@ -76,6 +76,8 @@ def compare(published: Dict[str, Any], rerun: Dict[str, Any]) -> List[str]:
 def check(published: Path, sample: Sequence[Tuple[str, str, int]], work: Path, device: str = "cpu",
           quiet: bool = True) -> List[str]:
     """Rerun each sampled published run into `work` and return every difference, each naming its record."""
+    import torch
+
     from .plan import plan
     from .runner import execute
 
@@ -88,7 +90,13 @@ def check(published: Path, sample: Sequence[Tuple[str, str, int]], work: Path, d
         for path, record in found:
             spec = record["spec"]
             [rerun_spec] = plan(spec["suite"], [method], [protocol], [seed])  # the suite's settings, as published
-            execute([rerun_spec], store, device, False, ["clipbench", "check-published"], quiet=quiet)
+            before = torch.get_num_threads()
+            # the record's torch threads: a few methods' last digits depend on them (a grid's workers run one)
+            torch.set_num_threads(int(record["provenance"].get("torch_threads") or before))
+            try:
+                execute([rerun_spec], store, device, False, ["clipbench", "check-published"], quiet=quiet)
+            finally:
+                torch.set_num_threads(before)
             rerun = store.read_record(rerun_spec) or {"status": "missing", "spec": rerun_spec.to_dict()}
             problems += [f"{path}: {p}" for p in compare(record, rerun)]
     return problems

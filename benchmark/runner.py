@@ -9,13 +9,11 @@ with the same numbers as an uninterrupted one. A complete record is never rewrit
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import sys
 import time
 import traceback
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -268,9 +266,17 @@ def _run_experiences(spec: RunSpec, store: ResultStore, device: str, progress: b
         # an untrained model keeps its features
         version = exp + 1 if (method_cls.trains or not options.share_evaluation) else 0
         _append_row(raw, evaluator.evaluate(exp + 1, version), time.perf_counter() - t)
-        store.save_progress(spec, {"spec_id": spec.id, "completed": exp + 1, "raw": raw, "costs": state["costs"](),
-                                   "model": model.checkpoint_state(), "method": method.state_dict()},
-                            exp + 1, streams.n_experiences)
+        if checkpoint_due(exp + 1, streams.n_experiences):
+            store.save_progress(spec, {"spec_id": spec.id, "completed": exp + 1, "raw": raw,
+                                       "costs": state["costs"](), "model": model.checkpoint_state(),
+                                       "method": method.state_dict()}, exp + 1, streams.n_experiences)
+
+
+def checkpoint_due(completed: int, total: int) -> bool:
+    """Whether a checkpoint is saved after `completed` of `total` experiences: not after the last, which the
+    record follows at once (a crash in between redoes that experience from the checkpoint before it, to the
+    same numbers). Tests that inspect the final state patch it to always save."""
+    return completed < total
 
 
 def default_device() -> str:
@@ -333,120 +339,30 @@ def unfinished(specs: Sequence[RunSpec], store: ResultStore, argv: Sequence[str]
 
 
 def execute(specs: Sequence[RunSpec], store: ResultStore, device: str, progress: bool, argv: List[str],
-            quiet: bool = False, options: Optional[RunOptions] = None, jobs: int = 1, threads: int = 0) -> Summary:
-    """Run every spec that has no complete record, in order (a failed run does not stop the others).
-    Returns counts, and the failed and diverged runs with why.
-
-    `jobs` > 1: that many worker processes (each with `threads` torch threads, 0: torch's default) take the
-    runs in plan order, each the next one left; a run's numbers do not depend on the process it ran in
-    (the frozen towers' caches are per process and compute every row alike)."""
-    code = provenance.code_version()  # pin the commit of the code this process loaded
-    if jobs > 1 and len(specs) > 1:
-        return _execute_parallel(specs, store, device, argv, quiet, options or RunOptions(), jobs, threads, code)
+            quiet: bool = False, options: Optional[RunOptions] = None) -> Summary:
+    """Run every spec that has no complete record, in order, in this process (a failed run does not stop the
+    others). Returns counts, and the failed and diverged runs with why. Several processes at once:
+    `clipbench.workers.execute`."""
+    provenance.code_version()  # pin the commit of the code this process loaded
     summary = Summary()
     for i, spec in enumerate(specs, 1):
         outcome = run_one(spec, store, device, progress, argv, quiet, label=f"[{i}/{len(specs)}]", options=options)
-        _count(summary, spec, outcome, store)
+        count(summary, spec, outcome, store)
     return summary
 
 
-def _count(summary: Summary, spec: RunSpec, outcome: str, store: ResultStore) -> None:
+def count(summary: Summary, spec: RunSpec, outcome: str, store: ResultStore) -> None:
+    """Add a run's outcome to `summary`, with why for a failed or diverged run."""
     summary.add(outcome)
     if outcome in ("failed", "diverged"):
         error = (store.read_record(spec) or {}).get("error") or {}
         summary.problems.append(f"{spec_label(spec)}: {outcome}: {error.get('type', '?')}: {error.get('message', '?')}")
 
 
-def default_jobs(device: str, threads: Optional[int], pending: int) -> int:
-    """Worker processes for `clipbench run` when `--jobs` is not given: `$CLIPBENCH_JOBS`, else on the CPU, one per
-    `threads` cores this process may use (threads: 1 when not given) that other processes leave idle (the cores
-    less the whole part of the 1-minute load average), at most one per pending run and one per 3 GB of available memory (a mini
-    run peaks near 2 GB); on a GPU, one (the runs share the device); for fewer than 4 runs, one (a worker
-    takes seconds to start: it imports torch, open_clip and Avalanche again, and fills its own caches)."""
-    import os
-
-    if os.environ.get("CLIPBENCH_JOBS", "").isdigit() and int(os.environ["CLIPBENCH_JOBS"]) > 0:
-        return int(os.environ["CLIPBENCH_JOBS"])  # the default a user (or the test suite: 1) sets
-    if not device.startswith("cpu") or pending < 4:
-        return 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    jobs = max(1, cores // max(1, threads or 1))
-    try:  # cores other processes keep busy are no use: two workers time-sharing one core ran slower than one
-        jobs = min(jobs, max(1, cores - int(os.getloadavg()[0])))  # whole cores busy elsewhere
-    except OSError:
-        pass
-    try:
-        with open("/proc/meminfo") as fh:
-            available = next(int(line.split()[1]) for line in fh if line.startswith("MemAvailable:")) * 1024
-        jobs = min(jobs, max(1, available // (3 * 2**30)))
-    except (OSError, StopIteration, ValueError):
-        pass
-    return max(1, min(jobs, pending))
-
-
-def _worker_start(threads: int, code: Dict[str, Any]) -> None:
-    """In each worker: its torch threads, and the commit the parent pinned (a commit made while the grid runs
-    must not be credited with its numbers)."""
-    if threads:
-        torch.set_num_threads(threads)
-    provenance.code_version = lambda: dict(code)  # type: ignore[assignment]
-
-
-def _worker_run(spec: Dict[str, Any], root: str, device: str, argv: List[str], quiet: bool, label: str,
-                options: RunOptions) -> str:
+def run_task(spec: Dict[str, Any], root: str, device: str, argv: List[str], quiet: bool, label: str,
+             options: RunOptions) -> str:
+    """`run_one` from plain arguments: what a worker process (`clipbench.workers`) is sent."""
     return run_one(RunSpec.from_dict(spec), ResultStore(root), device, False, argv, quiet, label=label, options=options)
-
-
-# published records, whose costs order the runs of worker processes (`longest_first`)
-PUBLISHED = Path(__file__).resolve().parents[1] / "results" / "published"
-
-
-def _known_seconds(spec: RunSpec, stores: Sequence[ResultStore]) -> Optional[float]:
-    """The longest wall time a record of this method, protocol and model took (any seed, any version), or None."""
-    seconds = []
-    for store in stores:
-        folder = store.run_dir(spec).parent
-        for path in folder.glob("seed*/run.json") if folder.is_dir() else ():
-            try:
-                seconds.append(float(json.loads(path.read_text())["costs"]["wall_seconds"]))
-            except (OSError, ValueError, KeyError, TypeError):
-                continue
-    return max(seconds) if seconds else None
-
-
-def longest_first(specs: Sequence[RunSpec], store: ResultStore) -> List[int]:
-    """The order worker processes take runs in: runs with no record to go by first, in plan order, then the others
-    by the wall time their records (this results folder's, else the published ones) took, longest first. So
-    the runs left when workers run out of work are short ones and the workers finish together (a 20 s run
-    taken last by one worker would keep the grid 20 s longer)."""
-    stores = [store] + ([ResultStore(PUBLISHED)] if PUBLISHED.is_dir() else [])
-    known = [_known_seconds(s, stores) for s in specs]
-    return sorted(range(len(specs)), key=lambda i: (known[i] is not None, -(known[i] or 0.0), i))
-
-
-def _execute_parallel(specs: Sequence[RunSpec], store: ResultStore, device: str, argv: List[str], quiet: bool,
-                      options: RunOptions, jobs: int, threads: int, code: Dict[str, Any]) -> Summary:
-    """`execute` over `jobs` worker processes (spawned: a forked torch can hang on its thread pools), which take
-    the runs `longest_first`."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    if options.on_model_loaded is not None:
-        raise ValueError("on_model_loaded needs runs in this process (jobs=1)")
-    summary = Summary()
-    root = str(store.root.resolve())
-    order = longest_first(specs, store)
-    with ProcessPoolExecutor(max_workers=min(jobs, len(specs)), mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_worker_start, initargs=(threads, code)) as pool:
-        futures = {i: pool.submit(_worker_run, {**specs[i].to_dict(), "data_root": specs[i].data_root}, root, device,
-                                  list(argv), quiet, f"[{i + 1}/{len(specs)}]", options) for i in order}
-        try:
-            for i, spec in enumerate(specs):  # counted in plan order; a StorageError or GridError stops the grid
-                _count(summary, spec, futures[i].result(), store)
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)  # the runs under way finish; no other starts
-            raise
-    return summary
 
 
 def spec_label(spec: RunSpec) -> str:

@@ -67,12 +67,20 @@ def check_aliases(root: yaml.Node, source: str, limit: int = MAX_ALIAS_EXPANSION
 def load_yaml_text(text: str, source: str) -> Any:
     """Parse YAML text; a syntax error becomes a ClipbenchError naming `source` and the line. Aliases are
     bounded (`check_aliases`), so a small file cannot take much memory or time."""
+    return _load(text, source)
+
+
+def _load(text: str, source: str, marks: Optional[Marks] = None) -> Any:
+    """`load_yaml_text`; with `marks`, also the line of every mapping key (`_marks`), read from the composed
+    nodes before they are constructed (constructing merges `<<` keys into them)."""
     loader = _Loader(text)
     try:
         node = loader.get_single_node()
         if node is None:
             return None
         check_aliases(node, source)
+        if marks is not None:
+            _marks(node, (), marks, source)
         return loader.construct_document(node)
     except RecursionError:  # PyYAML composes and constructs recursively
         raise ClipbenchError(f"{source}: YAML nested too deeply; flatten it") from None
@@ -123,11 +131,8 @@ def load_yaml_marked(path: str | Path) -> Tuple[Any, Marks]:
     check of the document's keys can name the file and line of a mistake."""
     path = Path(path)
     text = read_text(path)
-    doc = load_yaml_text(text, str(path))  # syntax errors, named with their line
     marks: Marks = {}
-    node = yaml.compose(text, Loader=_Loader)
-    if node is not None:
-        _marks(node, (), marks, str(path))
+    doc = _load(text, str(path), marks)  # syntax errors, named with their line
     return doc, marks
 
 

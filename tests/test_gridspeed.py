@@ -139,7 +139,7 @@ def test_a_mini_model_copied_from_the_last_build_equals_a_fresh_build():
 
 
 def test_default_jobs(monkeypatch):
-    from clipbench.runner import default_jobs
+    from clipbench.workers import default_jobs
 
     monkeypatch.setenv("CLIPBENCH_JOBS", "3")
     assert default_jobs("cpu", None, 100) == 3
@@ -148,15 +148,22 @@ def test_default_jobs(monkeypatch):
     assert default_jobs("cpu", None, 3) == 1  # too few runs to repay a worker's start
     assert 1 <= default_jobs("cpu", None, 100) <= len(os.sched_getaffinity(0))
     assert default_jobs("cpu", 10_000, 100) == 1  # each worker its --threads cores
-    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
-    assert default_jobs("cpu", None, 100) == min(len(os.sched_getaffinity(0)), default_jobs("cpu", None, 100))
-    monkeypatch.setattr(os, "getloadavg", lambda: (1000.0, 0.0, 0.0))
-    assert default_jobs("cpu", None, 100) == 1  # every core busy with other processes
+    quiet = default_jobs("cpu", None, 100)
+    monkeypatch.setattr(os, "getloadavg", lambda: (1000.0, 0.0, 0.0))  # not the load: it would change the threads
+    assert default_jobs("cpu", None, 100) == quiet
+
+
+def test_run_threads():
+    from clipbench.workers import run_threads
+
+    assert run_threads(2, None) == run_threads(16, None) == 1  # the same whatever the core count
+    assert run_threads(1, None) == 0  # one process: torch's default
+    assert run_threads(4, 3) == run_threads(1, 3) == 3
 
 
 def test_workers_take_known_long_runs_first(tmp_path):
     from clipbench.plan import plan
-    from clipbench.runner import longest_first
+    from clipbench.workers import longest_first
     from clipbench.store import ResultStore, atomic_write_json
 
     specs = plan("tiny", ["zeroshot", "finetune", "lwf", "er"], ["tiny_shapes"])
@@ -182,3 +189,46 @@ def test_runs_in_worker_processes_give_the_records_of_one_process(tmp_path, monk
     for key in one:
         assert one[key]["metrics"] == two[key]["metrics"] and one[key]["raw"]["acc_matrix"] == two[key]["raw"]["acc_matrix"]
         assert two[key]["provenance"]["torch_threads"] >= 1
+
+
+def test_an_encoding_mode_inside_another_checks_nothing(monkeypatch):
+    """An evaluation row holds the model in one `encoding_mode` and encodes thousands of times inside it: the
+    inner blocks do not walk the modules again, and the outer block still ends as `eval(); train(was)`."""
+    import clipbench.evaluate as evaluate
+
+    net = _net().train()
+    walks = []
+    real = evaluate.any_training
+    monkeypatch.setattr(evaluate, "any_training", lambda m: walks.append(m) or real(m))
+    with encoding_mode(net):
+        before = len(walks)
+        for _ in range(3):
+            with encoding_mode(net):
+                assert not real(net)
+        assert len(walks) == before  # nested: no walk
+        with encoding_mode(net[1]):  # another module is checked as usual
+            pass
+        assert len(walks) > before
+    assert _flags(net) == [True] * len(_flags(net))
+    with encoding_mode(net):  # the outer block ended: a new one checks again
+        pass
+    assert len(walks) > before + 1
+
+
+def test_no_checkpoint_after_the_last_experience(tmp_path, monkeypatch):
+    """The record follows the last experience at once: checkpoints after every experience but the last."""
+    from helpers import SMALL, records, run_cli
+
+    from clipbench.store import ResultStore
+
+    saved = []
+    real = ResultStore.save_progress
+    monkeypatch.setattr(ResultStore, "save_progress",
+                        lambda self, spec, checkpoint, completed, total: saved.append((completed, total)) or
+                        real(self, spec, checkpoint, completed, total))
+    assert run_cli("run", "--method", "finetune", "--suite", "tiny", "--protocol", "tiny_shapes", "--results",
+                   str(tmp_path), "--quiet", "--set", *SMALL) == 0
+    [record] = records(tmp_path).values()
+    total = len(record["raw"]["acc_matrix"]) - 1  # rows: before training, then one per experience
+    assert total >= 2 and record["status"] == "complete"
+    assert saved == [(k, total) for k in range(1, total)]

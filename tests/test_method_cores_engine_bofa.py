@@ -262,6 +262,7 @@ def test_bofa_end_of_run_projection_is_the_mean_of_task_projections(tmp_path, mo
 
     results = tmp_path / "r"
     monkeypatch.setattr(ResultStore, "clear_progress", lambda self, spec: None)  # keep the final checkpoint
+    monkeypatch.setattr("clipbench.runner.checkpoint_due", lambda completed, total: True)  # ... and save it
     assert run_cli("run", "--method", "bofa", "--protocol", "tiny_shapes", "--suite", "tiny", "--results", results,
                    "--quiet", "--set", *SMALL, "train.epochs=3") == 0
     [rec] = records(results).values()

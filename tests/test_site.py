@@ -46,6 +46,7 @@ def test_the_reproduce_command_plans_the_very_run(tmp_path):
     page = next((tmp_path / "lb").glob("tiny/tiny_shapes/*.html")).read_text()
     command = html.unescape(re.search(r"<pre><code>(.*?)</code></pre>", page).group(1))
     assert "--set train.lr=0.05" in command and "--results" not in command and "--quiet" not in command
+    assert "--threads 1" in command  # the recorded torch threads (the CPU): a few methods' last digits follow them
     shown = shlex.split(command.split(" && ")[-1])
     assert shown[:2] == ["clipbench", "run"]
     planned = subprocess.run([sys.executable, "-m", "clipbench.cli", *shown[1:], "--dry-run", "--json",

@@ -86,12 +86,16 @@ def _argv_settings(argv: Sequence[str]) -> List[str]:
 
 def reproduce_command(entry: Entry, seeds: Optional[Sequence[int]] = None) -> str:
     """The command that reruns the row's runs (all seeds, or `seeds`): the recorded commit checked out, then
-    `clipbench run` with the row's suite, method, protocol and seeds and the recorded command's settings."""
+    `clipbench run` with the row's suite, method, protocol and seeds and the recorded command's settings; on
+    the CPU also the recorded torch threads (a few methods' last digits depend on them, and a grid's worker
+    processes run with one each whatever the command line said)."""
     run = entry.runs[0]
     prov = run["provenance"]
     seeds = list(seeds) if seeds is not None else [r["seed"] for r in entry.runs]
+    threads = prov.get("torch_threads") if str(prov.get("device", "")).startswith("cpu") else None
     words = ["clipbench", "run", "--suite", entry.suite, "--method", entry.method, "--protocol", entry.protocol,
-             "--seeds", *[str(s) for s in seeds]] + _argv_settings([str(a) for a in prov.get("argv") or []])
+             "--seeds", *[str(s) for s in seeds]] + (["--threads", str(threads)] if threads else []) \
+        + _argv_settings([str(a) for a in prov.get("argv") or []])
     command = " ".join(shlex.quote(w) for w in words)
     commit = prov.get("git_commit")
     return (f"git checkout {shlex.quote(str(commit))} && " if commit else "") + command
