@@ -69,7 +69,7 @@ def decode(sources: ImageSources, preprocess: Preprocess, desc: str = "decode", 
     return torch.from_numpy(out)
 
 
-def _image_sets(streams: Streams) -> Iterator[Tuple[str, object]]:
+def image_sets(streams: Streams) -> Iterator[Tuple[str, object]]:
     """(name, LabelledImages or CaptionedImages) of every image set in the streams."""
     for k, data in enumerate(streams.train):
         yield f"train {k}", data
@@ -93,7 +93,7 @@ def decode_streams(streams: Streams, preprocess: Preprocess, progress: bool = Fa
     """
     failures: List[Failure] = []
     mark = len(store.written) if store is not None else 0
-    for name, data in _image_sets(streams):
+    for name, data in image_sets(streams):
         if isinstance(data, (LabelledImages, CaptionedImages)) and isinstance(data.images, ImageSources):
             try:
                 data.images = (store.get(data.images, preprocess, f"decode {name}") if store is not None

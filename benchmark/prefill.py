@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from . import mini_model
-from .decode import _image_sets, decode_streams
+from .decode import image_sets, decode_streams
 from .evaluator import stream_texts
 from .image_store import ImageStore, cache_dir
 from .models import load_model
@@ -62,7 +62,7 @@ def grid_inputs(specs: Sequence[RunSpec], root: Path, options: Any, device: str
         streams = get_protocol(spec.protocol).build(spec.data_root, spec.seed, spec.protocol_params,
                                                     reference_for=spec.method if reads else None)
         decode_streams(streams, loaded.preprocess, False, store=store)
-        images += [data.images for _, data in _image_sets(streams)
+        images += [data.images for _, data in image_sets(streams)
                    if isinstance(getattr(data, "images", None), torch.Tensor) and data.images.dtype == torch.uint8]
         texts += stream_texts(streams)
     return loaded, images, texts
