@@ -396,7 +396,7 @@ def _print_plan_json(specs, store) -> int:
 
     for spec in specs:
         print(json.dumps({"id": spec.id, "state": run_state(store, spec), "recipe": spec.recipe,
-                          "spec": {**spec.to_dict(), "data_root": spec.data_root}}, sort_keys=True, default=str))
+                          "spec": spec.portable_dict()}, sort_keys=True, default=str))
     return 0
 
 

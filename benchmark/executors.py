@@ -45,12 +45,6 @@ class SlurmRun:
         return submitit.helpers.DelayedSubmission(SlurmRun(self.results, self.device, self.log), spec)
 
 
-def _spec_dict(spec: RunSpec) -> Dict[str, Any]:
-    d = spec.to_dict()
-    d["data_root"] = spec.data_root
-    return d
-
-
 def submit_slurm(specs: Sequence[RunSpec], store: ResultStore, resources: Resources, device: str, wait: bool,
                  log: Tuple[str, ...] = ()) -> Summary:
     """One job array for the plan's unfinished runs; records land in `store` (`log`: `--log`'s loggers)."""
@@ -67,7 +61,7 @@ def submit_slurm(specs: Sequence[RunSpec], store: ResultStore, resources: Resour
     if resources.partition:
         params["slurm_partition"] = resources.partition
     executor.update_parameters(**params)
-    jobs = executor.map_array(SlurmRun(str(store.root.resolve()), device, log), [_spec_dict(s) for s in todo])
+    jobs = executor.map_array(SlurmRun(str(store.root.resolve()), device, log), [s.portable_dict() for s in todo])
     submitted = {s.id: j.job_id for s, j in zip(todo, jobs)}
     previous = json.loads((folder / "submitted.json").read_text()) if (folder / "submitted.json").is_file() else {}
     atomic_write_json(folder / "submitted.json", {**previous, **submitted})
@@ -115,7 +109,7 @@ def run_ray(specs: Sequence[RunSpec], store: ResultStore, resources: Resources, 
 
     todo, summary = unfinished(specs, store)
     try:
-        for outcome in ray.get([task.remote(_spec_dict(s)) for s in todo]):
+        for outcome in ray.get([task.remote(s.portable_dict()) for s in todo]):
             summary.add(outcome)
     finally:
         if started_here:

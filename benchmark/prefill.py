@@ -21,11 +21,11 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from . import mini_model
-from .decode import image_sets, decode_streams
+from .decode import image_sets
 from .evaluator import stream_texts
-from .image_store import ImageStore, cache_dir
 from .models import load_model
 from .plan import method_registry
+from .runner import decode_run_images, run_streams
 from .spec import RunSpec
 
 WAIT_SECONDS = 300.0  # the most a process waits for another's part
@@ -38,8 +38,8 @@ def _protocol_specs(specs: Sequence[RunSpec]) -> List[RunSpec]:
     registry = method_registry()
     for spec in specs:
         key = (spec.protocol, repr(sorted(spec.protocol_params.items())) + str(spec.data_root))
-        reads = getattr(registry.get(spec.method), "uses_reference", False)
-        if key not in chosen or (reads and not getattr(registry.get(chosen[key].method), "uses_reference", False)):
+        if key not in chosen or (registry.get(spec.method).uses_reference
+                                 and not registry.get(chosen[key].method).uses_reference):
             chosen[key] = spec
     return list(chosen.values())
 
@@ -48,20 +48,14 @@ def grid_inputs(specs: Sequence[RunSpec], root: Path, options: Any, device: str
                 ) -> Tuple[Any, List[torch.Tensor], List[str]]:
     """The loaded mini model, the uint8 image sets and the texts the grid's runs put through the frozen towers;
     (None, [], []) when the grid's model is not the mini model."""
-    from clipbench.protocols.catalog import get_protocol
-
     if not specs or any(s.model.get("arch") != mini_model.ARCH for s in specs):
         return None, [], []
-    registry = method_registry()
     loaded = load_model(specs[0].model["arch"], specs[0].model.get("pretrained"), device)
-    store = ImageStore(cache_dir(options.cache_dir, root), options.workers, False)
     images: List[torch.Tensor] = []
     texts: List[str] = []
     for spec in _protocol_specs(specs):
-        reads = getattr(registry.get(spec.method), "uses_reference", False)
-        streams = get_protocol(spec.protocol).build(spec.data_root, spec.seed, spec.protocol_params,
-                                                    reference_for=spec.method if reads else None)
-        decode_streams(streams, loaded.preprocess, False, store=store)
+        streams = run_streams(spec)  # as the runs build and decode them
+        decode_run_images(streams, loaded, options, root, False)
         images += [data.images for _, data in image_sets(streams)
                    if isinstance(getattr(data, "images", None), torch.Tensor) and data.images.dtype == torch.uint8]
         texts += stream_texts(streams)

@@ -14,6 +14,7 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -184,6 +185,21 @@ def _data_check(spec: RunSpec) -> Dict[str, str]:
         return {"error": f"{type(err).__name__}: {err}"}
 
 
+def run_streams(spec: RunSpec) -> Streams:
+    """The streams a run of `spec` reads: its protocol built for its seed, with the reference set only for a
+    method that uses one (the set declared for it)."""
+    reference_for = spec.method if method_registry().get(spec.method).uses_reference else None
+    return get_protocol(spec.protocol).build(spec.data_root, spec.seed, spec.protocol_params,
+                                             reference_for=reference_for)
+
+
+def decode_run_images(streams: Streams, loaded: LoadedModel, options: RunOptions, root: Path, progress: bool) -> None:
+    """Image files -> the model's own preprocessing, decoded once per machine (in the cache folder of `options`,
+    else under the results folder `root`) and memory-mapped, in place in `streams`."""
+    decode_streams(streams, loaded.preprocess, progress,
+                   store=ImageStore(cache_dir(options.cache_dir, root), options.workers, progress))
+
+
 def _run_experiences(spec: RunSpec, store: ResultStore, device: str, progress: bool, quiet: bool,
                      state: Dict[str, Any], options: "RunOptions") -> None:
     """Build, evaluate row 0 (or resume), then train and evaluate experience by experience.
@@ -194,9 +210,7 @@ def _run_experiences(spec: RunSpec, store: ResultStore, device: str, progress: b
 
     protocol = get_protocol(spec.protocol)
     method_cls = method_registry().get(spec.method)
-    # the reference set is read only for a method that uses one (the set declared for it)
-    streams = protocol.build(spec.data_root, spec.seed, spec.protocol_params,
-                             reference_for=spec.method if method_cls.uses_reference else None)
+    streams = run_streams(spec)
     names = experience_names(protocol, spec.protocol_params)  # for train.per_experience by dataset name
     seed_everything(spec.seed, "model")  # random-init models are a function of the seed
     try:
@@ -205,9 +219,7 @@ def _run_experiences(spec: RunSpec, store: ResultStore, device: str, progress: b
         raise GridError(str(err)) from None
     if options.on_model_loaded is not None:
         options.on_model_loaded(loaded)
-    # image files -> the model's own preprocessing, decoded once per machine and memory-mapped
-    images = ImageStore(cache_dir(options.cache_dir, store.root), options.workers, progress)
-    decode_streams(streams, loaded.preprocess, progress, store=images)
+    decode_run_images(streams, loaded, options, store.root, progress)
     if loaded.warm_texts is not None:  # a cached text tower: the run's texts in one pass (changes no number)
         loaded.warm_texts(stream_texts(streams))
     model = CLIPClassifier(loaded, streams.class_names, streams.train_templates()).to(device)

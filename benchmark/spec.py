@@ -150,6 +150,11 @@ class RunSpec:
             d.pop("limit")
         return d
 
+    def portable_dict(self) -> Dict[str, Any]:
+        """`to_dict` with the data root too: what another process (a worker, a Slurm or Ray task) needs to
+        rebuild the spec with `from_dict`."""
+        return {**self.to_dict(), "data_root": self.data_root}
+
     def canonical_json(self) -> str:
         d = self.to_dict()
         d.pop("recipe")

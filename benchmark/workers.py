@@ -245,13 +245,13 @@ def _execute_parallel(specs: Sequence[RunSpec], store: ResultStore, device: str,
     # the frozen towers' features for every image and text of the grid, computed once by all the processes
     # together (`clipbench.prefill`), in a folder of their own under the cache
     shared = cache_dir(options.cache_dir, store.root) / f"prefill-{os.getpid()}-{time.time_ns()}"
-    pending = [{**s.to_dict(), "data_root": s.data_root} for s in specs if needs_write(s, store)]
+    pending = [s.portable_dict() for s in specs if needs_write(s, store)]
     shares = len(workers) + 1
     try:
         label = lambda i: f"[{i + 1}/{len(specs)}]"  # noqa: E731
         outcomes = workers.run(
             longest_first(specs, store),
-            lambda i: ({**specs[i].to_dict(), "data_root": specs[i].data_root}, root, device, list(argv), quiet,
+            lambda i: (specs[i].portable_dict(), root, device, list(argv), quiet,
                        label(i), options),
             lambda i: runner.run_one(specs[i], store, device, False, argv, quiet, label=label(i), options=options), code,
             prefill=(lambda k: (pending, root, options, device, str(shared), k, shares)) if pending else None)
@@ -264,9 +264,6 @@ def _execute_parallel(specs: Sequence[RunSpec], store: ResultStore, device: str,
     for i, spec in enumerate(specs):  # counted in plan order
         count(summary, spec, outcomes[i], store)
     return summary
-
-
-
 
 
 def _stop(conn, proc) -> None:

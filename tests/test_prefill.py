@@ -49,7 +49,7 @@ def test_two_shares_equal_one_process_computing_every_row(tmp_path, monkeypatch,
     small = ([x[:37] for x in images[:3]], texts[:45])  # a few rows of each kind keep the test short
     monkeypatch.setattr(prefill, "grid_inputs", lambda *a: (loaded, *small))
     folder = tmp_path / "shared"
-    dicts = [{**s.to_dict(), "data_root": s.data_root} for s in specs]
+    dicts = [s.portable_dict() for s in specs]
 
     empty_caches()
     theirs = prefill._compute_share(specs, tmp_path, options, "cpu", 1, 2)  # "the other process"
@@ -77,7 +77,7 @@ def test_a_share_that_fails_writes_an_empty_part_and_fails_nothing(tmp_path, mon
         raise OSError("no data here")
 
     monkeypatch.setattr(prefill, "grid_inputs", broken)
-    dicts = [{**s.to_dict(), "data_root": s.data_root} for s in _mini_specs()]
+    dicts = [s.portable_dict() for s in _mini_specs()]
     assert prefill.fill_share(dicts, str(tmp_path), RunOptions(), "cpu", str(tmp_path / "s"), 0, 2) == 0
     assert torch.load(tmp_path / "s" / "part-0.pt", weights_only=True) == {}  # the others stop waiting
     assert "not shared (OSError: no data here)" in capsys.readouterr().err
